@@ -1,0 +1,156 @@
+"""`mlscale`: train example models, list the store, serve, and send predictions."""
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Serve versioned scikit-learn models over the Open Inference Protocol.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+ModelDir = Annotated[
+    Path, typer.Option("--model-dir", envvar="MLSCALE_MODEL_DIR", help="Root of the model store.")
+]
+
+
+@app.command()
+def train(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Example models to train (default: all).")
+    ] = None,
+    model_dir: ModelDir = Path("models"),
+    ensure: Annotated[
+        int | None,
+        typer.Option(help="Only make sure versions 1..N exist; safe to re-run.", metavar="N"),
+    ] = None,
+) -> None:
+    """Train example models and write each as a new immutable version.
+
+    Examples:  mlscale train           (one new version of every example)
+               mlscale train iris      (one new version of iris)
+               mlscale train --ensure 2  (versions 1 and 2 of each, if missing)
+    """
+    from service.errors import StoreError
+    from service.store import ModelStore
+    from service.train import EXAMPLES, ensure_versions, train_version
+
+    names = models or list(EXAMPLES)
+    unknown = sorted(set(names) - set(EXAMPLES))
+    if unknown:
+        raise typer.BadParameter(f"unknown example(s) {unknown}; choose from {list(EXAMPLES)}")
+    store = ModelStore(model_dir)
+    for name in names:
+        try:
+            written = (
+                ensure_versions(store, name, ensure) if ensure else [train_version(store, name)]
+            )
+        except StoreError as exc:
+            console.print(f"[red]error:[/] {exc.message}")
+            raise typer.Exit(1) from None
+        for m in written:
+            console.print(
+                f"wrote [bold]{model_dir}/{m.name}/{m.version}[/] {m.estimator} {m.metrics}"
+            )
+        if not written:
+            console.print(f"{name}: versions 1..{ensure} already present")
+
+
+@app.command("models")
+def list_models(model_dir: ModelDir = Path("models")) -> None:
+    """List the models and versions in the store, with their offline metrics."""
+    from service.store import ModelStore
+
+    store = ModelStore(model_dir)
+    table = Table("model", "version", "estimator", "metrics", "sha256", "created")
+    for name in store.models():
+        for version in store.versions(name):
+            m = store.manifest(name, version)
+            metrics = " ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
+            table.add_row(name, version, m.estimator, metrics, m.sha256[:12],
+                          m.created.strftime("%Y-%m-%d %H:%M"))  # fmt: skip
+    if not table.rows:
+        console.print(f"no models in {model_dir}; run [bold]mlscale train[/]")
+        raise typer.Exit(1)
+    console.print(table)
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(help="Model name [MLSCALE_MODEL_NAME].")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Default version or 'latest' [MLSCALE_MODEL_VERSION].")
+    ] = None,
+    extra_versions: Annotated[
+        str | None, typer.Option(help="More versions to load, comma-separated.")
+    ] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Model store root.")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default 8080).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (keep 1 on Kubernetes).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Serve a model over HTTP. Every setting also reads from MLSCALE_* variables.
+
+    Example:  mlscale serve --model iris --version 2 --extra-versions 1
+    """
+    from service.server import run
+    from service.settings import Settings
+
+    given = {
+        "MODEL_NAME": model, "MODEL_VERSION": version, "EXTRA_VERSIONS": extra_versions,
+        "MODEL_DIR": model_dir, "HOST": host, "PORT": port, "WORKERS": workers,
+        "LOG_LEVEL": log_level,
+    }  # fmt: skip
+    # Options become environment so that every worker process sees the same settings.
+    os.environ.update({f"MLSCALE_{k}": str(v) for k, v in given.items() if v is not None})
+    run(Settings())
+
+
+@app.command()
+def infer(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. iris.")],
+    rows: Annotated[str, typer.Argument(help='Rows as JSON, e.g. "[[5.1, 3.5, 1.4, 0.2]]".')],
+    url: Annotated[str, typer.Option(help="Server address.")] = "http://127.0.0.1:8080",
+    version: Annotated[str | None, typer.Option(help="Ask this version.")] = None,
+    output: Annotated[list[str] | None, typer.Option(help="Outputs to return.")] = None,
+) -> None:
+    """Send one V2 infer request and print the answer.
+
+    Example:  mlscale infer iris "[[5.1, 3.5, 1.4, 0.2]]" --output predict_proba
+    """
+    data = json.loads(rows)
+    shape = [len(data), len(data[0])] if data and isinstance(data[0], list) else [len(data)]
+    body: dict[str, object] = {
+        "inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": data}]
+    }
+    if output:
+        body["outputs"] = [{"name": o} for o in output]
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    request = urllib.request.Request(
+        url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as exc:
+        console.print(f"[red]{exc.code}[/] {exc.read().decode()}")
+        raise typer.Exit(1) from None
+    except urllib.error.URLError as exc:
+        console.print(f"[red]cannot reach {url}:[/] {exc.reason}; is `mlscale serve` running?")
+        raise typer.Exit(1) from None
+    json.dump(answer, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    app()

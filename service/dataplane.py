@@ -1,0 +1,97 @@
+"""The data plane: the loaded versions of one model, readiness, and inference.
+
+Transport-free: `app.py` translates HTTP to calls here, and back.
+"""
+
+import logging
+import time
+
+import numpy as np
+
+from service.batching import Batcher
+from service.errors import InferenceFailed, ModelNotFound, ModelNotReady
+from service.metrics import Metrics
+from service.runtime import LoadedModel, Outputs
+from service.settings import BatchingSettings, ModelSettings
+from service.store import ModelStore
+
+log = logging.getLogger("mlscale")
+
+
+class DataPlane:
+    def __init__(self, model: ModelSettings, batching: BatchingSettings, metrics: Metrics) -> None:
+        self.settings = model
+        self.batching = batching
+        self.metrics = metrics
+        self.store = ModelStore(model.model_dir)
+        self.name = model.model_name
+        self.default_version = ""
+        self.models: dict[str, LoadedModel] = {}
+        self._batchers: dict[str, Batcher] = {}
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and not self.draining
+
+    def load(self) -> None:
+        """Load, verify and warm up every configured version. Any failure is fatal: a bad
+        version never becomes ready."""
+        self.default_version = self.store.resolve(self.name, self.settings.model_version)
+        wanted = [self.default_version, *self.settings.extra_versions]
+        for version in dict.fromkeys(self.store.resolve(self.name, v) for v in wanted):
+            start = time.perf_counter()
+            manifest, estimator = self.store.load(self.name, version)
+            loaded = LoadedModel(manifest, estimator)
+            loaded.warm_up()
+            loaded.load_seconds = time.perf_counter() - start
+            self.models[version] = loaded
+            mode = self.batching.mode
+            if mode == "on" or (mode == "auto" and not loaded.has_fast_path):
+                self._batchers[version] = Batcher(
+                    loaded.predict,
+                    max_size=self.batching.max_size,
+                    max_wait_s=self.batching.max_wait_ms / 1000,
+                    observer=self.metrics,
+                )
+            self.metrics.load_seconds.labels(self.name, version).set(loaded.load_seconds)
+            self.metrics.model_info.labels(
+                self.name, version, manifest.sha256, manifest.sklearn_version,
+                str(version == self.default_version).lower(),
+            ).set(1)  # fmt: skip
+            log.info(
+                "loaded %s/%s (%s, fast path: %s) in %.1f ms",
+                self.name, version, manifest.estimator, loaded.has_fast_path,
+                loaded.load_seconds * 1000,
+            )  # fmt: skip
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+
+    def model(self, name: str, version: str | None = None) -> LoadedModel:
+        """The loaded version that answers a path; 404 names what is served instead."""
+        if name != self.name:
+            raise ModelNotFound(f"model '{name}' not found; this server serves '{self.name}'")
+        if not self.models:
+            raise ModelNotReady(f"model '{name}' is not loaded yet")
+        version = version or self.default_version
+        loaded = self.models.get(version)
+        if loaded is None:
+            raise ModelNotFound(
+                f"model '{name}' version '{version}' is not loaded; loaded versions: "
+                + ", ".join(self.models)
+            )
+        return loaded
+
+    async def predict(self, model: LoadedModel, x: np.ndarray) -> Outputs:
+        batcher = self._batchers.get(model.version)
+        try:
+            if batcher is not None:
+                return await batcher.submit(x)
+            return model.predict(x)
+        except Exception as exc:
+            log.exception("%s/%s failed to predict", model.name, model.version)
+            raise InferenceFailed(
+                f"model '{model.name}' version '{model.version}' failed to predict: {exc}"
+            ) from exc

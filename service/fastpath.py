@@ -1,0 +1,177 @@
+"""The outermost ASGI app: request metrics, plus the hot routes served without a framework.
+
+FastAPI's per-request machinery (exit stacks, dependency solving, four middleware layers)
+costs more here than parsing, predicting and encoding a small tensor together (see
+`make bench`). So the routes that carry the load — infer (both paths) and the two health
+probes — are answered directly at the ASGI level, and everything else goes to the FastAPI app.
+Each route has exactly one implementation: here, or in `app.py`.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from time import perf_counter
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import protocol
+from service.dataplane import DataPlane
+from service.errors import MLScaleError, PayloadTooLarge, UnsupportedMediaType
+from service.metrics import MODEL_HEADER, VERSION_HEADER, Metrics
+
+log = logging.getLogger("mlscale")
+
+Headers = list[tuple[bytes, bytes]]
+Answer = tuple[int, bytes, Headers]  # status, JSON body, extra headers
+JSON_HEADER = (b"content-type", b"application/json")
+INFER = "/v2/models/{name}/infer"
+INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
+LIVE = "/v2/health/live"
+READY = "/v2/health/ready"
+
+
+def model_headers(name: str, version: str) -> Headers:
+    return [(MODEL_HEADER, name.encode()), (VERSION_HEADER, version.encode())]
+
+
+def answered_by(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """(model, version) from response headers, for the metrics labels."""
+    model = version = ""
+    for key, value in headers:
+        if key == MODEL_HEADER:
+            model = value.decode()
+        elif key == VERSION_HEADER:
+            version = value.decode()
+    return model, version
+
+
+def _media_type_ok(headers: Headers) -> bool:
+    for key, value in headers:
+        if key == b"content-type":
+            media = value.split(b";")[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return True  # no content type: assume JSON, as curl --json and most clients send it
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing non-JSON media types and bodies over `limit` bytes."""
+    headers: Headers = scope["headers"]
+    if not _media_type_ok(headers):
+        raise UnsupportedMediaType("send the body as application/json")
+    for key, value in headers:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"body of {int(value)} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class FastPath:
+    def __init__(self, api: ASGIApp, plane: DataPlane, metrics: Metrics, limit: int) -> None:
+        self.api = api
+        self.plane = plane
+        self.metrics = metrics
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)  # lifespan belongs to the FastAPI app
+            return
+        start = perf_counter()
+        self.metrics.in_flight.inc()
+        endpoint, handler = self._route(scope["method"], scope["path"])
+        labels: tuple[str, str, str, str]
+        try:
+            if handler is None:
+                labels = await self._delegate(scope, receive, send)
+            else:
+                labels = await self._answer(endpoint, handler, scope, receive, send)
+        finally:
+            self.metrics.in_flight.dec()
+        self.metrics.requests.labels(*labels).inc()
+        self.metrics.latency.labels(*labels).observe(perf_counter() - start)
+
+    def _route(
+        self, method: str, path: str
+    ) -> tuple[str, Callable[[Scope, Receive], Awaitable[Answer]] | None]:
+        if method == "GET":
+            if path == LIVE:
+                return LIVE, self._live
+            if path == READY:
+                return READY, self._ready
+        elif method == "POST" and path.startswith("/v2/models/") and path.endswith("/infer"):
+            parts = path.split("/")  # ['', 'v2', 'models', name, ('versions', v,)? 'infer']
+            if len(parts) == 5 and parts[3]:
+                return INFER, self._infer
+            if len(parts) == 7 and parts[3] and parts[4] == "versions" and parts[5]:
+                return INFER_VERSION, self._infer
+        return "", None
+
+    async def _answer(
+        self,
+        endpoint: str,
+        handler: Callable[[Scope, Receive], Awaitable[Answer]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> tuple[str, str, str, str]:
+        try:
+            status, body, headers = await handler(scope, receive)
+        except MLScaleError as exc:
+            status, body = exc.status_code, protocol.error_body(exc.message)
+            headers = model_headers(*exc.answered_by) if exc.answered_by else []
+        except Exception:
+            log.exception("unexpected error on %s", scope["path"])
+            status, body, headers = 500, protocol.error_body("internal server error"), []
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [JSON_HEADER, *headers]}
+        )
+        await send({"type": "http.response.body", "body": body})
+        return (endpoint, *answered_by(headers), str(status))
+
+    async def _delegate(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[str, str, str, str]:
+        status, model, version = "500", "", ""
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, model, version
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+                model, version = answered_by(message.get("headers", ()))
+            await send(message)
+
+        await self.api(scope, receive, send_wrapper)
+        route = scope.get("route")
+        return getattr(route, "path", "unmatched"), model, version, status
+
+    async def _live(self, scope: Scope, receive: Receive) -> Answer:
+        return 200, b'{"live":true}', []
+
+    async def _ready(self, scope: Scope, receive: Receive) -> Answer:
+        if self.plane.ready:
+            return 200, b'{"ready":true}', []
+        return 503, b'{"ready":false}', []
+
+    async def _infer(self, scope: Scope, receive: Receive) -> Answer:
+        parts = scope["path"].split("/")
+        model = self.plane.model(parts[3], parts[5] if len(parts) == 7 else None)
+        try:
+            request = protocol.decode_infer_request(
+                await read_body(scope, receive, self.limit), model.manifest
+            )
+            outputs = await self.plane.predict(model, request.x)
+        except MLScaleError as exc:
+            exc.answered_by = (model.name, model.version)
+            raise
+        body = protocol.encode_infer_response(model.manifest, outputs, request.outputs, request.id)
+        return 200, body, model_headers(model.name, model.version)

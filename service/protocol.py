@@ -1,0 +1,254 @@
+"""Open Inference Protocol v2 (and KServe v1) bodies: the codec and the documented shapes.
+
+The hot path does not validate with pydantic: it parses with orjson and checks the request
+against the model's manifest by hand, which is several times cheaper for tensor bodies. The
+pydantic models at the bottom exist to document the real bodies in the OpenAPI schema.
+"""
+
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, Field
+
+from service.errors import InvalidInput
+from service.store import Manifest, TensorSpec
+
+# V2 datatypes that can carry numbers, with the numpy kinds their data may hold.
+_INTEGER_TYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)}
+_FLOAT_TYPES = {"FP16", "FP32", "FP64"}
+DATATYPES = _INTEGER_TYPES | _FLOAT_TYPES | {"BOOL", "BYTES"}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    x: np.ndarray  # validated, float64, shape (rows, features)
+    outputs: list[str]  # names of the outputs to return, in order
+    id: str | None = None
+
+
+def loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+def _as_rows(data: Any, spec: TensorSpec, where: str) -> np.ndarray:
+    """Turn JSON numbers into a finite float64 matrix matching the input spec."""
+    try:
+        arr = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"{where}: data is ragged; every row needs the same length") from None
+    if arr.dtype.kind not in "iuf":
+        raise InvalidInput(f"{where}: data must be numbers (expected {spec.datatype})")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise InvalidInput(f"{where}: data contains NaN or infinity")
+    return arr
+
+
+def _check_shape(shape: tuple[int, ...], spec: TensorSpec, where: str) -> tuple[int, ...]:
+    """Match a request shape against the manifest's; a 1-feature model also takes shape [N]."""
+    expected = spec.shape
+    if len(shape) == 1 and expected[1:] == [1]:
+        shape = (shape[0], 1)
+    if len(shape) != len(expected) or any(
+        want != -1 and got != want for got, want in zip(shape, expected, strict=True)
+    ):
+        raise InvalidInput(f"{where}: shape {list(shape)} does not match the model's {expected}")
+    if shape[0] == 0:
+        raise InvalidInput(f"{where}: empty batch; send at least one row")
+    return shape
+
+
+def decode_infer_request(body: bytes, manifest: Manifest) -> InferRequest:
+    payload = loads(body)
+    if not isinstance(payload, dict):
+        raise InvalidInput("request body must be a JSON object with 'inputs'")
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    spec = manifest.inputs[0]
+    if len(inputs) != len(manifest.inputs):
+        raise InvalidInput(f"expected {len(manifest.inputs)} input tensor(s), got {len(inputs)}")
+    tensor = inputs[0]
+    if not isinstance(tensor, dict):
+        raise InvalidInput("each input must be an object with name, shape, datatype and data")
+    name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+    if name != spec.name:
+        raise InvalidInput(f"unknown input {name!r}; the model's input is {spec.name!r}")
+    where = f"input {name!r}"
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
+    if datatype not in _INTEGER_TYPES | _FLOAT_TYPES:
+        raise InvalidInput(f"{where}: datatype {datatype} is not numeric; send {spec.datatype}")
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}: data must be a list (flat or nested)")
+    arr = _as_rows(data, spec, where)
+    if datatype in _INTEGER_TYPES and not np.array_equal(arr, np.trunc(arr)):
+        raise InvalidInput(f"{where}: datatype {datatype} but data has fractions")
+    if arr.size != prod(shape):
+        raise InvalidInput(f"{where}: shape {shape} needs {prod(shape)} values, got {arr.size}")
+    if arr.ndim > 1 and list(arr.shape) != shape:
+        raise InvalidInput(f"{where}: nested data of shape {list(arr.shape)} but shape is {shape}")
+    x = arr.reshape(_check_shape(tuple(shape), spec, where))
+    return InferRequest(x=x, outputs=_requested_outputs(payload, manifest), id=_request_id(payload))
+
+
+def _request_id(payload: dict[str, Any]) -> str | None:
+    rid = payload.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise InvalidInput("'id' must be a string")
+    return rid
+
+
+def _requested_outputs(payload: dict[str, Any], manifest: Manifest) -> list[str]:
+    known = [spec.name for spec in manifest.outputs]
+    requested = payload.get("outputs")
+    if requested is None:
+        return known[:1]  # the primary output; others on request
+    if not isinstance(requested, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+    ):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    names = [o["name"] for o in requested]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidInput(f"unknown output(s) {unknown}; the model has {known}")
+    return names
+
+
+def decode_instances(body: bytes, manifest: Manifest) -> np.ndarray:
+    """KServe v1 / simple predict body: {"instances": [[...], ...]} (or [x, ...] for 1 feature)."""
+    payload = loads(body)
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        raise InvalidInput("request body must be a JSON object with an 'instances' list")
+    spec = manifest.inputs[0]
+    arr = _as_rows(payload["instances"], spec, "instances")
+    return arr.reshape(_check_shape(arr.shape, spec, "instances"))
+
+
+def encode_infer_response(
+    manifest: Manifest, outputs: dict[str, np.ndarray], names: list[str], request_id: str | None
+) -> bytes:
+    specs = {spec.name: spec for spec in manifest.outputs}
+    body: dict[str, Any] = {"model_name": manifest.name, "model_version": manifest.version}
+    if request_id is not None:
+        body["id"] = request_id
+    body["outputs"] = [
+        {
+            "name": name,
+            "datatype": specs[name].datatype,
+            "shape": list(outputs[name].shape),
+            "data": np.ascontiguousarray(outputs[name]).ravel(),
+        }
+        for name in names
+    ]
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def encode_predictions(manifest: Manifest, predictions: np.ndarray) -> bytes:
+    return orjson.dumps(
+        {
+            "predictions": np.ascontiguousarray(predictions),
+            "model_name": manifest.name,
+            "model_version": manifest.version,
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+# --- Documented shapes (OpenAPI only; the hot path above does the checking) ---------------
+
+
+class RequestInput(BaseModel):
+    name: str = Field(examples=["input-0"])
+    shape: list[int] = Field(examples=[[2, 4]])
+    datatype: str = Field(examples=["FP64"], description=f"One of {sorted(DATATYPES)}.")
+    parameters: dict[str, Any] | None = None
+    data: list[Any] = Field(description="Row-major, flat or nested.", examples=[[1, 2, 3, 4]])
+
+
+class RequestOutput(BaseModel):
+    name: str = Field(examples=["predict"])
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class InstancesRequest(BaseModel):
+    instances: list[Any] = Field(examples=[[[1.0], [2.5]]])
+
+
+class PredictionsResponse(BaseModel):
+    predictions: list[Any]
+    model_name: str
+    model_version: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    version: str | None = None
+    ready: bool
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parameters: dict[str, Any] = Field(
+        description="mlscale extension: the answering version, its sha256, metrics and labels."
+    )

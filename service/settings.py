@@ -1,0 +1,88 @@
+"""Server configuration, read from `MLSCALE_*` environment variables.
+
+One class per concern, each field documented; the objects are passed into constructors,
+never read as globals.
+"""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ModelSettings(BaseSettings):
+    """Which model, and which of its versions, this server loads."""
+
+    model_config = SettingsConfigDict(env_prefix="MLSCALE_", extra="ignore")
+
+    model_dir: Path = Field(Path("models"), description="Root of the model store.")
+    model_name: str = Field("linear", description="Name of the model to serve.")
+    model_version: str = Field(
+        "latest",
+        description="Default version, answered on unversioned paths; `latest` is the highest.",
+    )
+    extra_versions: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More versions to load beside the default, reachable on versioned paths "
+        "(comma-separated in the environment).",
+    )
+
+    @field_validator("extra_versions", mode="before")
+    @classmethod
+    def _split_versions(cls, raw: object) -> object:
+        if isinstance(raw, str):
+            return [v.strip() for v in raw.split(",") if v.strip()]
+        return raw
+
+
+class BatchingSettings(BaseSettings):
+    """Adaptive batching: merge concurrent requests into one `predict` call."""
+
+    model_config = SettingsConfigDict(env_prefix="MLSCALE_BATCH_", extra="ignore")
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="`on` merges concurrent requests; `off` predicts each alone; `auto` merges "
+        "only for models without an exact fast path (for those, merging saves nothing).",
+    )
+    max_size: int = Field(64, ge=1, description="Flush a batch once it holds this many rows.")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Extra time to wait for more requests after the first one. 0 still merges "
+        "every request that arrived while the previous batch ran, without adding latency.",
+    )
+
+
+class ServerSettings(BaseSettings):
+    """HTTP serving and shutdown behaviour."""
+
+    model_config = SettingsConfigDict(env_prefix="MLSCALE_", extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port to listen on.")
+    workers: int = Field(1, ge=1, description="Processes; keep 1 on Kubernetes, pods scale out.")
+    log_level: str = Field("info", description="uvicorn log level: debug, info, warning, error.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1, description="Largest request body accepted; larger ones get 413."
+    )
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, keep serving (not ready) this long so load balancers stop "
+        "sending first. The chart sets it a little above the endpoint propagation time.",
+    )
+    grace_period_s: int = Field(
+        20,
+        gt=0,
+        description="After the delay, how long in-flight requests may take before they are cut.",
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the server needs, grouped by concern."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)

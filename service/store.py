@@ -1,0 +1,167 @@
+"""The model store: immutable versions under `<root>/<name>/<version>/`.
+
+A version folder holds `model.joblib` and `manifest.json`. Versions are written to a hidden
+temporary folder and renamed into place, so a half-written version is never visible, and an
+existing version is never overwritten. Loading checks the artifact's sha256 and the
+scikit-learn version before unpickling: a joblib file is code.
+"""
+
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy
+import sklearn
+from pydantic import BaseModel, Field
+
+from service.errors import ModelNotFound, StoreError
+
+ARTIFACT = "model.joblib"
+MANIFEST = "manifest.json"
+
+
+class TensorSpec(BaseModel):
+    """One input or output tensor, as the Open Inference Protocol describes it."""
+
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 marks a variable dimension (the batch).")
+
+
+class Manifest(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    framework: str = "sklearn"
+    sklearn_version: str
+    numpy_version: str
+    python_version: str
+    estimator: str = Field(description="Class name of the fitted estimator.")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metrics: dict[str, float] = Field(description="Offline metrics on a holdout set.")
+    labels: list[str] = Field(default_factory=list, description="Class names, for classifiers.")
+    created: datetime
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions of a model, oldest first (numeric versions sort as numbers)."""
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        found = [
+            p.name
+            for p in folder.iterdir()
+            if not p.name.startswith(".") and (p / MANIFEST).is_file()
+        ]
+        return sorted(found, key=lambda v: (0, int(v), "") if v.isdigit() else (1, 0, v))
+
+    def resolve(self, name: str, version: str) -> str:
+        """Turn `latest` into a concrete version; refuse versions the store does not have."""
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(f"model '{name}' is not in the store at {self.root}")
+        if version == "latest":
+            return versions[-1]
+        if version not in versions:
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}'; the store has {', '.join(versions)}"
+            )
+        return version
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        path = self.root / name / self.resolve(name, version) / MANIFEST
+        return Manifest.model_validate_json(path.read_bytes())
+
+    def load(self, name: str, version: str) -> tuple[Manifest, Any]:
+        """Verify, then unpickle. Raises StoreError rather than load anything doubtful."""
+        manifest = self.manifest(name, version)
+        artifact = self.root / name / manifest.version / ARTIFACT
+        if not artifact.is_file():
+            raise StoreError(f"{name}/{manifest.version}: {ARTIFACT} is missing")
+        actual = sha256_of(artifact)
+        if actual != manifest.sha256:
+            raise StoreError(
+                f"{name}/{manifest.version}: {ARTIFACT} sha256 {actual[:12]}… does not match "
+                f"the manifest's {manifest.sha256[:12]}…; refusing to load a changed artifact"
+            )
+        if manifest.sklearn_version != sklearn.__version__:
+            raise StoreError(
+                f"{name}/{manifest.version} was trained with scikit-learn "
+                f"{manifest.sklearn_version}, this server runs {sklearn.__version__}; "
+                "retrain it or serve it with the matching image"
+            )
+        return manifest, joblib.load(artifact)
+
+    def next_version(self, name: str) -> str:
+        numeric = [int(v) for v in self.versions(name) if v.isdigit()]
+        return str(max(numeric, default=0) + 1)
+
+    def write(
+        self,
+        name: str,
+        version: str,
+        estimator: Any,
+        *,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        metrics: dict[str, float],
+        labels: list[str] | None = None,
+    ) -> Manifest:
+        """Write a new version atomically. An existing version is refused, never replaced."""
+        final = self.root / name / version
+        if final.exists():
+            raise StoreError(f"{name}/{version} already exists; versions are immutable")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=final.parent))
+        try:
+            joblib.dump(estimator, staging / ARTIFACT)
+            manifest = Manifest(
+                name=name,
+                version=version,
+                sha256=sha256_of(staging / ARTIFACT),
+                sklearn_version=sklearn.__version__,
+                numpy_version=numpy.__version__,
+                python_version=platform.python_version(),
+                estimator=type(estimator).__name__,
+                inputs=inputs,
+                outputs=outputs,
+                metrics=metrics,
+                labels=labels or [],
+                created=datetime.now(UTC),
+            )
+            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+            os.chmod(staging, 0o755)  # mkdtemp makes it 0700; readers may run as another user
+            try:
+                # rename(2) onto a non-empty directory fails, so a racing writer cannot clobber.
+                staging.rename(final)
+            except OSError as exc:
+                raise StoreError(
+                    f"{name}/{version} already exists; versions are immutable"
+                ) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return manifest
