@@ -1,5 +1,7 @@
 """Run the app under uvicorn (uvloop + httptools) with graceful-shutdown timing from settings."""
 
+import signal
+
 import uvicorn
 
 from service.settings import Settings
@@ -8,6 +10,9 @@ from service.settings import Settings
 def run(settings: Settings) -> None:
     """Serve until stopped. Settings reach worker processes through the environment, so the
     app is built by `app_from_env` in each process."""
+    # uvicorn re-raises a SIGTERM it handled once shutdown is complete, under the handler that
+    # was in place before it started. The drain has finished by then: end with status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         "service.app:app_from_env",
         factory=True,

@@ -1,0 +1,102 @@
+"""Shared fixtures: a trained model store and real server processes on free ports."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.store import ModelStore
+from service.train import EXAMPLES, ensure_versions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Versions 1 and 2 of every example model. Tests that change a store copy it first."""
+    root = tmp_path_factory.mktemp("models")
+    store = ModelStore(root)
+    for name in EXAMPLES:
+        ensure_versions(store, name, 2)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
+
+    def log(self) -> str:
+        """Everything the server has printed so far."""
+        return self.log_path.read_text()
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+
+def wait_ready(server: Server, timeout: float = 30) -> None:
+    """Poll the readiness endpoint until it says 200, or fail with the server's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(server.url + "/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"server not ready after {timeout}s")
+
+
+@contextmanager
+def run_server(model_dir: Path, ready: bool = True, **env: str) -> Iterator[Server]:
+    """Start `python -m service` with MLSCALE_* settings; stop it on exit."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "MLSCALE_MODEL_DIR": str(model_dir),
+        "MLSCALE_PORT": str(port),
+        "MLSCALE_HOST": "127.0.0.1",
+        **{f"MLSCALE_{k.upper()}": v for k, v in env.items()},
+    }
+    log_path = model_dir.parent / f"server-{port}.log"
+    with log_path.open("wb") as log:  # a file, not a pipe: a full pipe would block the server
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], env=environ, cwd=ROOT, stdout=log, stderr=log
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        if ready:
+            wait_ready(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def iris(model_dir: Path) -> Iterator[Server]:
+    """iris, default version 2, version 1 loaded too."""
+    with run_server(model_dir, model_name="iris", model_version="2", extra_versions="1") as s:
+        yield s

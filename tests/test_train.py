@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.errors import StoreError
+from service.store import ModelStore
+from service.train import train_version
+
+
+def test_examples_have_good_holdout_metrics(model_dir: Path):
+    store = ModelStore(model_dir)
+    for version in ("1", "2"):
+        assert store.manifest("linear", version).metrics["r2"] > 0.99
+        assert store.manifest("multilinear", version).metrics["r2"] > 0.95
+        assert store.manifest("iris", version).metrics["accuracy"] > 0.9
+    iris = store.manifest("iris", "1")
+    assert iris.labels == ["setosa", "versicolor", "virginica"]
+    assert [o.name for o in iris.outputs] == ["predict", "predict_proba"]
+
+
+def test_linear_learns_the_seed_relation(model_dir: Path):
+    _, model = ModelStore(model_dir).load("linear", "1")
+    assert model.coef_[0] == pytest.approx(2.0, abs=0.05)
+    assert model.intercept_ == pytest.approx(1.0, abs=0.2)
+
+
+def test_training_an_existing_version_is_refused(tmp_path: Path):
+    store = ModelStore(tmp_path)
+    train_version(store, "linear", "1")
+    with pytest.raises(StoreError, match="already exists"):
+        train_version(store, "linear", "1")
+
+
+def test_cli_adds_versions_and_ensure_is_idempotent(tmp_path: Path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "linear", "--model-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "linear", "--model-dir", str(tmp_path)])
+    assert ModelStore(tmp_path).versions("linear") == ["1", "2"]
+    result = runner.invoke(app, ["train", "--ensure", "2", "--model-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    store = ModelStore(tmp_path)
+    assert store.versions("linear") == ["1", "2"]
+    assert store.versions("iris") == ["1", "2"]
+    result = runner.invoke(app, ["models", "--model-dir", str(tmp_path)])
+    assert result.exit_code == 0 and "multilinear" in result.output
+
+
+def test_cli_rejects_unknown_example(tmp_path: Path):
+    result = CliRunner().invoke(app, ["train", "nope", "--model-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "unknown example" in result.output
