@@ -132,9 +132,11 @@ class FastPath:
         except Exception:
             log.exception("unexpected error on %s", scope["path"])
             status, body, headers = 500, protocol.error_body("internal server error"), []
+        length = (b"content-length", str(len(body)).encode())
         await send(
-            {"type": "http.response.start", "status": status, "headers": [JSON_HEADER, *headers]}
-        )
+            {"type": "http.response.start", "status": status,
+             "headers": [JSON_HEADER, length, *headers]}
+        )  # fmt: skip
         await send({"type": "http.response.body", "body": body})
         return (endpoint, *answered_by(headers), str(status))
 
@@ -152,7 +154,11 @@ class FastPath:
 
         await self.api(scope, receive, send_wrapper)
         route = scope.get("route")
-        return getattr(route, "path", "unmatched"), model, version, status
+        if route is not None:
+            endpoint = route.path
+        else:  # FastAPI's own pages (docs, openapi.json) set no route; unknown paths get 404
+            endpoint = "unmatched" if status == "404" else scope["path"]
+        return endpoint, model, version, status
 
     async def _live(self, scope: Scope, receive: Receive) -> Answer:
         return 200, b'{"live":true}', []

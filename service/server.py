@@ -1,10 +1,22 @@
 """Run the app under uvicorn (uvloop + httptools) with graceful-shutdown timing from settings."""
 
+import copy
 import signal
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from service.settings import Settings
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """uvicorn's own logging set-up, plus the `mlscale` logger through the same handler."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["mlscale"] = {
+        "handlers": ["default"], "level": level.upper(), "propagate": False,
+    }  # fmt: skip
+    return config
 
 
 def run(settings: Settings) -> None:
@@ -20,6 +32,7 @@ def run(settings: Settings) -> None:
         port=settings.server.port,
         workers=settings.server.workers,
         log_level=settings.server.log_level,
+        log_config=logging_config(settings.server.log_level),
         loop="uvloop",
         http="httptools",
         lifespan="on",
