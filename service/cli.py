@@ -1,12 +1,14 @@
 """`mlscale`: train example models, list the store, serve, and send predictions."""
 
 import json
+import math
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -116,6 +118,20 @@ def serve(
     run(Settings())
 
 
+def wait_ready(url: str, timeout: float) -> bool:
+    """Poll the V2 readiness endpoint until it answers 200 or the time is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
 @app.command()
 def infer(
     model: Annotated[str, typer.Argument(help="Model name, e.g. iris.")],
@@ -123,11 +139,17 @@ def infer(
     url: Annotated[str, typer.Option(help="Server address.")] = "http://127.0.0.1:8080",
     version: Annotated[str | None, typer.Option(help="Ask this version.")] = None,
     output: Annotated[list[str] | None, typer.Option(help="Outputs to return.")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the server to turn ready first.")
+    ] = 0,
 ) -> None:
     """Send one V2 infer request and print the answer.
 
     Example:  mlscale infer iris "[[5.1, 3.5, 1.4, 0.2]]" --output predict_proba
     """
+    if wait and not wait_ready(url, wait):
+        console.print(f"[red]{url} did not turn ready within {wait}s[/]")
+        raise typer.Exit(1)
     data = json.loads(rows)
     shape = [len(data), len(data[0])] if data and isinstance(data[0], list) else [len(data)]
     body: dict[str, object] = {
@@ -136,12 +158,8 @@ def infer(
     if output:
         body["outputs"] = [{"name": o} for o in output]
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-    request = urllib.request.Request(
-        url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            answer = json.load(response)
+        answer = _post_json(url + path, body)
     except urllib.error.HTTPError as exc:
         console.print(f"[red]{exc.code}[/] {exc.read().decode()}")
         raise typer.Exit(1) from None
@@ -150,6 +168,52 @@ def infer(
         raise typer.Exit(1) from None
     json.dump(answer, sys.stdout)
     sys.stdout.write("\n")
+
+
+@app.command()
+def check(
+    model: Annotated[str, typer.Argument(help="Model name the server should serve.")],
+    url: Annotated[str, typer.Option(help="Server address.")] = "http://127.0.0.1:8080",
+    expect_version: Annotated[
+        str | None, typer.Option(help="Fail unless this version answers.")
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 30,
+) -> None:
+    """Smoke-test a running server: readiness, metadata, one inference of the declared shape.
+
+    Used by the chart's `helm test` hook. Example:  mlscale check iris --expect-version 2
+    """
+    if not wait_ready(url, wait):
+        console.print(f"[red]FAIL[/] {url} did not turn ready within {wait}s")
+        raise typer.Exit(1)
+    try:
+        meta = _get_json(f"{url}/v2/models/{model}")
+        spec = meta["inputs"][0]
+        shape = [1, *spec["shape"][1:]]
+        body = {"inputs": [{"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
+                            "data": [0] * math.prod(shape)}]}  # fmt: skip
+        answer = _post_json(f"{url}/v2/models/{model}/infer", body)
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        console.print(f"[red]FAIL[/] {exc}")
+        raise typer.Exit(1) from None
+    version = answer.get("model_version")
+    if expect_version is not None and version != expect_version:
+        console.print(f"[red]FAIL[/] version {version} answered, expected {expect_version}")
+        raise typer.Exit(1)
+    console.print(f"OK {model} version {version} answered: {answer['outputs'][0]['data']}")
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ class DataPlane:
         for version in dict.fromkeys(self.store.resolve(self.name, v) for v in wanted):
             start = time.perf_counter()
             manifest, estimator = self.store.load(self.name, version)
-            loaded = LoadedModel(manifest, estimator)
+            loaded = LoadedModel(manifest, estimator, fast_path=self.settings.fast_path)
             loaded.warm_up()
             loaded.load_seconds = time.perf_counter() - start
             self.models[version] = loaded

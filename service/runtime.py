@@ -62,12 +62,13 @@ FAST_PATHS: dict[type, Callable[[Any], Callable[[np.ndarray], Outputs] | None]] 
 class LoadedModel:
     manifest: Manifest
     estimator: Any
+    fast_path: bool = True
     load_seconds: float = 0.0
     _fast: Callable[[np.ndarray], Outputs] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         # Exact type match: a subclass may override predict.
-        builder = FAST_PATHS.get(type(self.estimator))
+        builder = FAST_PATHS.get(type(self.estimator)) if self.fast_path else None
         self._fast = builder(self.estimator) if builder else None
 
     @property

@@ -28,6 +28,12 @@ class ModelSettings(BaseSettings):
         "(comma-separated in the environment).",
     )
 
+    fast_path: bool = Field(
+        True,
+        description="Evaluate linear models' formulas directly instead of calling `predict` "
+        "(same answers, see runtime.py); false forces scikit-learn's `predict`.",
+    )
+
     @field_validator("extra_versions", mode="before")
     @classmethod
     def _split_versions(cls, raw: object) -> object:

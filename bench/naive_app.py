@@ -1,0 +1,23 @@
+"""The baseline: the tutorial way to serve a scikit-learn model with FastAPI.
+
+A pydantic body, a sync endpoint (so a thread-pool hop), `model.predict` per request.
+Run: MODEL=path/to/model.joblib uvicorn bench.naive_app:app
+"""
+
+import os
+
+import joblib
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+model = joblib.load(os.environ["MODEL"])
+app = FastAPI()
+
+
+class Rows(BaseModel):
+    instances: list[list[float]]
+
+
+@app.post("/predict")
+def predict(rows: Rows) -> dict[str, list[float]]:
+    return {"predictions": model.predict(rows.instances).tolist()}

@@ -1,0 +1,173 @@
+"""`make bench`: requests/s and latency of mlscale against a naive FastAPI app and the floor.
+
+Each server runs pinned to core 0 and wrk to core 1 (a C load generator: Python ones top out
+below the server). All rows come from one run: this machine is noisy, so compare ratios.
+Writes bench/results/<time>.json and prints a table.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from service.store import ARTIFACT, ModelStore
+from service.train import ensure_versions
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "multilinear"
+ROW = [0.1, 0.2, 0.3, 0.4]
+console = Console()
+
+
+def v2_body(rows: int) -> dict:
+    data = ROW * rows
+    return {"inputs": [{"name": "input-0", "shape": [rows, 4], "datatype": "FP64", "data": data}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(cmd: list[str], env: dict[str, str], probe: str) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full_env = {**os.environ, **env, "MLSCALE_PORT": str(port), "MLSCALE_HOST": "127.0.0.1"}
+    cmd = ["taskset", "-c", "0", *[c.replace("{port}", str(port)) for c in cmd]]
+    proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + probe, timeout=1).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{cmd} did not start")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wrk(url: str, body: dict | None, connections: int, seconds: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if body is not None:
+            script.write(
+                'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                f"wrk.body = [==[{json.dumps(body)}]==]\n"  # [[ ]] would end at a JSON ']]'
+            )
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-s", script.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    os.unlink(script.name)
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        sys.exit(f"bench: {url} answered {errors.group(1)} requests with errors; numbers invalid")
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        sys.exit("wrk and taskset are needed: apt-get install wrk util-linux")
+
+    store_dir = Path(tempfile.mkdtemp(prefix="mlscale-bench-"))
+    ensure_versions(ModelStore(store_dir), MODEL, 1)
+    artifact = str(store_dir / MODEL / "1" / ARTIFACT)
+    mlscale_env = {"MLSCALE_MODEL_DIR": str(store_dir), "MLSCALE_MODEL_NAME": MODEL,
+                   "MLSCALE_LOG_LEVEL": "warning"}  # fmt: skip
+    python = sys.executable
+    uvicorn = [python, "-m", "uvicorn", "--port", "{port}", "--log-level", "warning",
+               "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
+    infer = f"/v2/models/{MODEL}/infer"
+    one, many = v2_body(1), v2_body(64)
+    naive_one, naive_many = {"instances": [ROW]}, {"instances": [ROW] * 64}
+    # (row name, command, env, probe path, request path, bodies by scenario)
+    servers = [
+        ("floor: bare ASGI, fixed JSON", [*uvicorn, "--lifespan", "off", "bench.floor_app:app"],
+         {}, "/", "/", {"1 row": None}),
+        ("naive FastAPI (pydantic, sync, predict)", [*uvicorn, "bench.naive_app:app"],
+         {"MODEL": artifact}, "/docs", "/predict", {"1 row": naive_one, "64 rows": naive_many}),
+        ("mlscale (default)", [python, "-m", "service"], mlscale_env, "/v2/health/ready", infer,
+         {"1 row": one, "64 rows": many}),
+        ("mlscale, sklearn predict, batching off", [python, "-m", "service"],
+         {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_MODE": "off"},
+         "/v2/health/ready", infer, {"1 row": one}),
+        ("mlscale, sklearn predict, batching on", [python, "-m", "service"],
+         {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_MODE": "on"},
+         "/v2/health/ready", infer, {"1 row": one}),
+    ]  # fmt: skip
+    results = []
+    for name, cmd, env, probe, path, bodies in servers:
+        with server(cmd, env, probe) as url:
+            for scenario, body in bodies.items():
+                for connections in (8, 64):
+                    console.print(f"[dim]{name} · {scenario} · c={connections}[/]")
+                    r = wrk(url + path, body, connections, args.seconds)
+                    results.append({"server": name, "scenario": scenario,
+                                    "connections": connections, **r})  # fmt: skip
+    shutil.rmtree(store_dir)
+
+    def rps(server_name: str, scenario: str, connections: int) -> float:
+        return next(r["rps"] for r in results if r["server"] == server_name
+                    and r["scenario"] == scenario and r["connections"] == connections)  # fmt: skip
+
+    ratios = {
+        "mlscale / naive, 1 row, c=64": rps("mlscale (default)", "1 row", 64)
+        / rps("naive FastAPI (pydantic, sync, predict)", "1 row", 64),
+        "mlscale / floor, 1 row, c=64": rps("mlscale (default)", "1 row", 64)
+        / rps("floor: bare ASGI, fixed JSON", "1 row", 64),
+        "batching on / off (sklearn predict), c=64": rps(
+            "mlscale, sklearn predict, batching on", "1 row", 64)
+        / rps("mlscale, sklearn predict, batching off", "1 row", 64),
+    }  # fmt: skip
+    table = Table("server", "request", "conns", "req/s", "p50 ms", "p99 ms",
+                  title="single core server, wrk on the other core")  # fmt: skip
+    for r in results:
+        table.add_row(r["server"], r["scenario"], str(r["connections"]), f"{r['rps']:,.0f}",
+                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")  # fmt: skip
+    console.print(table)
+    for label, value in ratios.items():
+        console.print(f"{label}: [bold]{value:.2f}x[/]")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps({"results": results, "ratios": ratios}, indent=2) + "\n")
+    console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+{{/* Names, labels and checks shared by every template. */}}
+
+{{- define "mlscale.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mlscale.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Selector labels: stable for the life of a release (a Deployment's selector is immutable). */}}
+{{- define "mlscale.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mlscale.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "mlscale.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
+{{ include "mlscale.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: model-server
+app.kubernetes.io/part-of: mlscale
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "mlscale.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mlscale.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlscale.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Long enough for the drain delay, the in-flight grace period, and a margin. */}}
+{{- define "mlscale.terminationGracePeriod" -}}
+{{- add .Values.server.shutdownDelaySeconds .Values.server.gracePeriodSeconds 5 -}}
+{{- end -}}
+
+{{/* Checks that span several values (the schema checks each value alone). */}}
+{{- define "mlscale.validateValues" -}}
+{{- $errors := list -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) -}}
+{{- $errors = append $errors (printf "autoscaling.minReplicas (%v) is above autoscaling.maxReplicas (%v): lower the minimum or raise the maximum." .Values.autoscaling.minReplicas .Values.autoscaling.maxReplicas) -}}
+{{- end -}}
+{{- if and .Values.autoscaling.targetCPUUtilizationPercentage (not .Values.resources.requests.cpu) -}}
+{{- $errors = append $errors "autoscaling targets CPU utilisation, which is relative to the CPU request: set resources.requests.cpu (e.g. 250m)." -}}
+{{- end -}}
+{{- if and .Values.autoscaling.targetMemoryUtilizationPercentage (not .Values.resources.requests.memory) -}}
+{{- $errors = append $errors "autoscaling targets memory utilisation: set resources.requests.memory (e.g. 256Mi)." -}}
+{{- end -}}
+{{- if not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage .Values.autoscaling.podsMetrics) -}}
+{{- $errors = append $errors "autoscaling is enabled without a metric: set targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or podsMetrics." -}}
+{{- end -}}
+{{- end -}}
+{{- if $errors -}}
+{{- fail (printf "\n\nmlscale: invalid values:\n  - %s\n" (join "\n  - " $errors)) -}}
+{{- end -}}
+{{- end -}}

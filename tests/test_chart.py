@@ -1,0 +1,247 @@
+"""The Helm chart, rendered by real helm and validated against Kubernetes' schemas."""
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+CHART = ROOT / "charts" / "mlscale"
+K8S_VERSION = "1.35.0"
+SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
+VALUE_SETS = {
+    "default": {},
+    "autoscaling-off": {"autoscaling": {"enabled": False}, "replicaCount": 3},
+    "networkpolicy-on": {
+        "networkPolicy": {"enabled": True, "from": [{"namespaceSelector": {}}]},
+    },
+    "ingress-on": {
+        "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "mlscale-tls"},
+    },
+    "servicemonitor-on": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "memory-and-pods-metrics": {
+        "autoscaling": {
+            "targetMemoryUtilizationPercentage": 80,
+            "podsMetrics": [{"name": "mlscale_requests_per_second", "averageValue": "50"}],
+        },
+        "model": {"name": "multilinear", "version": "2", "extraVersions": ["1"]},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    found = shutil.which("helm") or shutil.which("helm", path=str(ROOT / ".tools" / "bin"))
+    if found is None:
+        pytest.fail("helm not found: run scripts/install-tools.sh (`make test` does)")
+    return found
+
+
+def run_helm(helm: str, *args: str, values: dict | None = None, tmp_path: Path | None = None):
+    cmd = [helm, *args]
+    if values:
+        assert tmp_path is not None
+        path = tmp_path / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        cmd += ["-f", str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def render(helm: str, tmp_path: Path, values: dict, *extra: str) -> list[dict]:
+    result = run_helm(helm, "template", "demo", str(CHART), "--namespace", "ml", *extra,
+                      values=values, tmp_path=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def pod_specs(docs: list[dict]) -> list[dict]:
+    return [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment")] + [
+        d["spec"] for d in by_kind(docs, "Pod")
+    ]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_lint_strict(helm: str, tmp_path: Path, name: str):
+    result = run_helm(helm, "lint", "--strict", str(CHART), values=VALUE_SETS[name],
+                      tmp_path=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_object_validates_against_kubernetes_schemas(helm: str, tmp_path: Path, name: str):
+    docs = render(helm, tmp_path, VALUE_SETS[name], "--api-versions", SERVICE_MONITOR_API)
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: not in the Kubernetes schemas; checked below
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_validator_really_rejects_unknown_fields(helm: str, tmp_path: Path):
+    deployment = by_kind(render(helm, tmp_path, {}), "Deployment")[0]
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_restricted_pod_security_everywhere(helm: str, tmp_path: Path, name: str):
+    for spec in pod_specs(render(helm, tmp_path, VALUE_SETS[name])):
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] >= 10000
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+        assert spec["automountServiceAccountToken"] is False
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] >= 10000
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+            assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
+
+
+def test_deployment_shape(helm: str, tmp_path: Path):
+    docs = render(helm, tmp_path, {"model": {"name": "iris", "version": "2"}})
+    deployment = by_kind(docs, "Deployment")[0]
+    spec = deployment["spec"]
+    assert "replicas" not in spec, "the HPA owns the replica count"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["revisionHistoryLimit"] >= 1
+    pod = spec["template"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MLSCALE_MODEL_NAME"] == "iris" and env["MLSCALE_MODEL_VERSION"] == "2"
+    assert pod["metadata"]["annotations"]["mlscale.dev/model-version"] == "2"
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    delay = int(env["MLSCALE_SHUTDOWN_DELAY_S"])
+    grace = int(env["MLSCALE_GRACE_PERIOD_S"])
+    assert delay > 0, "endpoints must drop the pod before it stops listening"
+    assert pod["spec"]["terminationGracePeriodSeconds"] > delay + grace
+    spread = pod["spec"]["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def test_labels_selectors_and_targets_fit_together(helm: str, tmp_path: Path):
+    docs = render(helm, tmp_path, {})
+    deployment = by_kind(docs, "Deployment")[0]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    service = by_kind(docs, "Service")[0]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")[0]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"],
+    }  # fmt: skip
+    assert hpa["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    pdb = by_kind(docs, "PodDisruptionBudget")[0]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    # A budget that can block every eviction at minReplicas would stall node drains.
+    assert "minAvailable" not in pdb["spec"] and pdb["spec"]["maxUnavailable"] >= 1
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        for key in ("name", "instance", "version", "managed-by", "component", "part-of"):
+            assert f"app.kubernetes.io/{key}" in labels, (doc["kind"], key)
+
+
+def test_autoscaling_off_sets_replicas(helm: str, tmp_path: Path):
+    docs = render(helm, tmp_path, VALUE_SETS["autoscaling-off"])
+    assert by_kind(docs, "HorizontalPodAutoscaler") == []
+    assert by_kind(docs, "Deployment")[0]["spec"]["replicas"] == 3
+
+
+def test_optional_objects(helm: str, tmp_path: Path):
+    assert by_kind(render(helm, tmp_path, {}), "NetworkPolicy") == []
+    policy = by_kind(render(helm, tmp_path, VALUE_SETS["networkpolicy-on"]), "NetworkPolicy")[0]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    ingress = by_kind(render(helm, tmp_path, VALUE_SETS["ingress-on"]), "Ingress")[0]
+    assert ingress["spec"]["tls"][0]["secretName"] == "mlscale-tls"
+    metrics = by_kind(render(helm, tmp_path, VALUE_SETS["memory-and-pods-metrics"]),
+                      "HorizontalPodAutoscaler")[0]["spec"]["metrics"]  # fmt: skip
+    assert [m["type"] for m in metrics] == ["Resource", "Resource", "Pods"]
+
+
+def test_service_monitor_only_where_its_api_exists(helm: str, tmp_path: Path):
+    values = VALUE_SETS["servicemonitor-on"]
+    assert by_kind(render(helm, tmp_path, values), "ServiceMonitor") == []
+    monitor = by_kind(render(helm, tmp_path, values, "--api-versions", SERVICE_MONITOR_API),
+                      "ServiceMonitor")[0]  # fmt: skip
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+
+
+def test_helm_test_pod_runs_a_real_inference(helm: str, tmp_path: Path):
+    pod = by_kind(render(helm, tmp_path, {"model": {"name": "iris", "version": "2"}}), "Pod")[0]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:3] == ["mlscale", "check", "iris"]
+    assert command[command.index("--expect-version") + 1] == "2"
+    assert command[command.index("--url") + 1] == "http://demo-mlscale:80"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"autoscaling": {"minReplicas": "two"}}, "minReplicas"),
+        ({"autoscaling": {"minReplicas": -1}}, "minReplicas"),
+        ({"autoscaling": {"maxReplicas": 0}}, "maxReplicas"),
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+         "autoscaling.minReplicas (5) is above autoscaling.maxReplicas (2)"),
+        ({"replicas": 3}, "replicas"),
+        ({"autoscaling": {"targetCPUUtilizationPercentage": 70},
+          "resources": {"requests": {"cpu": None, "memory": "256Mi"}}},
+         "set resources.requests.cpu"),
+        ({"model": {"name": "iris", "version": 2}}, "version"),
+        ({"pdb": {"maxUnavailable": 0}}, "maxUnavailable"),
+        ({"service": {"port": 70000}}, "port"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_rejected_with_a_readable_message(
+    helm: str, tmp_path: Path, values, message
+):
+    result = run_helm(helm, "template", "demo", str(CHART), values=values, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_chart_versions_follow_the_project():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == project and chart["appVersion"] == project
+
+
+def test_every_value_is_documented_where_declared():
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    documented = {line.split()[2] for line in lines if line.strip().startswith("## @param")}
+    values = yaml.safe_load("\n".join(lines))
+
+    def leaves(node: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if path in documented:
+                out.add(path)
+            elif isinstance(value, dict):
+                out |= leaves(value, path + ".")
+            else:
+                out.add(path)
+        return out
+
+    undocumented = leaves(values) - documented
+    assert not undocumented, f"values without a ## @param line: {sorted(undocumented)}"
