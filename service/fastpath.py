@@ -7,6 +7,7 @@ probes — are answered directly at the ASGI level, and everything else goes to 
 Each route has exactly one implementation: here, or in `app.py`.
 """
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter
@@ -21,7 +22,9 @@ from service.metrics import MODEL_HEADER, VERSION_HEADER, Metrics
 log = logging.getLogger("mlscale")
 
 Headers = list[tuple[bytes, bytes]]
-Answer = tuple[int, bytes, Headers]  # status, JSON body, extra headers
+AnsweredBy = tuple[str, str]  # (model, version); ("", "") where no model answered
+Answer = tuple[int, bytes, AnsweredBy]  # status, JSON body, who answered
+NOBODY: AnsweredBy = ("", "")
 JSON_HEADER = (b"content-type", b"application/json")
 INFER = "/v2/models/{name}/infer"
 INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
@@ -29,11 +32,14 @@ LIVE = "/v2/health/live"
 READY = "/v2/health/ready"
 
 
-def model_headers(name: str, version: str) -> Headers:
-    return [(MODEL_HEADER, name.encode()), (VERSION_HEADER, version.encode())]
+@functools.cache
+def model_headers(answered: AnsweredBy) -> tuple[tuple[bytes, bytes], ...]:
+    if answered == NOBODY:
+        return ()
+    return ((MODEL_HEADER, answered[0].encode()), (VERSION_HEADER, answered[1].encode()))
 
 
-def answered_by(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, str]:
+def answered_by(headers: Iterable[tuple[bytes, bytes]]) -> AnsweredBy:
     """(model, version) from response headers, for the metrics labels."""
     model = version = ""
     for key, value in headers:
@@ -87,7 +93,8 @@ class FastPath:
             await self.api(scope, receive, send)  # lifespan belongs to the FastAPI app
             return
         start = perf_counter()
-        self.metrics.in_flight.inc()
+        metrics = self.metrics
+        metrics.in_flight += 1
         endpoint, handler = self._route(scope["method"], scope["path"])
         labels: tuple[str, str, str, str]
         try:
@@ -96,9 +103,8 @@ class FastPath:
             else:
                 labels = await self._answer(endpoint, handler, scope, receive, send)
         finally:
-            self.metrics.in_flight.dec()
-        self.metrics.requests.labels(*labels).inc()
-        self.metrics.latency.labels(*labels).observe(perf_counter() - start)
+            metrics.in_flight -= 1
+        metrics.request(labels, perf_counter() - start)
 
     def _route(
         self, method: str, path: str
@@ -125,20 +131,20 @@ class FastPath:
         send: Send,
     ) -> tuple[str, str, str, str]:
         try:
-            status, body, headers = await handler(scope, receive)
+            status, body, answered = await handler(scope, receive)
         except MLScaleError as exc:
             status, body = exc.status_code, protocol.error_body(exc.message)
-            headers = model_headers(*exc.answered_by) if exc.answered_by else []
+            answered = exc.answered_by or NOBODY
         except Exception:
             log.exception("unexpected error on %s", scope["path"])
-            status, body, headers = 500, protocol.error_body("internal server error"), []
+            status, body, answered = 500, protocol.error_body("internal server error"), NOBODY
         length = (b"content-length", str(len(body)).encode())
         await send(
             {"type": "http.response.start", "status": status,
-             "headers": [JSON_HEADER, length, *headers]}
+             "headers": [JSON_HEADER, length, *model_headers(answered)]}
         )  # fmt: skip
         await send({"type": "http.response.body", "body": body})
-        return (endpoint, *answered_by(headers), str(status))
+        return endpoint, answered[0], answered[1], str(status)
 
     async def _delegate(
         self, scope: Scope, receive: Receive, send: Send
@@ -161,12 +167,12 @@ class FastPath:
         return endpoint, model, version, status
 
     async def _live(self, scope: Scope, receive: Receive) -> Answer:
-        return 200, b'{"live":true}', []
+        return 200, b'{"live":true}', NOBODY
 
     async def _ready(self, scope: Scope, receive: Receive) -> Answer:
         if self.plane.ready:
-            return 200, b'{"ready":true}', []
-        return 503, b'{"ready":false}', []
+            return 200, b'{"ready":true}', NOBODY
+        return 503, b'{"ready":false}', NOBODY
 
     async def _infer(self, scope: Scope, receive: Receive) -> Answer:
         parts = scope["path"].split("/")
@@ -180,4 +186,4 @@ class FastPath:
             exc.answered_by = (model.name, model.version)
             raise
         body = protocol.encode_infer_response(model.manifest, outputs, request.outputs, request.id)
-        return 200, body, model_headers(model.name, model.version)
+        return 200, body, (model.name, model.version)

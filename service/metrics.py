@@ -1,6 +1,8 @@
 """Prometheus metrics, in a registry per app (tests start many). `fastpath.py` counts and
 times every request by endpoint, model, version and status code."""
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -38,9 +40,12 @@ class Metrics(BatchObserver):
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge(
+        # A plain counter read at scrape time: no lock on the request path.
+        self.in_flight = 0
+        Gauge(
             "mlscale_requests_in_flight", "Requests being handled now.", registry=self.registry
-        )
+        ).set_function(lambda: self.in_flight)
+        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.batch_requests = Histogram(
             "mlscale_batch_requests", "Requests merged into one predict call.",
             buckets=BATCH_BUCKETS, registry=self.registry,
@@ -62,6 +67,17 @@ class Metrics(BatchObserver):
             "unversioned paths use.", ["model", "version", "sha256", "sklearn_version", "default"],
             registry=self.registry,
         )  # fmt: skip
+
+    def request(self, labels: tuple[str, str, str, str], seconds: float) -> None:
+        """Count and time one request (labels: endpoint, model, version, code)."""
+        series = self._series.get(labels)
+        if series is None:  # resolving labelled children is the costly part: do it once
+            series = self._series[labels] = (
+                self.requests.labels(*labels),
+                self.latency.labels(*labels),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def batch(self, requests: int, rows: int, queue_seconds: list[float]) -> None:
         self.batch_requests.observe(requests)

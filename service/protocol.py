@@ -19,7 +19,8 @@ from service.store import Manifest, TensorSpec
 # V2 datatypes that can carry numbers, with the numpy kinds their data may hold.
 _INTEGER_TYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)}
 _FLOAT_TYPES = {"FP16", "FP32", "FP64"}
-DATATYPES = _INTEGER_TYPES | _FLOAT_TYPES | {"BOOL", "BYTES"}
+_NUMERIC_TYPES = _INTEGER_TYPES | _FLOAT_TYPES
+DATATYPES = _NUMERIC_TYPES | {"BOOL", "BYTES"}
 
 
 @dataclass(frozen=True)
@@ -48,75 +49,76 @@ def _as_rows(data: Any, spec: TensorSpec, where: str) -> np.ndarray:
     return arr.astype(np.float64, copy=False)
 
 
-def _check_shape(shape: tuple[int, ...], spec: TensorSpec, where: str) -> tuple[int, ...]:
+def _check_shape(shape: list[int], spec: TensorSpec, where: str) -> tuple[int, ...]:
     """Match a request shape against the manifest's; a 1-feature model also takes shape [N]."""
     expected = spec.shape
-    if len(shape) == 1 and expected[1:] == [1]:
-        shape = (shape[0], 1)
-    if len(shape) != len(expected) or any(
-        want != -1 and got != want for got, want in zip(shape, expected, strict=True)
-    ):
-        raise InvalidInput(f"{where}: shape {list(shape)} does not match the model's {expected}")
+    if len(shape) == 1 and len(expected) == 2 and expected[1] == 1:
+        shape = [shape[0], 1]
+    if len(shape) != len(expected):
+        raise InvalidInput(f"{where}: shape {shape} does not match the model's {expected}")
+    for got, want in zip(shape, expected, strict=True):
+        if want != -1 and got != want:
+            raise InvalidInput(f"{where}: shape {shape} does not match the model's {expected}")
     if shape[0] == 0:
         raise InvalidInput(f"{where}: empty batch; send at least one row")
-    return shape
+    return tuple(shape)
 
 
 def decode_infer_request(body: bytes, manifest: Manifest) -> InferRequest:
+    """Parse and check a V2 infer body. Cheap checks first, error text built only on error."""
     payload = loads(body)
-    if not isinstance(payload, dict):
+    if type(payload) is not dict:
         raise InvalidInput("request body must be a JSON object with 'inputs'")
     inputs = payload.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
+    if type(inputs) is not list or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
-    spec = manifest.inputs[0]
     if len(inputs) != len(manifest.inputs):
         raise InvalidInput(f"expected {len(manifest.inputs)} input tensor(s), got {len(inputs)}")
+    spec = manifest.inputs[0]
     tensor = inputs[0]
-    if not isinstance(tensor, dict):
+    if type(tensor) is not dict:
         raise InvalidInput("each input must be an object with name, shape, datatype and data")
-    name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+    name = tensor.get("name")
     if name != spec.name:
         raise InvalidInput(f"unknown input {name!r}; the model's input is {spec.name!r}")
     where = f"input {name!r}"
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
-    if datatype not in DATATYPES:
+    if datatype not in _NUMERIC_TYPES:
+        if datatype in DATATYPES:
+            raise InvalidInput(f"{where}: datatype {datatype} is not numeric; send {spec.datatype}")
         raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
-    if datatype not in _INTEGER_TYPES | _FLOAT_TYPES:
-        raise InvalidInput(f"{where}: datatype {datatype} is not numeric; send {spec.datatype}")
-    data = tensor.get("data")
-    if not isinstance(data, list):
+    if type(data) is not list:
         raise InvalidInput(f"{where}: data must be a list (flat or nested)")
     arr = _as_rows(data, spec, where)
     if datatype in _INTEGER_TYPES and not np.array_equal(arr, np.trunc(arr)):
         raise InvalidInput(f"{where}: datatype {datatype} but data has fractions")
-    if arr.size != prod(shape):
-        raise InvalidInput(f"{where}: shape {shape} needs {prod(shape)} values, got {arr.size}")
+    size = prod(shape)
+    if arr.size != size:
+        raise InvalidInput(f"{where}: shape {shape} needs {size} values, got {arr.size}")
     if arr.ndim > 1 and list(arr.shape) != shape:
         raise InvalidInput(f"{where}: nested data of shape {list(arr.shape)} but shape is {shape}")
-    x = arr.reshape(_check_shape(tuple(shape), spec, where))
+    x = arr.reshape(_check_shape(shape, spec, where))
     return InferRequest(x=x, outputs=_requested_outputs(payload, manifest), id=_request_id(payload))
 
 
 def _request_id(payload: dict[str, Any]) -> str | None:
     rid = payload.get("id")
-    if rid is not None and not isinstance(rid, str):
+    if rid is not None and type(rid) is not str:
         raise InvalidInput("'id' must be a string")
     return rid
 
 
 def _requested_outputs(payload: dict[str, Any], manifest: Manifest) -> list[str]:
-    known = [spec.name for spec in manifest.outputs]
     requested = payload.get("outputs")
     if requested is None:
-        return known[:1]  # the primary output; others on request
-    if not isinstance(requested, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+        return [manifest.outputs[0].name]  # the primary output; others on request
+    if type(requested) is not list or not all(
+        type(o) is dict and type(o.get("name")) is str for o in requested
     ):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    known = [spec.name for spec in manifest.outputs]
     names = [o["name"] for o in requested]
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -131,7 +133,7 @@ def decode_instances(body: bytes, manifest: Manifest) -> np.ndarray:
         raise InvalidInput("request body must be a JSON object with an 'instances' list")
     spec = manifest.inputs[0]
     arr = _as_rows(payload["instances"], spec, "instances")
-    return arr.reshape(_check_shape(arr.shape, spec, "instances"))
+    return arr.reshape(_check_shape(list(arr.shape), spec, "instances"))
 
 
 def encode_infer_response(
