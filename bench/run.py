@@ -125,10 +125,10 @@ def main() -> None:
         ("mlscale (default)", [python, "-m", "service"], mlscale_env, "/v2/health/ready", infer,
          {"1 row": one, "64 rows": many}),
         ("mlscale, sklearn predict, batching off", [python, "-m", "service"],
-         {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_MODE": "off"},
+         {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_ENABLED": "false"},
          "/v2/health/ready", infer, {"1 row": one}),
         ("mlscale, sklearn predict, batching on", [python, "-m", "service"],
-         {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_MODE": "on"},
+         {**mlscale_env, "MLSCALE_FAST_PATH": "false"},
          "/v2/health/ready", infer, {"1 row": one}),
     ]  # fmt: skip
     results = []

@@ -46,8 +46,7 @@ class DataPlane:
             loaded.warm_up()
             loaded.load_seconds = time.perf_counter() - start
             self.models[version] = loaded
-            mode = self.batching.mode
-            if mode == "on" or (mode == "auto" and not loaded.has_fast_path):
+            if self.batching.enabled:
                 self._batchers[version] = Batcher(
                     loaded.predict,
                     max_size=self.batching.max_size,

@@ -5,7 +5,7 @@ never read as globals.
 """
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,11 +47,7 @@ class BatchingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MLSCALE_BATCH_", extra="ignore")
 
-    mode: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="`on` merges concurrent requests; `off` predicts each alone; `auto` merges "
-        "only for models without an exact fast path (for those, merging saves nothing).",
-    )
+    enabled: bool = Field(True, description="Merge concurrent requests; false predicts each alone.")
     max_size: int = Field(64, ge=1, description="Flush a batch once it holds this many rows.")
     max_wait_ms: float = Field(
         0.0,

@@ -223,10 +223,9 @@ def test_batched_answers_equal_unbatched_ones(model_dir: Path):
     for _ in range(60):
         rows = int(rng.integers(1, 6))
         bodies.append(v2(rng.normal(size=rows * 4).tolist(), shape=[rows, 4]))
-    with run_server(model_dir, model_name="multilinear", batch_mode="off") as plain:
+    with run_server(model_dir, model_name="multilinear", batch_enabled="false") as plain:
         alone = asyncio.run(_infer_all(plain.url, bodies))
-    with run_server(model_dir, model_name="multilinear", batch_mode="on",
-                    batch_max_wait_ms="20") as batched:  # fmt: skip
+    with run_server(model_dir, model_name="multilinear", batch_max_wait_ms="20") as batched:
         merged = asyncio.run(_infer_all(batched.url, bodies))
         text = httpx.get(batched.url + "/metrics").text
     assert merged == alone

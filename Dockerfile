@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# mlscale model server. Build with `make image` (scripts/build-image.sh), or:
+#   DOCKER_BUILDKIT=1 docker build -t mlscale:0.1.0 .
+# BASE_IMAGE may be any Debian-like image with python3 (>= 3.11) and its venv module.
+ARG BASE_IMAGE=python:3.12-slim
+
+FROM ${BASE_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+# The CA bundle, where one is passed as a build secret, is used by pip and never stored.
+RUN --mount=type=secret,id=pipcert \
+    python3 -m venv /opt/venv \
+ && if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+ && /opt/venv/bin/pip install --no-cache-dir '.[serve]' \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools \
+ && find /opt/venv -depth -type d -name tests -path '*site-packages/*' -exec rm -rf {} + \
+ && /opt/venv/bin/python -m compileall -q /opt/venv
+# Two versions of every example model, so rollouts can be shown without a rebuild.
+RUN /opt/venv/bin/mlscale train --ensure 2 --model-dir /opt/models \
+ && /opt/venv/bin/mlscale models --model-dir /opt/models
+
+FROM ${BASE_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="mlscale" \
+      org.opencontainers.image.description="Open Inference Protocol server for scikit-learn models" \
+      org.opencontainers.image.source="https://github.com/mlscale/mlscale" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      dev.mlscale.models="linear:1,2 multilinear:1,2 iris:1,2"
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/models /opt/models
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MLSCALE_MODEL_DIR=/opt/models \
+    MLSCALE_MODEL_NAME=iris \
+    MLSCALE_MODEL_VERSION=1
+# A fixed non-root user (the chart runs as the same IDs); only /tmp needs to be writable.
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=2)"]
+# Exec form: the server is PID 1 and receives SIGTERM itself (it drains, then exits 0).
+CMD ["python", "-m", "service"]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Build mlscale:<version> (`make image`). Works with a normal Docker, and where no registry is
+# reachable: then it builds a local Debian base with debootstrap and passes it as BASE_IMAGE.
+#   BASE_IMAGE=...  use this base instead of the Dockerfile's default
+#   TAG=...         image tag (default mlscale:<project version>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+TAG=${TAG:-mlscale:$VERSION}
+DOCKER=$(scripts/docker-engine.sh)
+DEFAULT_BASE=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
+LOCAL_BASE=mlscale-base/debian-python:bookworm
+
+if [ -z "${BASE_IMAGE:-}" ]; then
+  if $DOCKER image inspect "$DEFAULT_BASE" >/dev/null 2>&1 || timeout 60 $DOCKER pull -q "$DEFAULT_BASE" >/dev/null 2>&1; then
+    BASE_IMAGE=$DEFAULT_BASE
+  else
+    echo "build-image: $DEFAULT_BASE cannot be pulled; using a local Debian base ($LOCAL_BASE)" >&2
+    if ! $DOCKER image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
+      command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; }
+      rootfs=$(mktemp -d)
+      trap 'rm -rf "$rootfs"' EXIT
+      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" >&2
+      tar -C "$rootfs" -c . | $DOCKER import - "$LOCAL_BASE" >/dev/null
+    fi
+    BASE_IMAGE=$LOCAL_BASE
+  fi
+fi
+
+secret=()
+CA=${PIP_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+[ -s "$CA" ] && secret=(--secret "id=pipcert,src=$CA")
+echo "build-image: $TAG from $BASE_IMAGE" >&2
+DOCKER_BUILDKIT=1 $DOCKER build --progress=plain "${secret[@]}" \
+  --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$VERSION" -t "$TAG" . >&2
+echo "$TAG"

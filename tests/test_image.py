@@ -1,0 +1,155 @@
+"""The container image, built and run for real (skips with the reason where Docker can't be had)."""
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from service.store import ModelStore
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.docker
+HARDENED = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges", "--user", "10001:10001"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def docker() -> str:
+    engine = subprocess.run([ROOT / "scripts" / "docker-engine.sh"], capture_output=True, text=True)
+    if engine.returncode != 0:
+        pytest.skip(f"no Docker engine: {engine.stderr.strip()}")
+    return engine.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def image(docker: str) -> str:
+    build = subprocess.run([ROOT / "scripts" / "build-image.sh"], capture_output=True, text=True,
+                           env={**os.environ, "TAG": "mlscale:test"})  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    return build.stdout.strip()
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd}: {result.stderr}")
+    return result.stdout.strip()
+
+
+def state(docker: str, container: str) -> dict:
+    return json.loads(sh(docker, "inspect", "--format", "{{json .State}}", container))
+
+
+@contextmanager
+def container(
+    docker: str, image: str, *, healthy: bool = True, **env: str
+) -> Iterator[tuple[str, str]]:
+    """A hardened container; yields (id, base URL) once Docker's HEALTHCHECK says healthy."""
+    flags = [f"--env=MLSCALE_{k.upper()}={v}" for k, v in env.items()]
+    cid = sh(docker, "run", "-d", *HARDENED, "-p", "127.0.0.1::8080", *flags, image)
+    try:
+        port = sh(docker, "port", cid, "8080/tcp").splitlines()[0].rsplit(":", 1)[1]
+        if healthy:
+            deadline = time.monotonic() + 90
+            while (status := state(docker, cid))["Health"]["Status"] != "healthy":
+                assert status["Running"], sh(docker, "logs", cid)
+                assert time.monotonic() < deadline, "not healthy in 90 s"
+                time.sleep(0.2)
+        yield cid, f"http://127.0.0.1:{port}"
+    finally:
+        sh(docker, "rm", "-f", cid, check=False)
+
+
+def one_row(features: int) -> dict:
+    data = [1.0] * features
+    return {"inputs": [{"name": "input-0", "shape": [1, features], "datatype": "FP64",
+                        "data": data}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "features"), [("linear", 1), ("multilinear", 4), ("iris", 4)])
+def test_each_model_serves_the_version_the_environment_chose(
+    docker, image, model_dir, name, features
+):
+    _, local = ModelStore(model_dir).load(name, "2")
+    with container(docker, image, model_name=name, model_version="2") as (_, url):
+        r = httpx.post(f"{url}/v2/models/{name}/infer", json=one_row(features), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-model-version"] == "2" and r.json()["model_version"] == "2"
+    expected = local.predict([[1.0] * features])[0]
+    assert r.json()["outputs"][0]["data"][0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_runs_as_non_root_with_nothing_extra_inside(docker, image):
+    with container(docker, image) as (cid, _):
+        uid = sh(docker, "exec", cid, "python", "-c", "import os; print(os.getuid(), os.getgid())")
+    assert uid == "10001 10001"
+    probe = (
+        "import importlib.util as u, shutil, pathlib, sys\n"
+        "bad = [m for m in ('pip', 'locust', 'kubernetes', 'matplotlib', 'pytest', 'hypothesis')"
+        " if u.find_spec(m)]\n"
+        "bad += [c for c in ('gcc', 'cc', 'g++', 'make') if shutil.which(c)]\n"
+        "bad += [str(p) for p in pathlib.Path('/').glob('*/.cache/pip')]\n"
+        "bad += [str(p) for p in pathlib.Path(sys.prefix).rglob('site-packages/*/tests')][:3]\n"
+        "bad += [p for p in ('/src', '/tests', '/opt/tests') if pathlib.Path(p).exists()]\n"
+        "print(bad)\n"
+    )
+    assert sh(docker, "run", "--rm", *HARDENED, image, "python", "-c", probe) == "[]"
+    labels = json.loads(sh(docker, "inspect", "--format", "{{json .Config.Labels}}", image))
+    assert labels["org.opencontainers.image.version"] and "iris:1,2" in labels["dev.mlscale.models"]
+
+
+def test_docker_stop_under_load_loses_nothing_and_exits_zero(docker, image):
+    delay, grace = 2, 10
+    with container(docker, image, model_name="multilinear", shutdown_delay_s=str(delay),
+                   grace_period_s=str(grace)) as (cid, url):  # fmt: skip
+        statuses: list[int] = []
+        errors: list[Exception] = []
+        stop_sending = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=url, timeout=10) as c:
+                while not stop_sending.is_set():
+                    try:
+                        r = c.post("/v2/models/multilinear/infer", json=one_row(4))
+                        statuses.append(r.status_code)
+                    except httpx.HTTPError as exc:
+                        errors.append(exc)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        while len(statuses) < 50:
+            time.sleep(0.05)
+        started = time.monotonic()
+        stopper = subprocess.Popen([docker, "stop", "-t", str(delay + grace + 5), cid])
+        time.sleep(delay / 2)  # load keeps flowing inside the drain window, then stops
+        stop_sending.set()
+        for t in threads:
+            t.join()
+        assert stopper.wait(timeout=60) == 0
+        took = time.monotonic() - started
+        final = state(docker, cid)
+        logs = subprocess.run([docker, "logs", cid], capture_output=True, text=True).stderr
+    assert errors == [] and set(statuses) == {200}, (errors[:3], set(statuses))
+    assert final["ExitCode"] == 0, logs
+    assert delay <= took < delay + grace, took
+    assert "SIGTERM: not ready" in logs
+
+
+def test_unknown_version_never_turns_healthy_and_says_why(docker, image):
+    with container(docker, image, healthy=False, model_name="iris", model_version="9") as (cid, _):
+        deadline = time.monotonic() + 60
+        while state(docker, cid)["Running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        final = state(docker, cid)
+        logs = subprocess.run([docker, "logs", cid], capture_output=True, text=True)
+    assert final["ExitCode"] != 0
+    assert final.get("Health", {}).get("Status") != "healthy"
+    assert "model 'iris' has no version '9'; the store has 1, 2" in logs.stdout + logs.stderr
