@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # mlscale model server. Build with `make image` (scripts/build-image.sh), or:
 #   DOCKER_BUILDKIT=1 docker build -t mlscale:0.1.0 .
 # BASE_IMAGE may be any Debian-like image with python3 (>= 3.11) and its venv module.

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install models serve demo test lint bench clean
+.PHONY: help install tools models serve demo image kind-up kind-load deploy kind-down test lint bench bench-image clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv with mlscale and its dev tools (pinned in pyproject.toml)
 
+tools: ## helm and kubectl into .tools/bin, unless already on PATH
+	scripts/install-tools.sh
+
 models: install ## Train versions 1 and 2 of the example models into models/ (idempotent)
 	$(BIN)/mlscale train --ensure 2
 
@@ -28,16 +31,35 @@ serve: models ## Serve a model on :8080 (MODEL=iris|linear|multilinear, VERSION=
 demo: install ## The main job: train, serve, predict over HTTP, print
 	BIN=$(BIN) scripts/demo-local.sh
 
-lint: install ## ruff
+image: ## Build the container image mlscale:<version> (installs/starts Docker where needed)
+	scripts/build-image.sh
+
+kind-up: tools ## Create the 3-worker kind cluster with metrics-server (reuses an existing one)
+	scripts/kind.sh up
+
+kind-load: ## Load the built image into the kind nodes
+	scripts/kind.sh load
+
+deploy: tools ## helm upgrade --install --wait with k8s/values-kind.yaml
+	scripts/kind.sh deploy
+
+kind-down: ## Delete the kind cluster
+	scripts/kind.sh down
+
+lint: install ## ruff, and hadolint for the Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 
-test: install lint ## Lint, then every test (Docker/cluster tests skip with a reason where unavailable)
-	$(BIN)/python -m pytest
+test: install tools lint ## Lint, then every test (Docker/cluster tests skip with a reason where unavailable)
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/python -m pytest
 
 bench: install ## Throughput and latency against a naive app and the floor (needs wrk, taskset)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: sudo apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench.run
 
+bench-image: install ## Image size and cold start against a naive single-stage image
+	$(BIN)/python -m bench.image
+
 clean: ## Remove the venv, trained models and results
-	rm -rf $(VENV) models reports bench/results .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools models reports bench/results .pytest_cache .ruff_cache

@@ -17,10 +17,12 @@ if [ -z "${BASE_IMAGE:-}" ]; then
   else
     echo "build-image: $DEFAULT_BASE cannot be pulled; using a local Debian base ($LOCAL_BASE)" >&2
     if ! $DOCKER image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
-      command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; }
+      command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } >/dev/null
       rootfs=$(mktemp -d)
       trap 'rm -rf "$rootfs"' EXIT
-      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" >&2
+      echo "build-image: debootstrap bookworm (about a minute)" >&2
+      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+        >/tmp/debootstrap.log 2>&1 || { tail -20 /tmp/debootstrap.log >&2; exit 1; }
       tar -C "$rootfs" -c . | $DOCKER import - "$LOCAL_BASE" >/dev/null
     fi
     BASE_IMAGE=$LOCAL_BASE

@@ -22,8 +22,8 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
 fi
 if ! command -v dockerd >/dev/null; then
   echo "docker-engine: installing docker.io" >&2
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io; } \
+    >/tmp/docker-install.log 2>&1 || { cat /tmp/docker-install.log >&2; exit 1; }
 fi
 echo "docker-engine: starting dockerd (log: /tmp/dockerd.log)" >&2
 (setsid dockerd >/tmp/dockerd.log 2>&1 &)

@@ -1,6 +1,7 @@
 """Shared fixtures: a trained model store and real server processes on free ports."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,14 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in EXAMPLES:
         ensure_versions(store, name, 2)
     return root
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    found = shutil.which("helm") or shutil.which("helm", path=str(ROOT / ".tools" / "bin"))
+    if found is None:
+        pytest.fail("helm not found: run scripts/install-tools.sh (`make test` does)")
+    return found
 
 
 def free_port() -> int:

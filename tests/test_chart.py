@@ -1,6 +1,5 @@
 """The Helm chart, rendered by real helm and validated against Kubernetes' schemas."""
 
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -32,14 +31,6 @@ VALUE_SETS = {
         "model": {"name": "multilinear", "version": "2", "extraVersions": ["1"]},
     },
 }
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    found = shutil.which("helm") or shutil.which("helm", path=str(ROOT / ".tools" / "bin"))
-    if found is None:
-        pytest.fail("helm not found: run scripts/install-tools.sh (`make test` does)")
-    return found
 
 
 def run_helm(helm: str, *args: str, values: dict | None = None, tmp_path: Path | None = None):

@@ -1,0 +1,123 @@
+"""k8s/: the kind cluster, namespace and RBAC manifests, and the kind end-to-end path."""
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.test_chart import K8S_VERSION, by_kind, pod_specs, render
+
+K8S = ROOT / "k8s"
+
+
+def manifests(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+@pytest.mark.parametrize("name", ["namespace.yaml", "rollout-rbac.yaml"])
+def test_manifests_validate_strictly(name: str):
+    for doc in manifests(name):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_kind_cluster_has_three_workers():
+    (cluster,) = manifests("kind-cluster.yaml")
+    roles = [node["role"] for node in cluster["nodes"]]
+    assert roles.count("control-plane") == 1 and roles.count("worker") == 3
+
+
+def test_namespace_enforces_restricted_pod_security():
+    (namespace,) = manifests("namespace.yaml")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_rollout_rbac_is_least_privilege():
+    docs = manifests("rollout-rbac.yaml")
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "Role", "RoleBinding"}
+    assert all(d["metadata"]["namespace"] == "mlscale" for d in docs)
+    (role,) = by_kind(docs, "Role")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["roleRef"]["kind"] == "Role"  # never a ClusterRole
+
+
+def test_kind_values_render_valid_restricted_objects(helm: str, tmp_path: Path):
+    values = yaml.safe_load((K8S / "values-kind.yaml").read_text())
+    docs = render(helm, tmp_path, values)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]
+    assert hpa["minReplicas"] == 1 and hpa["maxReplicas"] >= 3
+    assert all(spec["securityContext"]["runAsNonRoot"] for spec in pod_specs(docs))
+
+
+# --- kind end to end: runs where kind, Docker and cluster images are available -------------
+
+
+def run(*cmd: str, timeout: float = 600) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    for tool in ("kind", "docker", "kubectl", "helm"):
+        if shutil.which(tool) is None and not (ROOT / ".tools" / "bin" / tool).exists():
+            pytest.skip(f"kind end-to-end needs {tool}, which is not installed here")
+    up = subprocess.run([ROOT / "scripts" / "kind.sh", "up"], capture_output=True, text=True,
+                        timeout=900)  # fmt: skip
+    if up.returncode != 0:
+        pytest.skip(f"no kind cluster could be created: {up.stderr.strip()[-500:]}")
+    run(str(ROOT / "scripts" / "build-image.sh"), timeout=1800)
+    run(str(ROOT / "scripts" / "kind.sh"), "load")
+    run(str(ROOT / "scripts" / "kind.sh"), "deploy")
+    return "mlscale"
+
+
+@pytest.mark.kind
+def test_helm_test_passes(cluster: str):
+    run("helm", "test", "mlscale", "--namespace", cluster, "--logs")
+
+
+@pytest.mark.kind
+def test_inference_through_a_port_forward(cluster: str):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    forward = subprocess.Popen(["kubectl", "-n", cluster, "port-forward", "svc/mlscale",
+                                f"{port}:80"], stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.post(url + "/v2/models/iris/infer", timeout=5, json={"inputs": [
+                    {"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                     "data": [5.1, 3.5, 1.4, 0.2]}]})  # fmt: skip
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "port-forward never answered"
+                time.sleep(0.5)
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0]
+        assert r.headers["x-model-version"] == "1"
+    finally:
+        forward.terminate()
+
+
+@pytest.mark.kind
+def test_three_replicas_spread_over_workers(cluster: str):
+    run("helm", "upgrade", "mlscale", "charts/mlscale", "-n", cluster, "--reuse-values",
+        "--set", "autoscaling.minReplicas=3", "--wait", "--timeout", "5m")  # fmt: skip
+    nodes = run("kubectl", "-n", cluster, "get", "pods", "-l", "app.kubernetes.io/instance=mlscale,"
+                "app.kubernetes.io/component=model-server", "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName}{'\\n'}{end}").split()  # fmt: skip
+    assert len(nodes) >= 3 and len(set(nodes)) >= 2, nodes
