@@ -1,7 +1,8 @@
 """`make bench`: requests/s and latency of mlscale against a naive FastAPI app and the floor.
 
 Each server runs pinned to core 0 and wrk to core 1 (a C load generator: Python ones top out
-below the server). All rows come from one run: this machine is noisy, so compare ratios.
+below the server). All rows come from one run, in rounds: this machine is noisy, so compare
+the ratios.
 Writes bench/results/<time>.json and prints a table.
 """
 
@@ -11,12 +12,13 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -99,7 +101,8 @@ def wrk(url: str, body: dict | None, connections: int, seconds: int) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
@@ -131,15 +134,26 @@ def main() -> None:
          {**mlscale_env, "MLSCALE_FAST_PATH": "false"},
          "/v2/health/ready", infer, {"1 row": one}),
     ]  # fmt: skip
-    results = []
-    for name, cmd, env, probe, path, bodies in servers:
-        with server(cmd, env, probe) as url:
-            for scenario, body in bodies.items():
-                for connections in (8, 64):
-                    console.print(f"[dim]{name} · {scenario} · c={connections}[/]")
-                    r = wrk(url + path, body, connections, args.seconds)
-                    results.append({"server": name, "scenario": scenario,
-                                    "connections": connections, **r})  # fmt: skip
+    # All servers run at once (idle ones cost nothing) and the runs go round-robin, so the
+    # machine's drift over minutes hits every configuration alike; medians are reported.
+    runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    with ExitStack() as stack:
+        urls = {name: stack.enter_context(server(cmd, env, probe))
+                for name, cmd, env, probe, _, _ in servers}  # fmt: skip
+        plan = [(name, path, scenario, body, connections)
+                for name, _, _, _, path, bodies in servers
+                for scenario, body in bodies.items() for connections in (8, 64)]  # fmt: skip
+        for round_ in range(1, args.rounds + 1):
+            for name, path, scenario, body, connections in plan:
+                console.print(f"[dim]round {round_}/{args.rounds} · {name} · {scenario} · "
+                              f"c={connections}[/]")  # fmt: skip
+                r = wrk(urls[name] + path, body, connections, args.seconds)
+                runs.setdefault((name, scenario, connections), []).append(r)
+    results = [
+        {"server": name, "scenario": scenario, "connections": connections,
+         **{k: statistics.median(r[k] for r in rs) for k in rs[0]}, "runs": rs}
+        for (name, scenario, connections), rs in runs.items()
+    ]  # fmt: skip
     shutil.rmtree(store_dir)
 
     def rps(server_name: str, scenario: str, connections: int) -> float:
@@ -155,8 +169,8 @@ def main() -> None:
             "mlscale, sklearn predict, batching on", "1 row", 64)
         / rps("mlscale, sklearn predict, batching off", "1 row", 64),
     }  # fmt: skip
-    table = Table("server", "request", "conns", "req/s", "p50 ms", "p99 ms",
-                  title="single core server, wrk on the other core")  # fmt: skip
+    title = f"server on one core, wrk on the other; median of {args.rounds} runs"
+    table = Table("server", "request", "conns", "req/s", "p50 ms", "p99 ms", title=title)
     for r in results:
         table.add_row(r["server"], r["scenario"], str(r["connections"]), f"{r['rps']:,.0f}",
                       f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")  # fmt: skip

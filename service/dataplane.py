@@ -28,11 +28,12 @@ class DataPlane:
         self.default_version = ""
         self.models: dict[str, LoadedModel] = {}
         self._batchers: dict[str, Batcher] = {}
+        self.loaded = False  # every configured version verified, loaded and warmed up
         self.draining = False
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and not self.draining
+        return self.loaded and not self.draining
 
     def load(self) -> None:
         """Load, verify and warm up every configured version. Any failure is fatal: a bad
@@ -63,6 +64,7 @@ class DataPlane:
                 self.name, version, manifest.estimator, loaded.has_fast_path,
                 loaded.load_seconds * 1000,
             )  # fmt: skip
+        self.loaded = True
 
     async def close(self) -> None:
         for batcher in self._batchers.values():
@@ -72,7 +74,7 @@ class DataPlane:
         """The loaded version that answers a path; 404 names what is served instead."""
         if name != self.name:
             raise ModelNotFound(f"model '{name}' not found; this server serves '{self.name}'")
-        if not self.models:
+        if not self.loaded:
             raise ModelNotReady(f"model '{name}' is not loaded yet")
         version = version or self.default_version
         loaded = self.models.get(version)

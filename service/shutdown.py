@@ -11,7 +11,9 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from service.dataplane import DataPlane
 
@@ -22,7 +24,8 @@ class DrainOnSigterm:
     def __init__(self, plane: DataPlane, delay_s: float) -> None:
         self._plane = plane
         self._delay_s = delay_s
-        self._previous: signal.Handlers | object = None
+        self._previous: Callable[[int, FrameType | None], Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._handed_over = False
 
     def install(self) -> None:
@@ -37,6 +40,7 @@ class DrainOnSigterm:
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        assert self._loop is not None
         if self._plane.draining:
             log.info("second SIGTERM: stopping now")
             self._loop.call_soon_threadsafe(self._hand_over)
@@ -46,8 +50,8 @@ class DrainOnSigterm:
         self._loop.call_soon_threadsafe(self._loop.call_later, self._delay_s, self._hand_over)
 
     def _hand_over(self) -> None:
-        if self._handed_over:
+        if self._handed_over or self._previous is None:
             return
         self._handed_over = True
-        signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]
-        self._previous(signal.SIGTERM, None)  # type: ignore[operator]
+        signal.signal(signal.SIGTERM, self._previous)
+        self._previous(signal.SIGTERM, None)
