@@ -227,6 +227,20 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
     async def simple_predict(request: Request) -> Response:
         return await predict_instances(request, plane.model(plane.name))
 
+    @api.get(
+        "/mlscale/v1/models/{name}/versions", response_model=protocol.StoreVersions,
+        responses=ERRORS, tags=["metadata"],
+    )  # fmt: skip
+    async def store_versions(name: str) -> Response:
+        """mlscale extension: every version of the model in this server's store (loaded or
+        not), with offline metrics; the rollout operator's quality gate reads it."""
+        plane.model(name)  # 404 for a model this server does not serve
+        manifests = [plane.store.manifest(name, v) for v in plane.store.versions(name)]
+        versions = [{"version": m.version, "metrics": m.metrics, "sha256": m.sha256,
+                     "created": m.created.isoformat(), "loaded": m.version in plane.models}
+                    for m in manifests]  # fmt: skip
+        return json_response({"name": name, "versions": versions})
+
     @api.get("/metrics", tags=["metrics"], response_class=Response)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)

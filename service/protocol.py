@@ -252,3 +252,16 @@ class ModelMetadata(BaseModel):
     parameters: dict[str, Any] = Field(
         description="mlscale extension: the answering version, its sha256, metrics and labels."
     )
+
+
+class StoreVersion(BaseModel):
+    version: str
+    metrics: dict[str, float]
+    sha256: str
+    created: str
+    loaded: bool
+
+
+class StoreVersions(BaseModel):
+    name: str
+    versions: list[StoreVersion]

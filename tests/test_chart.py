@@ -122,7 +122,7 @@ def test_deployment_shape(helm: str, tmp_path: Path):
     assert pod["spec"]["terminationGracePeriodSeconds"] > delay + grace
     spread = pod["spec"]["topologySpreadConstraints"][0]
     assert spread["topologyKey"] == "kubernetes.io/hostname"
-    assert spread["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert spread["labelSelector"]["matchLabels"].items() <= spec["selector"]["matchLabels"].items()
 
 
 def test_labels_selectors_and_targets_fit_together(helm: str, tmp_path: Path):
@@ -131,8 +131,10 @@ def test_labels_selectors_and_targets_fit_together(helm: str, tmp_path: Path):
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod_labels.items()
+    assert selector["mlscale.dev/track"] == "stable"  # a canary Deployment never overlaps
     service = by_kind(docs, "Service")[0]
     assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert "mlscale.dev/track" not in service["spec"]["selector"]  # serves both tracks
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     hpa = by_kind(docs, "HorizontalPodAutoscaler")[0]
     assert hpa["spec"]["scaleTargetRef"] == {

@@ -104,6 +104,15 @@ def test_infer_matches_the_model_and_names_the_version(iris: Server, model_dir: 
             )
 
 
+def test_store_versions_extension(iris: Server, model_dir: Path):
+    body = httpx.get(iris.url + "/mlscale/v1/models/iris/versions").json()
+    assert [v["version"] for v in body["versions"]] == ["1", "2"]
+    assert all(v["loaded"] for v in body["versions"])
+    stored = ModelStore(model_dir).manifest("iris", "2")
+    assert body["versions"][1]["metrics"] == stored.metrics
+    assert httpx.get(iris.url + "/mlscale/v1/models/nope/versions").status_code == 404
+
+
 def test_v1_and_simple_predict(iris: Server):
     with iris.client() as c:
         v1 = c.post("/v1/models/iris:predict", json={"instances": [ROW, ROW]})

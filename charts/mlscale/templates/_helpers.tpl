@@ -23,6 +23,13 @@ app.kubernetes.io/name: {{ include "mlscale.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The stable track's pods. A canary Deployment (made by the rollout operator) labels its
+pods track=canary: the two Deployments never select each other's pods, the Service selects both. */}}
+{{- define "mlscale.stableSelectorLabels" -}}
+{{ include "mlscale.selectorLabels" . }}
+mlscale.dev/track: stable
+{{- end -}}
+
 {{- define "mlscale.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
 {{ include "mlscale.selectorLabels" . }}
