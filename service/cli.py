@@ -20,6 +20,13 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+
+try:  # the rollout operator needs the kubernetes client: the `rollout` extra, not the image
+    from rollout.cli import app as rollout_app
+
+    app.add_typer(rollout_app, name="rollout")
+except ImportError:  # pragma: no cover - depends on what is installed
+    pass
 ModelDir = Annotated[
     Path, typer.Option("--model-dir", envvar="MLSCALE_MODEL_DIR", help="Root of the model store.")
 ]

@@ -1,0 +1,1 @@
+"""The rollout operator: move an mlscale release between model versions, safely."""

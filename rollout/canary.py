@@ -1,0 +1,158 @@
+"""Canary rollouts: a second Deployment of the new version behind the same Service, traffic
+split by replica ratio in steps, each step judged from the pods' own /metrics, then promote
+(the stable Deployment moves to the new version) or abort (the canary goes, stable untouched)."""
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from rollout.analysis import Snapshot, judge
+from rollout.deploy import Outcome, Say, deploy, follow, quality_gate, wrong_versions
+from rollout.history import History, entry
+from rollout.kube import Refused, RolloutError
+from rollout.release import TRACK, Release, version_of, version_patch
+from rollout.release import strategic_merge as merge
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    steps: tuple[int, ...] = (10, 50, 100)  # canary replicas as % of stable's
+    interval: float = 60.0  # seconds of traffic judged per step
+    max_error_rate: float = 0.01
+    max_p99_ms: float = 250.0
+    max_p99_ratio: float = 1.5  # canary p99 against stable p99
+    min_requests: int = 20
+    timeout: float = 600.0
+
+
+def canary_body(stable: Any, name: str, version: str, replicas: int) -> dict[str, Any]:
+    """The stable Deployment, renamed, relabelled track=canary and moved to `version`."""
+    body = client.ApiClient().sanitize_for_serialization(stable)
+    body.pop("status", None)
+    meta = body["metadata"]
+    body["metadata"] = {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": {**meta.get("labels", {}), TRACK: "canary"},
+        "annotations": {"mlscale.dev/canary-of": meta["name"]},
+    }
+    spec = body["spec"]
+    spec["replicas"] = replicas
+    spec["selector"]["matchLabels"][TRACK] = "canary"
+    spec["template"]["metadata"]["labels"][TRACK] = "canary"
+    body["spec"] = merge(spec, version_patch(version)["spec"])
+    return body
+
+
+def scrape(release: Release, track: str) -> dict[str, Snapshot]:
+    snapshots = {}
+    for pod in release.pods(track):
+        snapshot = Snapshot()
+        snapshot.add_scrape(release.proxy_get(pod.metadata.name, "/metrics"))
+        snapshots[pod.metadata.name] = snapshot
+    return snapshots
+
+
+def traffic(before: dict[str, Snapshot], after: dict[str, Snapshot]) -> Snapshot:
+    """What every pod of a track served between two scrapes (new pods count from zero)."""
+    total = Snapshot()
+    for pod, now in after.items():
+        delta = now - before.get(pod, Snapshot())
+        total.requests += delta.requests
+        total.errors += delta.errors
+        total.buckets.update(delta.buckets)
+    return total
+
+
+def run_canary(
+    release: Release,
+    version: str,
+    policy: CanaryPolicy,
+    *,
+    say: Say,
+    force: bool = False,
+    max_regression: float = 0.05,
+) -> Outcome:
+    stable = release.stable()
+    current = version_of(stable)
+    if current == version:
+        raise Refused(f"stable already serves version {version}")
+    if release.canary() is not None:
+        raise Refused(
+            f"a canary is already running ({release.canary_name}); finish or delete it first"
+        )
+    if not force:
+        quality_gate(release, current, version, max_regression)
+    kube, name = release.kube, release.canary_name
+    history = History(kube, release.name)
+    started = time.time()
+    stable_replicas = stable.spec.replicas or 1
+    say(f"canary {name}: version {version} beside stable {current} ({stable_replicas} replicas)")
+    kube.call(
+        kube.apps.create_namespaced_deployment,
+        kube.namespace,
+        canary_body(stable, name, version, 1),
+    )
+    try:
+        for pct in policy.steps:
+            replicas = max(1, math.ceil(stable_replicas * pct / 100))
+            share = replicas / (replicas + stable_replicas)
+            say(f"step {pct}%: {replicas} canary replica(s), ~{share:.0%} of traffic")
+            kube.call(
+                kube.apps.patch_namespaced_deployment,
+                name,
+                kube.namespace,
+                {"spec": {"replicas": replicas}},
+            )
+            failure = follow(release, name, version, policy.timeout, say) or wrong_versions(
+                release, version, "canary"
+            )
+            if failure:
+                raise RolloutError(failure)
+            before = {t: scrape(release, t) for t in ("canary", "stable")}
+            time.sleep(policy.interval)
+            canary_t = traffic(before["canary"], scrape(release, "canary"))
+            stable_t = traffic(before["stable"], scrape(release, "stable"))
+            verdict = judge(
+                canary_t,
+                stable_t,
+                max_error_rate=policy.max_error_rate,
+                max_p99_ms=policy.max_p99_ms,
+                max_p99_ratio=policy.max_p99_ratio,
+                min_requests=policy.min_requests,
+            )
+            say(
+                f"step {pct}%: canary {canary_t.requests:.0f} req, "
+                f"errors {canary_t.error_rate:.2%}, p99 {canary_t.quantile(0.99) * 1000:.1f} ms"
+                f" | stable {stable_t.requests:.0f} req, errors {stable_t.error_rate:.2%}, "
+                f"p99 {stable_t.quantile(0.99) * 1000:.1f} ms -> "
+                + ("pass" if verdict.passed else "FAIL: " + "; ".join(verdict.reasons))
+            )
+            if not verdict.passed:
+                raise RolloutError("; ".join(verdict.reasons))
+    except RolloutError as exc:
+        remove(release, say)
+        history.append(entry(version, current, "canary", "aborted", str(exc), started))
+        raise RolloutError(
+            f"canary of version {version} aborted: {exc}; stable still serves {current}"
+        ) from None
+    except KeyboardInterrupt:
+        remove(release, say)
+        history.append(entry(version, current, "canary", "aborted", "interrupted", started))
+        raise
+    say(f"promoting: stable {current} -> {version}")
+    outcome = deploy(
+        release, version, say=say, timeout=policy.timeout, force=True, strategy="canary"
+    )
+    remove(release, say)
+    return outcome
+
+
+def remove(release: Release, say: Say) -> None:
+    kube = release.kube
+    if release.canary() is not None:
+        kube.call(kube.apps.delete_namespaced_deployment, release.canary_name, kube.namespace)
+        say(f"removed canary {release.canary_name}")

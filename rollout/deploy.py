@@ -1,0 +1,155 @@
+"""Rolling deploys: patch the version, follow the rollout, check what the new pods serve,
+and roll back by itself when any of that fails."""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rollout.history import History, entry
+from rollout.kube import Refused, RolloutError
+from rollout.progress import State, crash_looping, rollout_progress
+from rollout.release import Release, version_of, version_patch
+
+Say = Callable[[str], None]
+# Offline metrics where smaller is better; any other metric (r2, accuracy, ...) is the reverse.
+LOWER_IS_BETTER = {"mse", "rmse", "mae", "log_loss"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    version: str
+    previous: str
+    outcome: str  # succeeded | unchanged | started | dry-run
+    detail: str
+
+
+def quality_gate(release: Release, current: str, candidate: str, max_regression: float) -> None:
+    """Refuse a version the image's store lacks, or whose offline metrics are worse than the
+    current version's by more than `max_regression` (relative)."""
+    versions = release.store_versions()
+    if candidate not in versions:
+        raise Refused(
+            f"version {candidate} is not in the image's model store (it has "
+            f"{', '.join(sorted(versions))}); build an image that holds it"
+        )
+    worse = []
+    for metric, before in versions.get(current, {}).items():
+        after = versions[candidate].get(metric)
+        if after is None or before == 0:
+            continue
+        change = (after - before) / abs(before)
+        regression = change if metric in LOWER_IS_BETTER else -change
+        if regression > max_regression:
+            worse.append(f"{metric} {before:.4g} -> {after:.4g} ({regression:.1%} worse)")
+    if worse:
+        raise Refused(
+            f"quality gate: version {candidate} is worse than {current}: "
+            f"{'; '.join(worse)} (limit {max_regression:.0%}; --force to deploy "
+            "anyway)"
+        )
+
+
+def set_version(release: Release, deployment: str, version: str) -> None:
+    """Conditional patch on a fresh read: a concurrent writer makes it retry, not clobber."""
+    kube = release.kube
+
+    def attempt() -> None:
+        current = kube.apps.read_namespaced_deployment(deployment, kube.namespace)
+        patch = version_patch(version, current.metadata.resource_version)
+        kube.apps.patch_namespaced_deployment(deployment, kube.namespace, patch)
+
+    kube.retry_on_conflict(attempt)
+
+
+def follow(release: Release, deployment: str, version: str, timeout: float, say: Say) -> str | None:
+    """Watch a rollout to its end. None when done; otherwise why it failed."""
+    last = ""
+    for d in release.kube.watch_deployment(deployment, timeout):
+        crashing = crash_looping(release.pods(version=version))
+        if crashing:
+            return crashing
+        if d is None:
+            continue
+        progress = rollout_progress(d)
+        if progress.message != last:
+            say(f"{deployment}: {progress.message}")
+            last = progress.message
+        if progress.state is State.DONE:
+            return None
+        if progress.state is State.FAILED:
+            return progress.message
+    return f"not rolled out within {timeout:.0f}s ({last})"
+
+
+def wrong_versions(release: Release, version: str, track: str) -> str | None:
+    """Ask every pod of the track which version it serves; say which one is wrong."""
+    for pod in release.pods(track):
+        served = release.served_version(pod.metadata.name)
+        if served != version:
+            return f"pod {pod.metadata.name} serves version {served!r}, not {version!r}"
+    return None
+
+
+def deploy(
+    release: Release,
+    version: str,
+    *,
+    say: Say,
+    timeout: float = 600,
+    wait: bool = True,
+    dry_run: bool = False,
+    force: bool = False,
+    max_regression: float = 0.05,
+    strategy: str = "rolling",
+) -> Outcome:
+    stable = release.stable()
+    name, current = stable.metadata.name, version_of(stable)
+    if current == version:
+        say(f"{name} already serves version {version}; nothing to do")
+        return Outcome(version, current, "unchanged", "already deployed")
+    if not force:
+        quality_gate(release, current, version, max_regression)
+    if dry_run:
+        say(json.dumps(version_patch(version), indent=2))
+        return Outcome(version, current, "dry-run", "patch printed, nothing changed")
+    history = History(release.kube, release.name)
+    started = time.time()
+    say(f"{name}: version {current} -> {version}")
+    set_version(release, name, version)
+    if not wait:
+        return Outcome(version, current, "started", "not waited for")
+    failure = follow(release, name, version, timeout, say) or wrong_versions(
+        release, version, "stable"
+    )
+    if failure is None:
+        history.append(entry(version, current, strategy, "succeeded", "", started))
+        say(f"{name}: every pod serves version {version}")
+        return Outcome(version, current, "succeeded", "")
+    say(f"{name}: {failure}; rolling back to {current}")
+    set_version(release, name, current)
+    back = follow(release, name, current, timeout, say)
+    detail = failure + ("" if back is None else f"; the rollback did not finish either: {back}")
+    history.append(entry(version, current, strategy, "rolled-back", detail, started))
+    raise RolloutError(
+        f"version {version} failed ({failure}); rolled back to {current}"
+        + ("" if back is None else f", which did not finish: {back}")
+    )
+
+
+def rollback(release: Release, to: str | None, *, say: Say, timeout: float = 600) -> Outcome:
+    """Back to `to`, or to the version before the current one in the history."""
+    current = version_of(release.stable())
+    if to is None:
+        earlier = [
+            e.previous
+            for e in reversed(History(release.kube, release.name).read())
+            if e.version == current and e.outcome == "succeeded"
+        ]
+        if not earlier:
+            raise RolloutError(
+                f"no history of how version {current} was reached; "
+                "say where to go with --to VERSION"
+            )
+        to = earlier[0]
+    return deploy(release, to, say=say, timeout=timeout, force=True, strategy="rollback")

@@ -1,0 +1,140 @@
+"""A Helm release of mlscale as the operator sees it: its Deployments (stable, and a canary
+while one runs), their pods, and what the pods say about themselves through the pod proxy."""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from rollout.kube import ClusterError, Kube, Refused
+
+INSTANCE = "app.kubernetes.io/instance"
+COMPONENT = "app.kubernetes.io/component=model-server"
+TRACK = "mlscale.dev/track"
+VERSION = "mlscale.dev/model-version"
+VERSION_ENV = "MLSCALE_MODEL_VERSION"
+
+
+def env(deployment: Any, name: str) -> str | None:
+    container = deployment.spec.template.spec.containers[0]
+    return next((e.value for e in container.env or [] if e.name == name), None)
+
+
+def version_of(deployment: Any) -> str:
+    return env(deployment, VERSION_ENV) or ""
+
+
+def strategic_merge(target: Any, patch: Any) -> Any:
+    """Merge a version patch into a plain Deployment body: dicts recursively, containers and
+    env entries by name (as the API server's strategic merge does for these fields)."""
+    if isinstance(target, dict) and isinstance(patch, dict):
+        return {**target, **{k: strategic_merge(target.get(k), v) for k, v in patch.items()}}
+    if isinstance(target, list) and isinstance(patch, list):
+        merged = list(target)
+        for item in patch:
+            at = next((i for i, t in enumerate(merged) if t.get("name") == item.get("name")), None)
+            if at is None:
+                merged.append(item)
+            else:
+                merged[at] = strategic_merge(merged[at], item)
+        return merged
+    return patch
+
+
+def version_patch(version: str, resource_version: str | None = None) -> dict[str, Any]:
+    """Strategic-merge patch moving a Deployment to `version` (env, label, annotations).
+
+    With a resourceVersion the write is conditional: a concurrent change makes it fail with
+    409, and the caller retries on a fresh read."""
+    metadata: dict[str, Any] = {"annotations": {VERSION: version}}
+    if resource_version:
+        metadata["resourceVersion"] = resource_version
+    return {
+        "metadata": metadata,
+        "spec": {
+            "template": {
+                "metadata": {"labels": {VERSION: version}, "annotations": {VERSION: version}},
+                "spec": {
+                    "containers": [
+                        {"name": "server", "env": [{"name": VERSION_ENV, "value": version}]}
+                    ]
+                },
+            }
+        },
+    }
+
+
+@dataclass
+class Release:
+    kube: Kube
+    name: str
+
+    @property
+    def namespace(self) -> str:
+        return self.kube.namespace
+
+    def selector(self, track: str | None = None) -> str:
+        base = f"{INSTANCE}={self.name},{COMPONENT}"
+        return f"{base},{TRACK}={track}" if track else base
+
+    def stable(self) -> Any:
+        found = self.kube.call(
+            self.kube.apps.list_namespaced_deployment,
+            self.namespace,
+            label_selector=self.selector("stable"),
+        ).items
+        if len(found) != 1:
+            raise Refused(
+                f"release '{self.name}' not found in namespace {self.namespace} "
+                f"({len(found)} stable Deployments); is it installed with the mlscale chart?"
+            )
+        return found[0]
+
+    @property
+    def canary_name(self) -> str:
+        return f"{self.stable().metadata.name}-canary"
+
+    def canary(self) -> Any | None:
+        found = self.kube.call(
+            self.kube.apps.list_namespaced_deployment,
+            self.namespace,
+            label_selector=self.selector("canary"),
+        ).items
+        return found[0] if found else None
+
+    def model_name(self) -> str:
+        return env(self.stable(), "MLSCALE_MODEL_NAME") or ""
+
+    def pods(self, track: str | None = None, version: str | None = None) -> list[Any]:
+        selector = self.selector(track) + (f",{VERSION}={version}" if version else "")
+        pods = self.kube.call(
+            self.kube.core.list_namespaced_pod, self.namespace, label_selector=selector
+        ).items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]  # not terminating
+
+    def proxy_get(self, pod: str, path: str) -> str:
+        """GET a path on a pod's port 8080, through the API server's pod proxy."""
+        try:
+            # Raw bytes: asked to deserialize, the client turns a JSON answer into a Python
+            # repr of a dict rather than the text.
+            response = self.kube.core.connect_get_namespaced_pod_proxy_with_path(
+                f"{pod}:8080", self.namespace, path.lstrip("/"), _preload_content=False
+            )
+            return response.data.decode()
+        except ApiException as exc:
+            raise ClusterError(f"pod {pod} did not answer {path}: {exc.status}") from None
+
+    def served_version(self, pod: str) -> str:
+        body = json.loads(self.proxy_get(pod, f"/v2/models/{self.model_name()}"))
+        return str(body.get("parameters", {}).get("version", ""))
+
+    def store_versions(self) -> dict[str, dict[str, float]]:
+        """Versions in the image's model store, with their offline metrics, asked of a pod."""
+        for pod in self.pods("stable"):
+            if pod.status.phase == "Running":
+                text = self.proxy_get(
+                    pod.metadata.name, f"/mlscale/v1/models/{self.model_name()}/versions"
+                )
+                return {v["version"]: v["metrics"] for v in json.loads(text)["versions"]}
+        raise ClusterError("no running pod to ask which versions the image holds")

@@ -1,0 +1,296 @@
+"""The rollout operator against the Kubernetes API emulator, over real HTTP, through the
+official client. The release is the real chart, rendered by helm."""
+
+import json
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rollout.canary import CanaryPolicy, run_canary
+from rollout.deploy import deploy, rollback
+from rollout.history import History
+from rollout.kube import Kube, Refused, RolloutError, Target
+from rollout.release import Release
+from service.cli import app as mlscale
+from tests.conftest import ROOT
+from tests.kube_controller import DeploymentController, pod_version
+from tests.kube_emulator import Emulator
+from tests.test_chart import render
+
+NS = "ml"
+STORE = {"1": {"accuracy": 0.95}, "2": {"accuracy": 0.97}, "3": {"accuracy": 0.80}}
+
+
+@dataclass
+class Cluster:
+    api: Emulator
+    url: str
+    fates: dict[str, str] = field(default_factory=lambda: defaultdict(lambda: "ready"))
+    reported: dict[str, str] = field(default_factory=dict)  # version -> what its pods claim
+    error_rate: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    slow: set[str] = field(default_factory=set)
+    served: Counter[str] = field(default_factory=Counter)  # pod -> requests so far
+    said: list[str] = field(default_factory=list)
+
+    def release(self) -> Release:
+        return Release(Kube(Target(namespace=NS, host=self.url)), "demo")
+
+    def say(self, message: str) -> None:
+        self.said.append(message)
+
+    def versions(self) -> list[str]:
+        return sorted(pod_version(p) for p in self.api.list("pods", NS))
+
+    def stable_version(self) -> str:
+        d = self.api.get("deployments", NS, "demo-mlscale")
+        return next(
+            e["value"]
+            for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+            if e["name"] == "MLSCALE_MODEL_VERSION"
+        )
+
+    def proxy(self, pod: dict, path: str) -> tuple[int, str] | None:
+        version = pod_version(pod)
+        if pod["status"]["phase"] != "Running":
+            return None
+        if path == "/v2/models/iris":
+            claimed = self.reported.get(version, version)
+            return 200, json.dumps({"name": "iris", "parameters": {"version": claimed}})
+        if path == "/mlscale/v1/models/iris/versions":
+            return 200, json.dumps(
+                {
+                    "name": "iris",
+                    "versions": [{"version": v, "metrics": m} for v, m in STORE.items()],
+                }
+            )
+        if path == "/metrics":  # every scrape finds 50 more requests served
+            name = pod["metadata"]["name"]
+            self.served[name] += 50
+            n = self.served[name]
+            errors = round(n * self.error_rate[version])
+            le = "0.5" if version in self.slow else "0.005"
+            labels = f'endpoint="/v2/models/{{name}}/infer",model="iris",version="{version}"'
+            return 200, "\n".join(
+                [
+                    f'mlscale_requests_total{{code="200",{labels}}} {n - errors}',
+                    f'mlscale_requests_total{{code="500",{labels}}} {errors}',
+                    f'mlscale_request_duration_seconds_bucket{{code="200",{labels},le="{le}"}} {n}',
+                    f'mlscale_request_duration_seconds_bucket{{code="200",{labels},le="+Inf"}} {n}',
+                ]
+            ) + "\n"
+        return 404, "{}"
+
+
+def allowed_calls() -> set[tuple[str, str]]:
+    role = next(
+        d
+        for d in yaml.safe_load_all((ROOT / "k8s" / "rollout-rbac.yaml").read_text())
+        if d["kind"] == "Role"
+    )
+    return {
+        (verb, resource)
+        for rule in role["rules"]
+        for verb in rule["verbs"]
+        for resource in rule["resources"]
+    }
+
+
+@pytest.fixture
+def cluster(helm: str, tmp_path: Path) -> Iterator[Cluster]:
+    docs = render(
+        helm, tmp_path, {"model": {"name": "iris", "version": "1"}, "progressDeadlineSeconds": 2}
+    )
+    api = Emulator()
+    plural = {
+        "Deployment": "deployments",
+        "Service": "services",
+        "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    }
+    for doc in docs:
+        if doc["kind"] in plural:
+            if doc["kind"] == "Deployment":
+                doc["spec"]["replicas"] = 3  # what the HPA would have set
+            if doc["kind"] == "HorizontalPodAutoscaler":
+                doc["status"] = {"currentReplicas": 3, "desiredReplicas": 3}
+            api.put(plural[doc["kind"]], NS, doc)
+    c = Cluster(api, "")
+    api.proxy = c.proxy
+    with api.serve() as url, DeploymentController(api, NS, lambda v: c.fates[v]):
+        c.url = url
+        deadline = time.monotonic() + 10
+        while c.versions() != ["1", "1", "1"] or any(
+            not p["status"]["containerStatuses"][0]["ready"] for p in api.list("pods", NS)
+        ):
+            assert time.monotonic() < deadline, "the simulated cluster never settled"
+            time.sleep(0.02)
+        yield c
+    allowed = allowed_calls()
+    for verb, resource, namespace in api.calls:
+        assert namespace == NS and (verb, resource) in allowed, f"RBAC lacks {verb} {resource}"
+
+
+def test_rolling_deploy_moves_every_pod_and_records_history(cluster: Cluster):
+    outcome = deploy(cluster.release(), "2", say=cluster.say, timeout=20)
+    assert outcome.outcome == "succeeded" and outcome.previous == "1"
+    assert cluster.versions() == ["2", "2", "2"]
+    d = cluster.api.get("deployments", NS, "demo-mlscale")
+    assert d["spec"]["template"]["metadata"]["annotations"]["mlscale.dev/model-version"] == "2"
+    assert d["spec"]["template"]["metadata"]["labels"]["mlscale.dev/model-version"] == "2"
+    assert d["metadata"]["generation"] == 2  # one spec change
+    (entry,) = History(cluster.release().kube, "demo").read()
+    assert (entry.version, entry.previous, entry.outcome) == ("2", "1", "succeeded")
+    assert any("successfully rolled out" in line for line in cluster.said)
+
+
+def test_deploying_the_current_version_changes_nothing(cluster: Cluster):
+    before = cluster.api.resource_version
+    assert deploy(cluster.release(), "1", say=cluster.say).outcome == "unchanged"
+    assert ("patch", "deployments") not in {(v, r) for v, r, _ in cluster.api.calls}
+    assert cluster.api.get("deployments", NS, "demo-mlscale")["metadata"]["generation"] == 1
+    assert int(cluster.api.resource_version) >= int(before)
+
+
+def test_dry_run_prints_the_patch_and_changes_nothing(cluster: Cluster):
+    assert deploy(cluster.release(), "2", say=cluster.say, dry_run=True).outcome == "dry-run"
+    assert '"MLSCALE_MODEL_VERSION"' in cluster.said[-1]
+    assert cluster.stable_version() == "1"
+
+
+def test_a_rollout_that_never_becomes_ready_is_rolled_back(cluster: Cluster):
+    cluster.fates["2"] = "never"
+    with pytest.raises(RolloutError, match=r"exceeded its progress deadline.*rolled back to 1"):
+        deploy(cluster.release(), "2", say=cluster.say, timeout=30)
+    assert cluster.stable_version() == "1" and cluster.versions() == ["1", "1", "1"]
+    (entry,) = History(cluster.release().kube, "demo").read()
+    assert entry.outcome == "rolled-back" and "deadline" in entry.detail
+
+
+def test_crash_looping_pods_are_caught_before_the_deadline(cluster: Cluster):
+    cluster.fates["2"] = "crash"
+    with pytest.raises(RolloutError, match="crash-looping"):
+        deploy(cluster.release(), "2", say=cluster.say, timeout=30)
+    assert cluster.stable_version() == "1"
+
+
+def test_a_pod_reporting_the_wrong_version_is_rolled_back(cluster: Cluster):
+    cluster.reported["2"] = "1"  # e.g. an image whose store silently lacks version 2
+    with pytest.raises(RolloutError, match="serves version '1', not '2'"):
+        deploy(cluster.release(), "2", say=cluster.say, timeout=20)
+    assert cluster.stable_version() == "1"
+
+
+def test_quality_gate_and_unknown_versions_are_refused(cluster: Cluster):
+    with pytest.raises(Refused, match=r"accuracy 0.95 -> 0.8 \(15.8% worse\)"):
+        deploy(cluster.release(), "3", say=cluster.say)
+    with pytest.raises(Refused, match="version 9 is not in the image's model store"):
+        deploy(cluster.release(), "9", say=cluster.say)
+    assert cluster.stable_version() == "1"
+    assert deploy(cluster.release(), "3", say=cluster.say, force=True).outcome == "succeeded"
+
+
+def test_conflicting_writes_are_retried_on_a_fresh_read(cluster: Cluster):
+    cluster.api.conflicts_to_inject = 2
+    assert deploy(cluster.release(), "2", say=cluster.say, timeout=20).outcome == "succeeded"
+    patches = [c for c in cluster.api.calls if c[:2] == ("patch", "deployments")]
+    assert len(patches) >= 1 and cluster.api.conflicts_to_inject == 0
+
+
+def test_the_watch_resumes_after_410_gone(cluster: Cluster):
+    kube = cluster.release().kube
+    stream = kube.watch_deployment("demo-mlscale", timeout=6)
+    assert next(stream).metadata.name == "demo-mlscale"  # the list
+    cluster.api.expire_history()  # compaction: the list's resourceVersion is now too old
+    objects = [o for o in (next(stream) for _ in range(3)) if o is not None]
+    assert objects and objects[0].metadata.name == "demo-mlscale"  # listed again
+    lists = [c for c in cluster.api.calls if c[:2] == ("list", "deployments")]
+    assert len(lists) >= 2
+
+
+def test_rollback_returns_to_the_previous_version(cluster: Cluster):
+    deploy(cluster.release(), "2", say=cluster.say, timeout=20)
+    assert rollback(cluster.release(), None, say=cluster.say, timeout=20).version == "1"
+    assert cluster.versions() == ["1", "1", "1"]
+    entries = History(cluster.release().kube, "demo").read()
+    assert [(e.version, e.strategy) for e in entries] == [("2", "rolling"), ("1", "rollback")]
+
+
+FAST = CanaryPolicy(
+    steps=(34, 100), interval=0.3, max_error_rate=0.05, max_p99_ms=100, min_requests=20, timeout=20
+)
+
+
+def test_a_healthy_canary_is_promoted(cluster: Cluster):
+    outcome = run_canary(cluster.release(), "2", FAST, say=cluster.say)
+    assert outcome.outcome == "succeeded" and cluster.stable_version() == "2"
+    assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None
+    deadline = time.monotonic() + 5
+    while cluster.versions() != ["2", "2", "2"]:  # the canary's pods are collected
+        assert time.monotonic() < deadline, cluster.versions()
+        time.sleep(0.02)
+    steps = [line for line in cluster.said if line.startswith("step") and "->" in line]
+    assert len(steps) == 2 and all(line.endswith("pass") for line in steps)
+    assert History(cluster.release().kube, "demo").read()[-1].strategy == "canary"
+
+
+def test_a_failing_canary_is_aborted_and_stable_is_untouched(cluster: Cluster):
+    cluster.error_rate["2"] = 0.3
+    with pytest.raises(RolloutError, match=r"canary error rate 30\.00% > 5\.00%"):
+        run_canary(cluster.release(), "2", FAST, say=cluster.say)
+    assert cluster.stable_version() == "1"
+    assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None
+    deadline = time.monotonic() + 5
+    while cluster.versions() != ["1", "1", "1"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    (entry,) = History(cluster.release().kube, "demo").read()
+    assert entry.outcome == "aborted"
+
+
+def test_a_slow_canary_is_aborted(cluster: Cluster):
+    cluster.slow.add("2")
+    with pytest.raises(RolloutError, match="p99"):
+        run_canary(cluster.release(), "2", FAST, say=cluster.say)
+    assert cluster.stable_version() == "1"
+
+
+def test_cli_status_history_and_exit_codes(cluster: Cluster):
+    runner = CliRunner()
+    base = ["rollout", "--server", cluster.url, "-n", NS, "-r", "demo", "-o", "json"]
+    result = runner.invoke(mlscale, [*base, "deploy", "--version", "2", "--timeout", "20"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(runner.invoke(mlscale, [*base, "status"]).stdout)
+    (stable,) = status["tracks"]
+    assert stable["version"] == "2" and stable["ready"] == 3 and stable["desired"] == 3
+    assert {p["node"] for p in stable["pods"]} <= {"worker-1", "worker-2", "worker-3"}
+    assert status["hpa"]["current"] == 3
+    history = json.loads(runner.invoke(mlscale, [*base, "history"]).stdout)
+    assert [e["version"] for e in history] == ["2"]
+    refused = runner.invoke(mlscale, [*base, "deploy", "--version", "3"])
+    assert refused.exit_code == 2 and "quality gate" in refused.stdout
+    cluster.fates["1"] = "never"
+    failed = runner.invoke(mlscale, [*base, "deploy", "--version", "1", "--force"])
+    assert failed.exit_code == 1 and "rolled back to 2" in failed.stdout
+
+
+def test_concurrent_deploys_do_not_clobber_each_other(cluster: Cluster):
+    errors: list[Exception] = []
+
+    def go() -> None:
+        try:
+            deploy(cluster.release(), "2", say=lambda _: None, timeout=20)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and cluster.stable_version() == "2"

@@ -1,0 +1,89 @@
+"""Canary analysis math, with hand-computed expectations."""
+
+import math
+
+import pytest
+
+from rollout.analysis import Snapshot, judge
+
+INFER = 'endpoint="/v2/models/{name}/infer",model="iris",version="2"'
+HEALTH = 'endpoint="/v2/health/ready",model="",version=""'
+
+
+def scrape(ok: float, errors: float, buckets: dict[str, float], health: float = 0) -> str:
+    """Prometheus text as the server exposes it (cumulative buckets)."""
+    lines = [
+        f'mlscale_requests_total{{code="200",{INFER}}} {ok}',
+        f'mlscale_requests_total{{code="500",{INFER}}} {errors}',
+        f'mlscale_requests_total{{code="400",{INFER}}} 7',  # client errors: not the server's
+        f'mlscale_requests_total{{code="200",{HEALTH}}} {health}',
+    ]
+    for le, count in buckets.items():
+        lines.append(
+            f'mlscale_request_duration_seconds_bucket{{code="200",{INFER},le="{le}"}} {count}'
+        )
+    return "# TYPE mlscale_requests_total counter\n" + "\n".join(lines) + "\n"
+
+
+def snap(text: str) -> Snapshot:
+    s = Snapshot()
+    s.add_scrape(text)
+    return s
+
+
+def test_rates_come_from_counter_deltas_of_inference_only():
+    before = snap(scrape(100, 0, {"0.01": 100, "+Inf": 100}, health=50))
+    after = snap(scrape(280, 20, {"0.01": 300, "+Inf": 300}, health=500))
+    delta = after - before
+    assert delta.requests == 200  # (280 + 20 + 7) - (100 + 0 + 7); health probes excluded
+    assert delta.errors == 20
+    assert delta.error_rate == pytest.approx(0.1)
+
+
+def test_p99_interpolates_inside_the_bucket():
+    # 100 observations: 90 under 10 ms, 8 in (10, 50], 2 in (50, 100] ms.
+    s = snap(scrape(100, 0, {"0.01": 90, "0.05": 98, "0.1": 100, "+Inf": 100}))
+    # rank 99 falls in (0.05, 0.1]: 1 of that bucket's 2 -> halfway: 75 ms
+    assert s.quantile(0.99) == pytest.approx(0.075)
+    # rank 50 in the first bucket, from 0: 50/90 of 10 ms
+    assert s.quantile(0.5) == pytest.approx(0.01 * 50 / 90)
+
+
+def test_p99_beyond_the_last_bucket_is_that_bound():
+    s = snap(scrape(10, 0, {"0.01": 5, "0.1": 5, "+Inf": 10}))
+    assert s.quantile(0.99) == pytest.approx(0.1)
+
+
+def test_no_traffic_has_no_quantile():
+    assert math.isnan(Snapshot().quantile(0.99))
+
+
+def test_a_restarted_pod_counts_from_zero():
+    before = snap(scrape(1000, 10, {"+Inf": 1010}))
+    after = snap(scrape(40, 0, {"+Inf": 40}))  # counters reset by a restart
+    delta = after - before
+    assert delta.requests == 47 and delta.errors == 0
+
+
+def test_judge_passes_and_fails_with_reasons():
+    good = snap(scrape(1000, 1, {"0.01": 1001, "+Inf": 1001}))
+    stable = snap(scrape(1000, 0, {"0.01": 1000, "+Inf": 1000}))
+    verdict = judge(
+        good, stable, max_error_rate=0.01, max_p99_ms=50, max_p99_ratio=1.5, min_requests=20
+    )
+    assert verdict.passed and verdict.reasons == []
+    bad = snap(scrape(800, 200, {"0.01": 10, "0.5": 1000, "+Inf": 1000}))
+    verdict = judge(
+        bad, stable, max_error_rate=0.01, max_p99_ms=50, max_p99_ratio=1.5, min_requests=2000
+    )
+    assert not verdict.passed
+    text = " ".join(verdict.reasons)
+    assert "fewer than 2000" in text
+    assert "error rate 19.86%" in text  # 200 / (800 + 200 + 7)
+    assert "p99 495.1 ms > 50.0 ms" in text  # rank 990: 980/990 of the way through (10, 500] ms
+    assert "x stable p99" not in text  # stable saw too few requests to compare against
+    verdict = judge(
+        bad, stable, max_error_rate=1, max_p99_ms=1000, max_p99_ratio=1.5, min_requests=20
+    )
+    # stable: rank 990 of 1000, 990/1000 of the way through (0, 10] ms -> 9.9 ms
+    assert verdict.reasons == ["canary p99 495.1 ms > 1.5 x stable p99 9.9 ms"]
