@@ -12,6 +12,7 @@ import copy
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -169,6 +170,7 @@ class Emulator:
         self.history = history
         self.calls: list[tuple[str, str, str]] = []  # (verb, resource[/sub], namespace)
         self.conflicts_to_inject = 0  # fail this many next updates with 409, as a racer would
+        self.watches_to_drop = 0  # cut this many next watch streams mid-way, as a flaky LB would
         self.proxy: ProxyHandler = lambda pod, path: None
         self._rv = itertools.count(1)
         self._cond = threading.Condition()
@@ -404,6 +406,13 @@ class Emulator:
             http.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             http.wfile.flush()
 
+        if self.watches_to_drop:
+            self.watches_to_drop -= 1
+            http.wfile.write(b'40\r\n{"type": "MODIFIED", "object": ')  # a torn chunk
+            http.wfile.flush()
+            http.close_connection = True
+            http.connection.shutdown(socket.SHUT_RDWR)
+            return
         try:
             with self._cond:
                 if since < self.compacted:

@@ -1,9 +1,14 @@
 """k8s/: the kind cluster, namespace and RBAC manifests, and the kind end-to-end path."""
 
+import json
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -121,3 +126,69 @@ def test_three_replicas_spread_over_workers(cluster: str):
                 "app.kubernetes.io/component=model-server", "-o",
                 "jsonpath={range .items[*]}{.spec.nodeName}{'\\n'}{end}").split()  # fmt: skip
     assert len(nodes) >= 3 and len(set(nodes)) >= 2, nodes
+
+
+NODE_PORT = "http://127.0.0.1:30080"  # k8s/kind-cluster.yaml maps the demo NodePort here
+
+
+def infer_once(client: httpx.Client) -> int:
+    body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                        "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+    return client.post(NODE_PORT + "/v2/models/iris/infer", json=body).status_code
+
+
+@contextmanager
+def steady_load(threads: int = 4) -> Iterator[list]:
+    """Requests in a loop until the block ends; yields the list of failures."""
+    failures: list = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    if (code := infer_once(client)) != 200:
+                        failures.append(code)
+                except httpx.HTTPError as exc:
+                    failures.append(exc)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        yield failures
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+
+
+def rollout(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "rollout", "--context", "kind-mlscale", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+@pytest.mark.kind
+def test_rolling_upgrade_under_load_loses_nothing(cluster: str):
+    with steady_load() as failures:
+        done = rollout("deploy", "--version", "2", "--timeout", "300")
+    assert done.returncode == 0, done.stderr
+    assert failures == []
+
+
+@pytest.mark.kind
+def test_a_version_that_never_becomes_ready_is_rolled_back(cluster: str):
+    before = rollout("-o", "json", "status")
+    failed = rollout("deploy", "--version", "9", "--force", "--timeout", "300")
+    assert failed.returncode == 1 and "rolled back" in failed.stderr
+    assert json.loads(rollout("-o", "json", "status").stdout)["tracks"][0]["version"] == (
+        json.loads(before.stdout)["tracks"][0]["version"])  # fmt: skip
+
+
+@pytest.mark.kind
+def test_a_canary_is_promoted(cluster: str):
+    with steady_load() as failures:
+        done = rollout("canary", "--version", "1", "--steps", "50,100", "--interval", "20",
+                       "--min-requests", "10", "--force")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert failures == []

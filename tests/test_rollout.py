@@ -2,6 +2,9 @@
 official client. The release is the real chart, rendered by helm."""
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -211,6 +214,33 @@ def test_the_watch_resumes_after_410_gone(cluster: Cluster):
     assert objects and objects[0].metadata.name == "demo-mlscale"  # listed again
     lists = [c for c in cluster.api.calls if c[:2] == ("list", "deployments")]
     assert len(lists) >= 2
+
+
+def test_the_watch_survives_a_dropped_connection(cluster: Cluster):
+    cluster.api.watches_to_drop = 2
+    assert deploy(cluster.release(), "2", say=cluster.say, timeout=20).outcome == "succeeded"
+    assert cluster.api.watches_to_drop == 0  # both streams were cut, and the rollout went on
+    assert cluster.versions() == ["2", "2", "2"]
+
+
+def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluster):
+    cmd = [sys.executable, "-m", "rollout", "--server", cluster.url, "-n", NS, "-r", "demo",
+           "canary", "--version", "2", "--steps", "34,100", "--interval", "30"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not any(p["metadata"]["labels"].get("mlscale.dev/track") == "canary"
+                  and p["status"]["containerStatuses"][0]["ready"]
+                  for p in cluster.api.list("pods", NS)):  # fmt: skip
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the step's traffic window now
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "mlscale rollout status" in err
+    assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None
+    assert cluster.stable_version() == "1"
 
 
 def test_rollback_returns_to_the_previous_version(cluster: Cluster):
