@@ -177,6 +177,16 @@ def infer(
     sys.stdout.write("\n")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def loadtest(ctx: typer.Context) -> None:
+    """Load test with a report (`python -m loadtest --help` for the options)."""
+    # Locust patches the standard library when imported: it runs in a process of its own.
+    os.execv(sys.executable, [sys.executable, "-m", "loadtest", *ctx.args])
+
+
 @app.command()
 def check(
     model: Annotated[str, typer.Argument(help="Model name the server should serve.")],

@@ -1,0 +1,102 @@
+"""Locust users sending real Open Inference Protocol requests, and a stepped load shape.
+
+Usable on its own (`locust -f loadtest/locustfile.py --host http://...`) or through the
+runner (`python -m loadtest`). The model comes from MLSCALE_LOADTEST_MODEL (default iris); its
+input shape is read from the server's metadata, so every request is valid.
+"""
+
+import os
+import random
+from collections import Counter
+
+from locust import FastHttpUser, LoadTestShape, between, task
+
+MODEL = os.environ.get("MLSCALE_LOADTEST_MODEL", "iris")
+# Answers per model version, and how often a user saw the version change (a rollout at work).
+VERSIONS: Counter[str] = Counter()
+SWITCHES = {"count": 0}
+
+
+class InferUser(FastHttpUser):
+    wait_time = between(0.05, 0.15)
+
+    def on_start(self) -> None:
+        with self.client.get(f"/v2/models/{MODEL}", name="metadata", catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"metadata: {r.status_code}")
+                self.features = 4
+            else:
+                self.features = r.json()["inputs"][0]["shape"][1]
+        self.last_version: str | None = None
+
+    def infer(self, rows: int, name: str) -> None:
+        data = [round(random.uniform(0, 8), 2) for _ in range(rows * self.features)]
+        body = {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [rows, self.features],
+                    "datatype": "FP64",
+                    "data": data,
+                }
+            ]
+        }
+        with self.client.post(
+            f"/v2/models/{MODEL}/infer", json=body, name=name, catch_response=True
+        ) as r:
+            if r.status_code != 200:  # 0 when the connection failed
+                r.failure(f"status {r.status_code}: {r.error or r.text}")
+                return
+            version = r.headers.get("x-model-version")
+            if not version:
+                r.failure("no x-model-version header")
+            elif len(r.json()["outputs"][0]["data"]) != rows:
+                r.failure("wrong number of predictions")
+            else:
+                VERSIONS[version] += 1
+                if self.last_version is not None and version != self.last_version:
+                    SWITCHES["count"] += 1
+                self.last_version = version
+
+    @task(4)
+    def single_row(self) -> None:
+        self.infer(1, "infer 1 row")
+
+    @task(1)
+    def batch(self) -> None:
+        self.infer(16, "infer 16 rows")
+
+
+class StepShape(LoadTestShape):
+    """Ramp up in `steps` equal steps, hold at the peak, ramp down, stop."""
+
+    def __init__(
+        self,
+        users: int = 50,
+        steps: int = 5,
+        step_seconds: float = 20,
+        hold_seconds: float = 60,
+        down_seconds: float = 10,
+    ) -> None:
+        super().__init__()
+        self.stages: list[tuple[float, int]] = []  # (ends at second, users)
+        t = 0.0
+        for i in range(1, steps + 1):
+            t += step_seconds
+            self.stages.append((t, max(1, users * i // steps)))
+        self.ramp_end = t
+        self.hold_end = t + hold_seconds
+        self.stages.append((self.hold_end, users))
+        self.stages.append((self.hold_end + down_seconds, max(1, users // 5)))
+        self.spawn_rate = max(1.0, users / max(step_seconds, 1))
+
+    @property
+    def duration(self) -> float:
+        return self.stages[-1][0]
+
+    def tick(self) -> tuple[int, float] | None:
+        elapsed = self.get_run_time()
+        for ends, users in self.stages:
+            if elapsed < ends:
+                return users, self.spawn_rate
+        return None

@@ -1,0 +1,116 @@
+"""The report: timeline.csv, summary.json, report.png and report.md in one folder."""
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+FIGSIZE, DPI = (12, 12), 100  # report.png is 1200 x 1200 pixels
+
+
+@dataclass
+class Row:
+    t: float
+    users: int
+    rps: float
+    failures_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    rollout: bool = False
+    hpa_current: int | None = None
+    hpa_desired: int | None = None
+    cpu_percent: int | None = None
+    ready_pods: int | None = None
+    pods_per_node: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+def write_timeline(rows: list[Row], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(Row.__dataclass_fields__))
+        writer.writeheader()
+        for row in rows:
+            record = dict(row.__dict__)
+            record["pods_per_node"] = json.dumps(row.pods_per_node, sort_keys=True)
+            record["versions"] = json.dumps(row.versions, sort_keys=True)
+            writer.writerow(record)
+
+
+def _mark_rollout(ax: Any, rows: list[Row]) -> None:
+    times = [r.t for r in rows if r.rollout]
+    if times:
+        ax.axvspan(min(times), max(times), color="orange", alpha=0.2, label="rollout")
+
+
+def plot(rows: list[Row], path: Path, title: str, cluster: bool) -> None:
+    t = [r.t for r in rows]
+    fig, axes = plt.subplots(4, 1, figsize=FIGSIZE, dpi=DPI, sharex=True)
+    fig.suptitle(title)
+    ax = axes[0]
+    ax.plot(t, [r.rps for r in rows], label="requests/s")
+    ax.plot(t, [r.failures_per_s for r in rows], label="failures/s", color="red")
+    ax2 = ax.twinx()
+    ax2.plot(t, [r.users for r in rows], label="users", color="gray", linestyle=":")
+    ax2.set_ylabel("users")
+    ax.set_ylabel("per second")
+    ax = axes[1]
+    for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+        ax.plot(t, [getattr(r, key) for r in rows], label=label)
+    ax.set_ylabel("latency ms")
+    ax = axes[2]
+    ax3 = axes[3]
+    if cluster:
+        ax.step(t, [r.hpa_desired for r in rows], where="post", label="HPA desired")
+        ax.step(t, [r.hpa_current for r in rows], where="post", label="HPA current")
+        ax.step(t, [r.ready_pods for r in rows], where="post", label="ready pods")
+        cpu = ax.twinx()
+        cpu.plot(t, [r.cpu_percent for r in rows], color="gray", linestyle=":", label="CPU %")
+        cpu.set_ylabel("CPU % of request")
+        nodes = sorted({n for r in rows for n in r.pods_per_node})
+        for node in nodes:
+            ax3.step(t, [r.pods_per_node.get(node, 0) for r in rows], where="post", label=node)
+    else:
+        for a, what in ((ax, "replicas"), (ax3, "pods per node")):
+            a.text(
+                0.5,
+                0.5,
+                f"no cluster: {what} not sampled (local server)",
+                ha="center",
+                va="center",
+                transform=a.transAxes,
+                color="gray",
+            )
+    ax.set_ylabel("replicas")
+    ax3.set_ylabel("ready pods per node")
+    ax3.set_xlabel("seconds")
+    for a in axes:
+        _mark_rollout(a, rows)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(loc="upper left", fontsize="small")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_markdown(summary: dict[str, Any], path: Path) -> None:
+    lines = [
+        f"# mlscale load test: {summary['target']}",
+        "",
+        f"![timeline]({summary['plot']})",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    for key, value in summary.items():
+        if key not in ("plot",):
+            lines.append(f"| {key.replace('_', ' ')} | {value} |")
+    lines += ["", "Data: `timeline.csv` (one row per sample), `summary.json`."]
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,174 @@
+"""Run Locust headless as a library against a server, sample it (and the cluster, when there
+is one) while it runs, optionally roll the model out mid-hold, and write the report.
+
+Import this module only in a process of its own: Locust patches the standard library for
+gevent when it is imported.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust.env import Environment
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from loadtest import locustfile
+from loadtest.locustfile import InferUser, StepShape
+from loadtest.report import Row, plot, write_markdown, write_timeline
+from loadtest.sampler import ClusterSampler
+
+
+@dataclass(frozen=True)
+class Plan:
+    url: str
+    model: str = "iris"
+    users: int = 50
+    steps: int = 5
+    step_seconds: float = 20
+    hold_seconds: float = 60
+    down_seconds: float = 10
+    sample_seconds: float = 2
+    out: Path = Path("reports")
+    rollout_version: str | None = None  # roll out this version during the hold
+    rollout_at: float | None = None  # seconds after the start (default: hold start + 10)
+
+
+def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path:
+    locustfile.MODEL = plan.model
+    shape = StepShape(
+        plan.users, plan.steps, plan.step_seconds, plan.hold_seconds, plan.down_seconds
+    )
+    env = Environment(user_classes=[InferUser], shape_class=shape, host=plan.url)
+    runner = env.create_local_runner()
+    rows: list[Row] = []
+    rollout: dict[str, Any] = {"active": False, "start": None, "end": None, "outcome": None}
+    started = time.monotonic()
+
+    def sample() -> None:
+        # Rates from counter deltas between samples: Locust's own current_rps is a 10 s
+        # moving average that lags a step change.
+        last = (time.monotonic(), 0, 0)
+        while True:
+            gevent.sleep(plan.sample_seconds)
+            total = env.stats.total
+            now = time.monotonic()
+            span = now - last[0]
+            rps = (total.num_requests - last[1]) / span
+            fails = (total.num_failures - last[2]) / span
+            last = (now, total.num_requests, total.num_failures)
+            p50, p95, p99 = (
+                float(total.get_current_response_time_percentile(q) or 0) for q in (0.5, 0.95, 0.99)
+            )
+            row = Row(
+                t=round(time.monotonic() - started, 1),
+                users=runner.user_count,
+                rps=round(rps, 1),
+                failures_per_s=round(fails, 2),
+                p50_ms=p50,
+                p95_ms=p95,
+                p99_ms=p99,
+                rollout=rollout["active"],
+            )
+            if sampler is not None:
+                try:
+                    c = sampler.sample()
+                except Exception as exc:  # a missed sample must not stop the load test
+                    print(f"cluster sample failed: {exc}")
+                else:
+                    row.hpa_current, row.hpa_desired = c.hpa_current, c.hpa_desired
+                    row.cpu_percent, row.ready_pods = c.cpu_percent, c.ready_pods
+                    row.pods_per_node, row.versions = c.pods_per_node, c.versions
+            rows.append(row)
+
+    def roll_out() -> None:
+        from rollout.deploy import deploy
+        from rollout.kube import RolloutError
+
+        at = plan.rollout_at if plan.rollout_at is not None else shape.ramp_end + 10
+        gevent.sleep(at)
+        rollout.update(active=True, start=round(time.monotonic() - started, 1))
+        try:
+            outcome = deploy(release, plan.rollout_version, say=print, timeout=600, force=True)
+            rollout["outcome"] = outcome.outcome
+        except RolloutError as exc:
+            rollout["outcome"] = f"failed: {exc}"
+        rollout.update(active=False, end=round(time.monotonic() - started, 1))
+
+    runner.start_shape()
+    jobs = [gevent.spawn(sample)]
+    if plan.rollout_version and release is not None:
+        jobs.append(gevent.spawn(roll_out))
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task("load", total=shape.duration)
+        while runner.shape_greenlet is not None or runner.user_count:
+            elapsed = time.monotonic() - started
+            total = env.stats.total
+            progress.update(
+                task,
+                completed=min(elapsed, shape.duration),
+                description=(
+                    f"{runner.user_count:3d} users {total.current_rps:7.1f} req/s "
+                    f"{total.num_failures} failed"
+                ),
+            )
+            gevent.sleep(0.5)
+            if elapsed > shape.duration + 30:
+                break
+    runner.quit()
+    if len(jobs) > 1:
+        jobs[1].join(timeout=600)
+    gevent.killall(jobs[:1])
+    return write_report(plan, env, rows, rollout, cluster=sampler is not None)
+
+
+def write_report(
+    plan: Plan, env: Environment, rows: list[Row], rollout: dict[str, Any], cluster: bool
+) -> Path:
+    folder = plan.out / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    total = env.stats.total
+    nodes = sorted({n for r in rows for n in r.pods_per_node})
+    summary: dict[str, Any] = {
+        "target": plan.url,
+        "model": plan.model,
+        "cluster": cluster,
+        "duration_s": rows[-1].t if rows else 0,
+        "peak_users": max((r.users for r in rows), default=0),
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        "failure_ratio": round(total.fail_ratio, 5),
+        "p50_ms": total.get_response_time_percentile(0.5),
+        "p95_ms": total.get_response_time_percentile(0.95),
+        "p99_ms": total.get_response_time_percentile(0.99),
+        "peak_rps": max((r.rps for r in rows), default=0),
+        "answers_by_version": dict(locustfile.VERSIONS),
+        "version_switches_seen": locustfile.SWITCHES["count"],
+        "plot": "report.png",
+    }
+    if cluster:
+        summary |= {
+            "min_replicas": min((r.ready_pods or 0 for r in rows), default=0),
+            "peak_replicas": max((r.ready_pods or 0 for r in rows), default=0),
+            "nodes_used": nodes,
+        }
+    if plan.rollout_version:
+        summary |= {
+            "rollout_version": plan.rollout_version,
+            "rollout_outcome": rollout["outcome"],
+            "rollout_window_s": [rollout["start"], rollout["end"]],
+            "rollout_duration_s": (
+                round(rollout["end"] - rollout["start"], 1) if rollout["end"] is not None else None
+            ),
+        }
+    write_timeline(rows, folder / "timeline.csv")
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    title = f"{plan.model} at {plan.url}, {plan.users} users" + ("" if cluster else " (local)")
+    plot(rows, folder / "report.png", title, cluster)
+    write_markdown(summary, folder / "report.md")
+    (folder / "plan.json").write_text(json.dumps(asdict(plan), default=str, indent=2) + "\n")
+    return folder
