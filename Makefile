@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools models serve demo image kind-up kind-load deploy kind-down test lint bench bench-image clean
+.PHONY: help install tools models serve demo loadtest image kind-up kind-load deploy kind-down test lint bench bench-image clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,8 +28,11 @@ models: install ## Train versions 1 and 2 of the example models into models/ (id
 serve: models ## Serve a model on :8080 (MODEL=iris|linear|multilinear, VERSION=latest)
 	$(BIN)/mlscale serve --model $(or $(MODEL),iris) --version $(or $(VERSION),latest)
 
-demo: install ## The main job: train, serve, predict over HTTP, print
-	BIN=$(BIN) scripts/demo-local.sh
+demo: install tools ## The main job: scaling on kind with a rollout under load (local fallback)
+	BIN=$(BIN) scripts/demo.sh
+
+loadtest: install ## Load test a server (URL=http://127.0.0.1:8080 MODEL=iris) and write a report
+	$(BIN)/python -m loadtest --url $(or $(URL),http://127.0.0.1:8080) --model $(or $(MODEL),iris)
 
 image: ## Build the container image mlscale:<version> (installs/starts Docker where needed)
 	scripts/build-image.sh

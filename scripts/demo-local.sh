@@ -30,5 +30,11 @@ req = urllib.request.Request(sys.argv[1] + "/v1/models/iris:predict",
 with urllib.request.urlopen(req) as r:
     print(r.headers["x-model-version"], r.read().decode())
 PY
+if [ -n "${WITH_LOADTEST:-}" ]; then
+  echo
+  echo "== a stepped load test against it (about 45 s), with a report"
+  "$BIN/python" -m loadtest --url "$URL" --model iris --users 20 --steps 4 --step-seconds 6 \
+    --hold-seconds 15 --down-seconds 5 --sample-seconds 1
+fi
 echo
 echo "Server was at $URL (docs: $URL/docs, metrics: $URL/metrics); stopping it now."

@@ -192,3 +192,20 @@ def test_a_canary_is_promoted(cluster: str):
                        "--min-requests", "10", "--force")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert failures == []
+
+
+@pytest.mark.kind
+def test_stepped_load_scales_across_workers_and_a_rollout_loses_nothing(cluster: str, tmp_path):
+    rollout("deploy", "--version", "1", "--timeout", "300", "--force")
+    cmd = [sys.executable, "-m", "loadtest", "--url", NODE_PORT, "--model", "iris", "--cluster",
+           "--release", "mlscale", "--namespace", cluster, "--context", "kind-mlscale",
+           "--users", "60", "--steps", "4", "--step-seconds", "30", "--hold-seconds", "120",
+           "--rollout-version", "2", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    (folder,) = tmp_path.iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["min_replicas"] <= 1 and summary["peak_replicas"] >= 3, summary
+    assert len([n for n in summary["nodes_used"] if "worker" in n]) >= 2, summary
+    assert summary["failure_ratio"] < 0.01, summary
+    assert summary["rollout_outcome"] == "succeeded", summary
+    assert done.returncode == 0 and summary["failures"] == 0, done.stdout[-2000:]
