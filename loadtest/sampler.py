@@ -3,9 +3,8 @@ pods per node, model version per pod. Read through the kubernetes client, like t
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
-from rollout.release import Release
+from rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready
 
 
 @dataclass
@@ -23,31 +22,14 @@ class ClusterSampler:
         self.release = release
 
     def sample(self) -> ClusterSample:
-        kube, stable = self.release.kube, self.release.stable()
         out = ClusterSample()
-        for hpa in kube.call(
-            kube.autoscaling.list_namespaced_horizontal_pod_autoscaler, kube.namespace
-        ).items:
-            if hpa.spec.scale_target_ref.name == stable.metadata.name and hpa.status:
-                out.hpa_current = hpa.status.current_replicas
-                out.hpa_desired = hpa.status.desired_replicas
-                out.cpu_percent = _cpu(hpa.status.current_metrics or [])
-        ready = [p for p in self.release.pods() if _ready(p)]
+        hpa = self.release.hpa()
+        if hpa is not None and hpa.status:
+            out.hpa_current = hpa.status.current_replicas
+            out.hpa_desired = hpa.status.desired_replicas
+            out.cpu_percent = hpa_cpu_percent(hpa)
+        ready = [p for p in self.release.pods() if pod_ready(p)]
         out.ready_pods = len(ready)
         out.pods_per_node = dict(Counter(p.spec.node_name or "?" for p in ready))
-        out.versions = dict(
-            Counter((p.metadata.labels or {}).get("mlscale.dev/model-version", "?") for p in ready)
-        )
+        out.versions = dict(Counter((p.metadata.labels or {}).get(VERSION, "?") for p in ready))
         return out
-
-
-def _cpu(metrics: list[Any]) -> int | None:
-    for m in metrics:
-        if m.type == "Resource" and m.resource and m.resource.name == "cpu":
-            return m.resource.current.average_utilization
-    return None
-
-
-def _ready(pod: Any) -> bool:
-    statuses = (pod.status.container_statuses or []) if pod.status else []
-    return bool(statuses) and all(s.ready for s in statuses)

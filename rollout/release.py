@@ -42,6 +42,19 @@ def strategic_merge(target: Any, patch: Any) -> Any:
     return patch
 
 
+def pod_ready(pod: Any) -> bool:
+    statuses = (pod.status.container_statuses or []) if pod.status else []
+    return bool(statuses) and all(s.ready for s in statuses)
+
+
+def hpa_cpu_percent(hpa: Any) -> int | None:
+    """Average CPU utilisation (% of the request) the HPA last saw, if it has a CPU metric."""
+    for m in (hpa.status.current_metrics or []) if hpa.status else []:
+        if m.type == "Resource" and m.resource and m.resource.name == "cpu":
+            return m.resource.current.average_utilization
+    return None
+
+
 def version_patch(version: str, resource_version: str | None = None) -> dict[str, Any]:
     """Strategic-merge patch moving a Deployment to `version` (env, label, annotations).
 
@@ -102,6 +115,14 @@ class Release:
             label_selector=self.selector("canary"),
         ).items
         return found[0] if found else None
+
+    def hpa(self) -> Any | None:
+        """The HorizontalPodAutoscaler that drives the stable Deployment, if there is one."""
+        stable = self.stable().metadata.name
+        found = self.kube.call(
+            self.kube.autoscaling.list_namespaced_horizontal_pod_autoscaler, self.namespace
+        ).items
+        return next((h for h in found if h.spec.scale_target_ref.name == stable), None)
 
     def model_name(self) -> str:
         return env(self.stable(), "MLSCALE_MODEL_NAME") or ""

@@ -3,7 +3,7 @@
 from typing import Any
 
 from rollout.progress import rollout_progress
-from rollout.release import Release, version_of
+from rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready, version_of
 
 
 def _track(release: Release, deployment: Any, track: str) -> dict[str, Any]:
@@ -21,8 +21,8 @@ def _track(release: Release, deployment: Any, track: str) -> dict[str, Any]:
             {
                 "name": p.metadata.name,
                 "node": p.spec.node_name,
-                "version": (p.metadata.labels or {}).get("mlscale.dev/model-version"),
-                "ready": all(c.ready for c in (p.status.container_statuses or [])),
+                "version": (p.metadata.labels or {}).get(VERSION),
+                "ready": pod_ready(p),
             }
             for p in release.pods(track)
         ],
@@ -35,28 +35,15 @@ def status(release: Release) -> dict[str, Any]:
     canary = release.canary()
     if canary is not None:
         tracks.append(_track(release, canary, "canary"))
-    hpa = None
-    kube = release.kube
-    for h in kube.call(
-        kube.autoscaling.list_namespaced_horizontal_pod_autoscaler, kube.namespace
-    ).items:
-        if h.spec.scale_target_ref.name == stable.metadata.name:
-            cpu = next(
-                (
-                    m.resource.current.average_utilization
-                    for m in h.status.current_metrics or []
-                    if m.type == "Resource" and m.resource.name == "cpu"
-                ),
-                None,
-            )
-            hpa = {
-                "name": h.metadata.name,
-                "min": h.spec.min_replicas,
-                "max": h.spec.max_replicas,
-                "current": h.status.current_replicas,
-                "desired": h.status.desired_replicas,
-                "cpu_percent": cpu,
-            }
+    h = release.hpa()
+    hpa = h and {
+        "name": h.metadata.name,
+        "min": h.spec.min_replicas,
+        "max": h.spec.max_replicas,
+        "current": h.status.current_replicas if h.status else None,
+        "desired": h.status.desired_replicas if h.status else None,
+        "cpu_percent": hpa_cpu_percent(h),
+    }
     return {
         "release": release.name,
         "namespace": release.namespace,
