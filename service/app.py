@@ -20,7 +20,7 @@ from starlette.responses import Response
 from service import __version__, fastpath, protocol
 from service.dataplane import DataPlane
 from service.errors import MLScaleError
-from service.fastpath import FastPath, read_body
+from service.fastpath import AnsweredBy, FastPath, model_headers, read_body
 from service.metrics import Metrics
 from service.runtime import LoadedModel
 from service.settings import Settings
@@ -38,12 +38,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def json_response(body: Any, status: int = 200, model: LoadedModel | None = None) -> Response:
+def json_response(body: Any, status: int = 200, answered: AnsweredBy | None = None) -> Response:
+    """A JSON answer; `answered` (model, version) adds the headers naming who answered."""
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     response = Response(raw, status_code=status, media_type=JSON)
-    if model is not None:
-        response.headers["x-model-name"] = model.name
-        response.headers["x-model-version"] = model.version
+    if answered:
+        response.raw_headers.extend(model_headers(answered))
     return response
 
 
@@ -130,10 +130,7 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
 
     @api.exception_handler(MLScaleError)
     async def domain_error(request: Request, exc: MLScaleError) -> Response:
-        response = json_response({"error": exc.message}, exc.status_code)
-        if exc.answered_by:
-            response.headers["x-model-name"], response.headers["x-model-version"] = exc.answered_by
-        return response
+        return json_response({"error": exc.message}, exc.status_code, exc.answered_by)
 
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -166,7 +163,7 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
                 "created": m.created.isoformat(),
             },
         }
-        return json_response(body, model=model)
+        return json_response(body, answered=model.identity)
 
     @api.get(
         "/v2/models/{name}", response_model=protocol.ModelMetadata, responses=ERRORS,
@@ -185,7 +182,7 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
     def readiness(name: str, version: str | None) -> Response:
         model = plane.model(name, version)
         body = {"name": name, "version": model.version, "ready": plane.ready}
-        return json_response(body, 200 if plane.ready else 503, model=model)
+        return json_response(body, 200 if plane.ready else 503, answered=model.identity)
 
     @api.get(
         "/v2/models/{name}/ready", response_model=protocol.ModelReadyResponse, responses=ERRORS,
@@ -208,10 +205,10 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
             )
             outputs = await plane.predict(model, x)
         except MLScaleError as exc:
-            exc.answered_by = (model.name, model.version)
+            exc.answered_by = model.identity
             raise
         body = protocol.encode_predictions(model.manifest, outputs["predict"])
-        return json_response(body, model=model)
+        return json_response(body, answered=model.identity)
 
     @api.post(
         "/v1/models/{name}:predict", response_model=protocol.PredictionsResponse,

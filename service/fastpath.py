@@ -183,7 +183,7 @@ class FastPath:
             )
             outputs = await self.plane.predict(model, request.x)
         except MLScaleError as exc:
-            exc.answered_by = (model.name, model.version)
+            exc.answered_by = model.identity
             raise
         body = protocol.encode_infer_response(model.manifest, outputs, request.outputs, request.id)
-        return 200, body, (model.name, model.version)
+        return 200, body, model.identity

@@ -80,6 +80,11 @@ class LoadedModel:
         return self.manifest.version
 
     @property
+    def identity(self) -> tuple[str, str]:
+        """(model, version): who answered, for response headers and metric labels."""
+        return self.manifest.name, self.manifest.version
+
+    @property
     def has_fast_path(self) -> bool:
         return self._fast is not None
 
