@@ -25,6 +25,10 @@ class ModelNotReady(MLScaleError):
     status_code = 503
 
 
+class MethodNotAllowed(MLScaleError):
+    status_code = 405
+
+
 class PayloadTooLarge(MLScaleError):
     status_code = 413
 

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import protocol
 from service.dataplane import DataPlane
-from service.errors import MLScaleError, PayloadTooLarge, UnsupportedMediaType
+from service.errors import MethodNotAllowed, MLScaleError, PayloadTooLarge, UnsupportedMediaType
 from service.metrics import MODEL_HEADER, VERSION_HEADER, Metrics
 
 log = logging.getLogger("mlscale")
@@ -114,12 +114,13 @@ class FastPath:
                 return LIVE, self._live
             if path == READY:
                 return READY, self._ready
-        elif method == "POST" and path.startswith("/v2/models/") and path.endswith("/infer"):
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
             parts = path.split("/")  # ['', 'v2', 'models', name, ('versions', v,)? 'infer']
+            handler = self._infer if method == "POST" else self._not_post
             if len(parts) == 5 and parts[3]:
-                return INFER, self._infer
+                return INFER, handler
             if len(parts) == 7 and parts[3] and parts[4] == "versions" and parts[5]:
-                return INFER_VERSION, self._infer
+                return INFER_VERSION, handler
         return "", None
 
     async def _answer(
@@ -138,11 +139,11 @@ class FastPath:
         except Exception:
             log.exception("unexpected error on %s", scope["path"])
             status, body, answered = 500, protocol.error_body("internal server error"), NOBODY
-        length = (b"content-length", str(len(body)).encode())
-        await send(
-            {"type": "http.response.start", "status": status,
-             "headers": [JSON_HEADER, length, *model_headers(answered)]}
-        )  # fmt: skip
+        headers = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
+        headers += model_headers(answered)
+        if status == 405:
+            headers.append((b"allow", b"POST"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return endpoint, answered[0], answered[1], str(status)
 
@@ -165,6 +166,9 @@ class FastPath:
         else:  # FastAPI's own pages (docs, openapi.json) set no route; unknown paths get 404
             endpoint = "unmatched" if status == "404" else scope["path"]
         return endpoint, model, version, status
+
+    async def _not_post(self, scope: Scope, receive: Receive) -> Answer:
+        raise MethodNotAllowed(f"{scope['method']} is not allowed here; send a POST")
 
     async def _live(self, scope: Scope, receive: Receive) -> Answer:
         return 200, b'{"live":true}', NOBODY

@@ -141,11 +141,18 @@ def test_v1_and_simple_predict(iris: Server):
         ("post", "/predict", {"json": {"rows": []}}, 400, "'instances' list"),
         ("get", "/no/such/path", {}, 404, "Not Found"),
         ("put", "/v2", {}, 405, "Method Not Allowed"),
+        ("get", "/v2/models/iris/infer", {}, 405, "send a POST"),
+        ("delete", "/v2/models/iris/versions/1/infer", {}, 405, "send a POST"),
     ],
 )  # fmt: skip
 def test_errors_have_the_protocol_shape(iris: Server, method, path, kwargs, status, text):
     with iris.client() as c:
         assert_error(c.request(method.upper(), path, **kwargs), status, text)
+
+
+def test_405_says_which_method_is_allowed(iris: Server):
+    r = httpx.get(iris.url + "/v2/models/iris/infer")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 def test_errors_after_routing_still_name_the_version(iris: Server):
