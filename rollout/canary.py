@@ -13,7 +13,7 @@ from rollout.analysis import Snapshot, judge
 from rollout.deploy import Outcome, Say, deploy, follow, quality_gate, wrong_versions
 from rollout.history import History, entry
 from rollout.kube import Refused, RolloutError
-from rollout.release import TRACK, Release, version_of, version_patch
+from rollout.release import TRACK, Release, canary_name, version_of, version_patch
 from rollout.release import strategic_merge as merge
 
 
@@ -80,13 +80,13 @@ def run_canary(
     current = version_of(stable)
     if current == version:
         raise Refused(f"stable already serves version {version}")
-    if release.canary() is not None:
+    if (running := release.canary()) is not None:
         raise Refused(
-            f"a canary is already running ({release.canary_name}); finish or delete it first"
+            f"a canary is already running ({running.metadata.name}); finish or delete it first"
         )
     if not force:
         quality_gate(release, current, version, max_regression)
-    kube, name = release.kube, release.canary_name
+    kube, name = release.kube, canary_name(stable)
     history = History(kube, release.name)
     started = time.time()
     stable_replicas = stable.spec.replicas or 1
@@ -153,6 +153,6 @@ def run_canary(
 
 def remove(release: Release, say: Say) -> None:
     kube = release.kube
-    if release.canary() is not None:
-        kube.call(kube.apps.delete_namespaced_deployment, release.canary_name, kube.namespace)
-        say(f"removed canary {release.canary_name}")
+    if (canary := release.canary()) is not None:
+        kube.call(kube.apps.delete_namespaced_deployment, canary.metadata.name, kube.namespace)
+        say(f"removed canary {canary.metadata.name}")

@@ -84,8 +84,9 @@ def follow(release: Release, deployment: str, version: str, timeout: float, say:
 
 def wrong_versions(release: Release, version: str, track: str) -> str | None:
     """Ask every pod of the track which version it serves; say which one is wrong."""
+    model = release.model_name()
     for pod in release.pods(track):
-        served = release.served_version(pod.metadata.name)
+        served = release.served_version(pod.metadata.name, model)
         if served != version:
             return f"pod {pod.metadata.name} serves version {served!r}, not {version!r}"
     return None

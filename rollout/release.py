@@ -25,6 +25,11 @@ def version_of(deployment: Any) -> str:
     return env(deployment, VERSION_ENV) or ""
 
 
+def canary_name(stable: Any) -> str:
+    """The canary Deployment's name, derived from the stable one's."""
+    return f"{stable.metadata.name}-canary"
+
+
 def strategic_merge(target: Any, patch: Any) -> Any:
     """Merge a version patch into a plain Deployment body: dicts recursively, containers and
     env entries by name (as the API server's strategic merge does for these fields)."""
@@ -104,10 +109,6 @@ class Release:
             )
         return found[0]
 
-    @property
-    def canary_name(self) -> str:
-        return f"{self.stable().metadata.name}-canary"
-
     def canary(self) -> Any | None:
         found = self.kube.call(
             self.kube.apps.list_namespaced_deployment,
@@ -146,16 +147,15 @@ class Release:
         except ApiException as exc:
             raise ClusterError(f"pod {pod} did not answer {path}: {exc.status}") from None
 
-    def served_version(self, pod: str) -> str:
-        body = json.loads(self.proxy_get(pod, f"/v2/models/{self.model_name()}"))
+    def served_version(self, pod: str, model: str) -> str:
+        body = json.loads(self.proxy_get(pod, f"/v2/models/{model}"))
         return str(body.get("parameters", {}).get("version", ""))
 
     def store_versions(self) -> dict[str, dict[str, float]]:
         """Versions in the image's model store, with their offline metrics, asked of a pod."""
+        model = self.model_name()
         for pod in self.pods("stable"):
             if pod.status.phase == "Running":
-                text = self.proxy_get(
-                    pod.metadata.name, f"/mlscale/v1/models/{self.model_name()}/versions"
-                )
+                text = self.proxy_get(pod.metadata.name, f"/mlscale/v1/models/{model}/versions")
                 return {v["version"]: v["metrics"] for v in json.loads(text)["versions"]}
         raise ClusterError("no running pod to ask which versions the image holds")
