@@ -64,7 +64,7 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
                 float(total.get_current_response_time_percentile(q) or 0) for q in (0.5, 0.95, 0.99)
             )
             row = Row(
-                t=round(time.monotonic() - started, 1),
+                t=round(now - started, 1),
                 users=runner.user_count,
                 rps=round(rps, 1),
                 failures_per_s=round(fails, 2),

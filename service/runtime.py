@@ -7,7 +7,7 @@ manifest), so for linear families we evaluate the model's own formula directly.
 The fast paths reduce each row on its own (multiply, then sum along the row) instead of one
 BLAS matrix product: BLAS picks kernels by shape, so `predict` gives a row different last bits
 depending on the batch it arrived in. Row-wise sums make an answer independent of what it was
-batched with, bit for bit; they agree with `predict` to ~1e-15 relative and on every label
+batched with, bit for bit; they agree with `predict` to 1e-12 relative and on every label
 (tests check both).
 """
 
