@@ -185,7 +185,7 @@ class FastPath:
             request = protocol.decode_infer_request(
                 await read_body(scope, receive, self.limit), model.manifest
             )
-            outputs = await self.plane.predict(model, request.x)
+            outputs = await self.plane.infer(model, request.x, request.outputs)
         except MLScaleError as exc:
             exc.answered_by = model.identity
             raise

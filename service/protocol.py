@@ -5,15 +5,15 @@ against the model's manifest by hand, which is several times cheaper for tensor 
 pydantic models at the bottom exist to document the real bodies in the OpenAPI schema.
 """
 
-from dataclasses import dataclass
 from math import prod
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, Field
 
 from service.errors import InvalidInput
+from service.runtime import Outputs, RowOutputs, Rows
 from service.store import Manifest, TensorSpec
 
 # V2 datatypes that can carry numbers, with the numpy kinds their data may hold.
@@ -21,11 +21,13 @@ _INTEGER_TYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)}
 _FLOAT_TYPES = {"FP16", "FP32", "FP64"}
 _NUMERIC_TYPES = _INTEGER_TYPES | _FLOAT_TYPES
 DATATYPES = _NUMERIC_TYPES | {"BOOL", "BYTES"}
+# Requests up to this many numbers stay Python lists (see runtime.py); bigger ones, where
+# numpy's per-call cost pays off, become arrays.
+SMALL_REQUEST_VALUES = 64
 
 
-@dataclass(frozen=True)
-class InferRequest:
-    x: np.ndarray  # validated, float64, shape (rows, features)
+class InferRequest(NamedTuple):
+    x: np.ndarray | Rows  # validated, float64, shape (rows, features); Rows when small
     outputs: list[str]  # names of the outputs to return, in order
     id: str | None = None
 
@@ -91,6 +93,55 @@ def decode_infer_request(body: bytes, manifest: Manifest) -> InferRequest:
         raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
     if type(data) is not list:
         raise InvalidInput(f"{where}: data must be a list (flat or nested)")
+    dims = _check_shape(shape, spec, where)
+    x = _small_rows(data, shape, dims, datatype in _INTEGER_TYPES)
+    if x is None:
+        x = _as_array(data, shape, dims, datatype, spec, where)
+    return InferRequest(x, _requested_outputs(payload, manifest), _request_id(payload))
+
+
+def _small_rows(
+    data: list[Any], shape: list[int], dims: tuple[int, ...], integral: bool
+) -> Rows | None:
+    """A small, well-formed rows-by-features tensor as Python floats; None for anything
+    else, which the numpy path then takes (and explains, if it is wrong)."""
+    if len(dims) != 2:
+        return None
+    rows, features = dims
+    size = rows * features
+    if size > SMALL_REQUEST_VALUES:
+        return None
+    if len(data) == size:
+        flat = data
+    elif (
+        len(shape) == 2
+        and len(data) == rows
+        and all(type(row) is list and len(row) == features for row in data)
+    ):
+        flat = [v for row in data for v in row]
+    else:
+        return None
+    has_ints = False
+    for v in flat:
+        if type(v) is not float:
+            if type(v) is not int:  # bools, strings, lists: the numpy path says what is wrong
+                return None
+            has_ints = True
+        elif integral:  # floats for an integer datatype: the numpy path checks for fractions
+            return None
+    if has_ints:
+        flat = [float(v) for v in flat]
+    return [flat[i : i + features] for i in range(0, size, features)]
+
+
+def _as_array(
+    data: list[Any],
+    shape: list[int],
+    dims: tuple[int, ...],
+    datatype: str,
+    spec: TensorSpec,
+    where: str,
+) -> np.ndarray:
     arr = _as_rows(data, spec, where)
     if datatype in _INTEGER_TYPES and not np.array_equal(arr, np.trunc(arr)):
         raise InvalidInput(f"{where}: datatype {datatype} but data has fractions")
@@ -99,8 +150,7 @@ def decode_infer_request(body: bytes, manifest: Manifest) -> InferRequest:
         raise InvalidInput(f"{where}: shape {shape} needs {size} values, got {arr.size}")
     if arr.ndim > 1 and list(arr.shape) != shape:
         raise InvalidInput(f"{where}: nested data of shape {list(arr.shape)} but shape is {shape}")
-    x = arr.reshape(_check_shape(shape, spec, where))
-    return InferRequest(x=x, outputs=_requested_outputs(payload, manifest), id=_request_id(payload))
+    return arr.reshape(dims)
 
 
 def _request_id(payload: dict[str, Any]) -> str | None:
@@ -137,22 +187,24 @@ def decode_instances(body: bytes, manifest: Manifest) -> np.ndarray:
 
 
 def encode_infer_response(
-    manifest: Manifest, outputs: dict[str, np.ndarray], names: list[str], request_id: str | None
+    manifest: Manifest,
+    outputs: Outputs | RowOutputs,
+    names: list[str],
+    request_id: str | None,
 ) -> bytes:
-    specs = {spec.name: spec for spec in manifest.outputs}
     body: dict[str, Any] = {"model_name": manifest.name, "model_version": manifest.version}
     if request_id is not None:
         body["id"] = request_id
-    body["outputs"] = [
-        {
-            "name": name,
-            "datatype": specs[name].datatype,
-            "shape": list(outputs[name].shape),
-            "data": np.ascontiguousarray(outputs[name]).ravel(),
-        }
-        for name in names
-    ]
+    body["outputs"] = [_output_tensor(manifest, name, outputs[name]) for name in names]
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _output_tensor(manifest: Manifest, name: str, value: np.ndarray | list[Any]) -> dict[str, Any]:
+    datatype = manifest.output_types[name]
+    if type(value) is list:  # one value per row
+        return {"name": name, "datatype": datatype, "shape": [len(value)], "data": value}
+    shape = list(value.shape)
+    return {"name": name, "datatype": datatype, "shape": shape, "data": value.ravel()}
 
 
 def error_body(message: str) -> bytes:

@@ -12,6 +12,7 @@ import platform
 import shutil
 import tempfile
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,11 @@ class Manifest(BaseModel):
     metrics: dict[str, float] = Field(description="Offline metrics on a holdout set.")
     labels: list[str] = Field(default_factory=list, description="Class names, for classifiers.")
     created: datetime
+
+    @cached_property
+    def output_types(self) -> dict[str, str]:
+        """Datatype by output name."""
+        return {spec.name: spec.datatype for spec in self.outputs}
 
 
 def sha256_of(path: Path) -> str:

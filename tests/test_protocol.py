@@ -7,7 +7,12 @@ import orjson
 import pytest
 
 from service.errors import InvalidInput
-from service.protocol import decode_infer_request, decode_instances, encode_infer_response
+from service.protocol import (
+    SMALL_REQUEST_VALUES,
+    decode_infer_request,
+    decode_instances,
+    encode_infer_response,
+)
 from service.store import Manifest, ModelStore
 
 
@@ -29,12 +34,30 @@ def body(*inputs, **extra) -> bytes:
     return orjson.dumps({"inputs": list(inputs), **extra})
 
 
-def test_flat_and_nested_data_decode_the_same(iris: Manifest):
-    flat = decode_infer_request(body(tensor([2, 4], [1, 2, 3, 4, 5, 6, 7, 8])), iris)
-    nested = decode_infer_request(body(tensor([2, 4], [[1, 2, 3, 4], [5, 6, 7, 8]])), iris)
-    np.testing.assert_array_equal(flat.x, nested.x)
-    assert flat.x.shape == (2, 4) and flat.x.dtype == np.float64
-    assert flat.outputs == ["predict"]
+def decoded(payload: bytes, manifest: Manifest) -> np.ndarray:
+    """The request's rows as an array, whichever form the decoder chose."""
+    x = decode_infer_request(payload, manifest).x
+    if isinstance(x, list):  # small requests stay Python floats
+        assert all(type(v) is float for row in x for v in row)
+    return np.asarray(x)
+
+
+@pytest.mark.parametrize("rows", [2, SMALL_REQUEST_VALUES // 4 + 1])  # Python rows, then numpy
+def test_flat_and_nested_data_decode_the_same(iris: Manifest, rows: int):
+    values = list(range(rows * 4))
+    nested = [values[i : i + 4] for i in range(0, len(values), 4)]
+    flat_x = decoded(body(tensor([rows, 4], values)), iris)
+    np.testing.assert_array_equal(flat_x, decoded(body(tensor([rows, 4], nested)), iris))
+    assert flat_x.shape == (rows, 4) and flat_x.dtype == np.float64
+    assert flat_x[-1, -1] == rows * 4 - 1
+
+
+def test_small_requests_stay_python_and_big_ones_become_arrays(iris: Manifest):
+    small = decode_infer_request(body(tensor([1, 4], [0.5, 2, 3, 4])), iris)
+    assert small.x == [[0.5, 2.0, 3.0, 4.0]] and small.outputs == ["predict"]
+    rows = SMALL_REQUEST_VALUES // 4 + 1
+    big = decode_infer_request(body(tensor([rows, 4], [0.5] * rows * 4)), iris)
+    assert isinstance(big.x, np.ndarray) and big.x.shape == (rows, 4)
 
 
 def test_id_and_requested_outputs(iris: Manifest):
@@ -45,12 +68,12 @@ def test_id_and_requested_outputs(iris: Manifest):
 
 
 def test_integer_and_fp32_inputs_are_accepted(iris: Manifest):
-    assert decode_infer_request(body(tensor([1, 4], [1, 2, 3, 4], "INT32")), iris).x.sum() == 10
-    assert decode_infer_request(body(tensor([1, 4], [1.5, 2, 3, 4], "FP32")), iris).x[0, 0] == 1.5
+    assert decoded(body(tensor([1, 4], [1, 2, 3, 4], "INT32")), iris).sum() == 10
+    assert decoded(body(tensor([1, 4], [1.5, 2, 3, 4], "FP32")), iris)[0, 0] == 1.5
 
 
 def test_single_feature_model_takes_a_flat_batch(linear: Manifest):
-    assert decode_infer_request(body(tensor([3], [1, 2, 3])), linear).x.shape == (3, 1)
+    assert decoded(body(tensor([3], [1, 2, 3])), linear).shape == (3, 1)
     assert decode_instances(b'{"instances": [1, 2, 3]}', linear).shape == (3, 1)
 
 
@@ -69,6 +92,8 @@ def test_single_feature_model_takes_a_flat_batch(linear: Manifest):
         (body(tensor([1, 4], ["a", "b", "c", "d"], "BYTES")), "not numeric"),
         (body(tensor([1, 4], ["a", "b", "c", "d"])), "must be numbers"),
         (body(tensor([1, 4], [True, False, True, True])), "must be numbers"),
+        (body(tensor([1, 4], [[1, 2], [3, 4]])), "nested data of shape"),
+        (body(tensor([2, 4], [[1, 2, 3, 4], 5, 6, 7, 8])), "ragged"),
         (body(tensor([1, 4], [1.5, 2, 3, 4], "INT64")), "has fractions"),
         (body(tensor([2, 4], [[1, 2, 3, 4], [5, 6, 7]])), "ragged"),
         (body(tensor([2, 4], [[1, 2], [3, 4], [5, 6], [7, 8]])), "nested data of shape"),
@@ -117,3 +142,9 @@ def test_response_shape(iris: Manifest):
             {"name": "predict", "datatype": "INT64", "shape": [2], "data": [0, 2]},
         ],
     }
+
+
+def test_python_row_outputs_encode_like_arrays(iris: Manifest):
+    as_list = encode_infer_response(iris, {"predict": [0, 2]}, ["predict"], None)
+    as_array = encode_infer_response(iris, {"predict": np.array([0, 2])}, ["predict"], None)
+    assert as_list == as_array
