@@ -1,16 +1,21 @@
 """Prometheus metrics, in a registry per app (tests start many). `fastpath.py` counts and
 times every request by endpoint, model, version and status code."""
 
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
+from math import inf
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from service.batching import BatchObserver
 
@@ -22,6 +27,45 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+Labels = tuple[str, str, str, str]  # endpoint, model, version, code
+
+
+class RequestStats(Collector):
+    """Requests answered and their latency: `mlscale_requests_total` and
+    `mlscale_request_duration_seconds`, by endpoint, model, version and code.
+
+    Requests are counted on the event loop's thread and /metrics is rendered there too, so
+    plain lists do. prometheus_client's Counter and Histogram take a lock for every update
+    (four per request), which was a tenth of the Python calls an inference made.
+    """
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self._bounds = buckets
+        self._le = [floatToGoString(b) for b in (*buckets, inf)]
+        # Per label set: a count for each bucket (not cumulative), then +Inf, then the sum.
+        self._series: dict[Labels, list[float]] = {}
+
+    def observe(self, labels: Labels, seconds: float) -> None:
+        counts = self._series.get(labels)
+        if counts is None:
+            counts = self._series[labels] = [0] * (len(self._bounds) + 2)
+        counts[bisect_left(self._bounds, seconds)] += 1  # the first bucket with le >= seconds
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        names = ["endpoint", "model", "version", "code"]
+        requests = CounterMetricFamily("mlscale_requests", "HTTP requests answered.", labels=names)
+        latency = HistogramMetricFamily(
+            "mlscale_request_duration_seconds",
+            "Time from request start to the end of the response.",
+            labels=names,
+        )
+        for labels, counts in self._series.items():
+            cumulative = list(accumulate(counts[:-1]))
+            requests.add_metric(labels, cumulative[-1])
+            latency.add_metric(labels, list(zip(self._le, cumulative, strict=True)), counts[-1])
+        yield requests
+        yield latency
 
 
 class Metrics(BatchObserver):
@@ -29,23 +73,13 @@ class Metrics(BatchObserver):
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        labels = ["endpoint", "model", "version", "code"]
-        self.requests = Counter(
-            "mlscale_requests", "HTTP requests answered.", labels, registry=self.registry
-        )
-        self.latency = Histogram(
-            "mlscale_request_duration_seconds",
-            "Time from request start to the end of the response.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.requests = RequestStats(LATENCY_BUCKETS)
+        self.registry.register(self.requests)
         # A plain counter read at scrape time: no lock on the request path.
         self.in_flight = 0
         Gauge(
             "mlscale_requests_in_flight", "Requests being handled now.", registry=self.registry
         ).set_function(lambda: self.in_flight)
-        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.batch_requests = Histogram(
             "mlscale_batch_requests", "Requests merged into one predict call.",
             buckets=BATCH_BUCKETS, registry=self.registry,
@@ -68,16 +102,9 @@ class Metrics(BatchObserver):
             registry=self.registry,
         )  # fmt: skip
 
-    def request(self, labels: tuple[str, str, str, str], seconds: float) -> None:
-        """Count and time one request (labels: endpoint, model, version, code)."""
-        series = self._series.get(labels)
-        if series is None:  # resolving labelled children is the costly part: do it once
-            series = self._series[labels] = (
-                self.requests.labels(*labels),
-                self.latency.labels(*labels),
-            )
-        series[0].inc()
-        series[1].observe(seconds)
+    def request(self, labels: Labels, seconds: float) -> None:
+        """Count and time one request."""
+        self.requests.observe(labels, seconds)
 
     def batch(self, requests: int, rows: int, queue_seconds: list[float]) -> None:
         self.batch_requests.observe(requests)
