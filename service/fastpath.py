@@ -21,7 +21,6 @@ from service.metrics import MODEL_HEADER, VERSION_HEADER, Metrics
 
 log = logging.getLogger("mlscale")
 
-Headers = list[tuple[bytes, bytes]]
 AnsweredBy = tuple[str, str]  # (model, version); ("", "") where no model answered
 Answer = tuple[int, bytes, AnsweredBy]  # status, JSON body, who answered
 NOBODY: AnsweredBy = ("", "")
@@ -50,21 +49,19 @@ def answered_by(headers: Iterable[tuple[bytes, bytes]]) -> AnsweredBy:
     return model, version
 
 
-def _media_type_ok(headers: Headers) -> bool:
-    for key, value in headers:
-        if key == b"content-type":
-            media = value.split(b";")[0].strip().lower()
-            return media == b"application/json" or media.endswith(b"+json")
-    return True  # no content type: assume JSON, as curl --json and most clients send it
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";")[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, refusing non-JSON media types and bodies over `limit` bytes."""
-    headers: Headers = scope["headers"]
-    if not _media_type_ok(headers):
-        raise UnsupportedMediaType("send the body as application/json")
-    for key, value in headers:
-        if key == b"content-length" and value.isdigit() and int(value) > limit:
+    """The request body, refusing non-JSON media types and bodies over `limit` bytes. A body
+    sent without a content type is taken to be JSON."""
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            if not _is_json(value):
+                raise UnsupportedMediaType("send the body as application/json")
+        elif key == b"content-length" and value.isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"body of {int(value)} bytes exceeds the limit of {limit}")
     chunks: list[bytes] = []
     size = 0

@@ -61,6 +61,20 @@ def pairwise_sum(values: list[float]) -> float:
     return pairwise_sum(values[:half]) + pairwise_sum(values[half:])
 
 
+def row_dot(coef: list[float]) -> Callable[[list[float]], float]:
+    """`row · coef` with the bits of numpy's `(x * coef).sum(axis=1)` for that row."""
+    if len(coef) >= 8:
+        return lambda row: pairwise_sum([v * c for v, c in zip(row, coef, strict=True)])
+
+    def dot(row: list[float]) -> float:  # under 8 terms, pairwise is left to right
+        total = -0.0
+        for v, c in zip(row, coef, strict=True):
+            total += v * c
+        return total
+
+    return dot
+
+
 def _argmax(values: list[float]) -> int:
     """numpy's argmax: the first maximum, or the first NaN."""
     best, top = 0, values[0]
@@ -79,18 +93,13 @@ def _linear_regression(model: Any) -> Formula | None:
     coef, intercept = model.coef_, model.intercept_
     if coef.ndim != 1:  # multi-target: leave it to predict
         return None
-    coef_list, intercept_float = coef.tolist(), float(intercept)
+    dot, intercept_float = row_dot(coef.tolist()), float(intercept)
 
     def predict(x: np.ndarray) -> Outputs:
         return {"predict": (x * coef).sum(axis=1) + intercept}
 
     def predict_rows(rows: Rows) -> RowOutputs:
-        return {
-            "predict": [
-                pairwise_sum([v * c for v, c in zip(row, coef_list, strict=True)]) + intercept_float
-                for row in rows
-            ]
-        }
+        return {"predict": [dot(row) + intercept_float for row in rows]}
 
     return Formula(predict, predict_rows, frozenset({"predict"}))
 
