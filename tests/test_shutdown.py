@@ -93,3 +93,29 @@ def test_sigterm_drains_without_losing_accepted_requests(model_dir: Path):
         assert server.process.wait(timeout=15) == 0, server.log()
         assert time.monotonic() - signalled < delay + 10
         assert "SIGTERM: not ready" in server.log()
+
+
+def _children(pid: int) -> list[int]:
+    """Worker processes uvicorn spawned under `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_worker_processes_serve_and_all_stop_on_sigterm(model_dir: Path):
+    with run_server(model_dir, model_name="multilinear", workers="2") as server:
+        workers = _children(server.process.pid)
+        assert len(workers) == 2, server.log()
+        for _ in range(10):  # a new connection each time: the kernel spreads them
+            response = httpx.post(server.url + "/v2/models/multilinear/infer", content=BODY)
+            assert response.status_code == 200, response.text
+        server.terminate()
+        assert server.process.wait(timeout=30) == 0, server.log()
+        poll(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "exit")
