@@ -2,7 +2,9 @@
 
 Each server runs pinned to core 0 and wrk to core 1 (a C load generator: Python ones top out
 below the server). All rows come from one run, in rounds: this machine is noisy, so compare
-the ratios.
+the ratios, which are taken within each round and then the median over rounds. Besides
+requests/s, each run records the server's CPU time per request (user + system, from /proc),
+which a busy neighbour on the host disturbs less than throughput.
 Writes bench/results/<time>.json and prints a table.
 """
 
@@ -19,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +35,8 @@ from service.train import ensure_versions
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "multilinear"
 ROW = [0.1, 0.2, 0.3, 0.4]
+NAIVE = "naive FastAPI (pydantic, sync, predict)"
+FLOOR_GATHERED = "floor through mlscale's transport"
 console = Console()
 
 
@@ -46,8 +51,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Running:
+    url: str
+    pid: int  # taskset execs the server, so this is the server's own process
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def server(cmd: list[str], env: dict[str, str], probe: str) -> Iterator[str]:
+def server(cmd: list[str], env: dict[str, str], probe: str) -> Iterator[Running]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {**os.environ, **env, "MLSCALE_PORT": str(port), "MLSCALE_HOST": "127.0.0.1"}
@@ -65,24 +82,29 @@ def server(cmd: list[str], env: dict[str, str], probe: str) -> Iterator[str]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"{cmd} did not start")
             time.sleep(0.1)
-        yield url
+        yield Running(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def wrk(url: str, body: dict | None, connections: int, seconds: int) -> dict[str, float]:
+def wrk(
+    target: Running, path: str, body: dict | None, connections: int, seconds: int
+) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         if body is not None:
             script.write(
                 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                 f"wrk.body = [==[{json.dumps(body)}]==]\n"  # [[ ]] would end at a JSON ']]'
             )
+    url = target.url + path
+    cpu_before = cpu_seconds(target.pid)
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
          "-s", script.name, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    cpu = cpu_seconds(target.pid) - cpu_before
     os.unlink(script.name)
 
     def ms(label: str) -> float:
@@ -92,17 +114,19 @@ def wrk(url: str, body: dict | None, connections: int, seconds: int) -> dict[str
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         sys.exit(f"bench: {url} answered {errors.group(1)} requests with errors; numbers invalid")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": ms("50%"),
         "p99_ms": ms("99%"),
+        "cpu_us": cpu / requests * 1e6,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each configuration")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
@@ -120,10 +144,17 @@ def main() -> None:
     one, many = v2_body(1), v2_body(64)
     naive_one, naive_many = {"instances": [ROW]}, {"instances": [ROW] * 64}
     # (row name, command, env, probe path, request path, bodies by scenario)
+    # The floor again, but sending through mlscale's transport (service/transport.py): how
+    # much of mlscale's standing against the floor is its app, and how much its writes.
+    floor_gathered = [python, "-c", "import uvicorn; from service.transport import "
+                      "GatheredWritesProtocol as P; uvicorn.run('bench.floor_app:app', "
+                      "port={port}, log_level='warning', access_log=False, loop='uvloop', "
+                      "http=P, lifespan='off')"]  # fmt: skip
     servers = [
         ("floor: bare ASGI, fixed JSON", [*uvicorn, "--lifespan", "off", "bench.floor_app:app"],
          {}, "/", "/", {"1 row": None}),
-        ("naive FastAPI (pydantic, sync, predict)", [*uvicorn, "bench.naive_app:app"],
+        (FLOOR_GATHERED, floor_gathered, {}, "/", "/", {"1 row": None}),
+        (NAIVE, [*uvicorn, "bench.naive_app:app"],
          {"MODEL": artifact}, "/docs", "/predict", {"1 row": naive_one, "64 rows": naive_many}),
         ("mlscale (default)", [python, "-m", "service"], mlscale_env, "/v2/health/ready", infer,
          {"1 row": one, "64 rows": many}),
@@ -138,7 +169,7 @@ def main() -> None:
     # machine's drift over minutes hits every configuration alike; medians are reported.
     runs: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     with ExitStack() as stack:
-        urls = {name: stack.enter_context(server(cmd, env, probe))
+        running = {name: stack.enter_context(server(cmd, env, probe))
                 for name, cmd, env, probe, _, _ in servers}  # fmt: skip
         plan = [(name, path, scenario, body, connections)
                 for name, _, _, _, path, bodies in servers
@@ -147,7 +178,7 @@ def main() -> None:
             for name, path, scenario, body, connections in plan:
                 console.print(f"[dim]round {round_}/{args.rounds} · {name} · {scenario} · "
                               f"c={connections}[/]")  # fmt: skip
-                r = wrk(urls[name] + path, body, connections, args.seconds)
+                r = wrk(running[name], path, body, connections, args.seconds)
                 runs.setdefault((name, scenario, connections), []).append(r)
     results = [
         {"server": name, "scenario": scenario, "connections": connections,
@@ -156,24 +187,28 @@ def main() -> None:
     ]  # fmt: skip
     shutil.rmtree(store_dir)
 
-    def rps(server_name: str, scenario: str, connections: int) -> float:
-        return next(r["rps"] for r in results if r["server"] == server_name
-                    and r["scenario"] == scenario and r["connections"] == connections)  # fmt: skip
+    def ratio(a: str, b: str, scenario: str = "1 row", key: str = "rps") -> float:
+        """Median over rounds of a/b at 64 connections, each round's pair run back to back."""
+        pairs = zip(runs[(a, scenario, 64)], runs[(b, scenario, 64)], strict=True)
+        if key == "cpu_us":  # less CPU per request is better: floor/mlscale, like req/s
+            return statistics.median(y[key] / x[key] for x, y in pairs)
+        return statistics.median(x[key] / y[key] for x, y in pairs)
 
+    mlscale, floor, naive = "mlscale (default)", "floor: bare ASGI, fixed JSON", NAIVE
     ratios = {
-        "mlscale / naive, 1 row, c=64": rps("mlscale (default)", "1 row", 64)
-        / rps("naive FastAPI (pydantic, sync, predict)", "1 row", 64),
-        "mlscale / floor, 1 row, c=64": rps("mlscale (default)", "1 row", 64)
-        / rps("floor: bare ASGI, fixed JSON", "1 row", 64),
-        "batching on / off (sklearn predict), c=64": rps(
-            "mlscale, sklearn predict, batching on", "1 row", 64)
-        / rps("mlscale, sklearn predict, batching off", "1 row", 64),
+        "mlscale / naive, req/s, 1 row, c=64": ratio(mlscale, naive),
+        "mlscale / floor, req/s, 1 row, c=64": ratio(mlscale, floor),
+        "mlscale / floor, CPU per request, 1 row, c=64": ratio(mlscale, floor, key="cpu_us"),
+        "mlscale / floor through mlscale's transport, req/s, c=64": ratio(mlscale, FLOOR_GATHERED),
+        "batching on / off (sklearn predict), req/s, c=64": ratio(
+            "mlscale, sklearn predict, batching on", "mlscale, sklearn predict, batching off"),
     }  # fmt: skip
     title = f"server on one core, wrk on the other; median of {args.rounds} runs"
-    table = Table("server", "request", "conns", "req/s", "p50 ms", "p99 ms", title=title)
+    table = Table("server", "request", "conns", "req/s", "p50 ms", "p99 ms", "CPU µs/req",
+                  title=title)  # fmt: skip
     for r in results:
         table.add_row(r["server"], r["scenario"], str(r["connections"]), f"{r['rps']:,.0f}",
-                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")  # fmt: skip
+                      f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['cpu_us']:.0f}")  # fmt: skip
     console.print(table)
     for label, value in ratios.items():
         console.print(f"{label}: [bold]{value:.2f}x[/]")
