@@ -6,9 +6,10 @@ the body when it sends `http.response.body`: two send() calls, two TCP segments,
 client woken twice, at the moment each is sent. `GatheredWrites` keeps what a connection
 writes during one turn of the event loop and sends it in one call once the loop has run the
 callbacks it had ready. Under load the loop then reads many requests, runs their handlers,
-and only then makes the system calls for their answers, instead of interleaving the two:
-`make bench` measured the server's CPU time per request down by about a third, for
-well under a millisecond of added latency.
+and only then makes the system calls for their answers, instead of interleaving the two.
+Measured here at 64 connections: a third less server CPU per mlscale inference (joining
+head and body but sending at once saved nothing), a fifth less for the bench's bare floor
+app, for well under a millisecond of added latency.
 """
 
 import asyncio
