@@ -33,6 +33,8 @@ RowOutputs = dict[str, list[Any]]  # one value per row for each output
 
 @dataclass(frozen=True)
 class Formula:
+    """A model family's exact formula: on numpy batches, and on small requests in Python."""
+
     predict: Callable[[np.ndarray], Outputs]  # every output, for a batch
     predict_rows: Callable[[Rows], RowOutputs]  # `row_outputs` only, bit-identical to predict
     row_outputs: frozenset[str]
