@@ -36,6 +36,8 @@ class GatheredWrites:
         if not pending:
             return
         self._pending = []
+        if self._transport.is_closing():  # the client went away during this turn
+            return
         self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:

@@ -2,8 +2,10 @@
 
 import asyncio
 import socket
+import struct
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.transport import GatheredWrites
@@ -83,3 +85,18 @@ def test_pipelined_requests_get_whole_responses_in_order(model_dir: Path):
                 received += chunk
     answers = received.split(b"HTTP/1.1 200 OK")[1:]
     assert [b'"id":"%d"' % i in answer for i, answer in enumerate(answers)] == [True] * 5
+
+
+def test_clients_that_reset_before_their_answers_leave_no_errors(model_dir: Path):
+    """Answers gathered for a connection the client reset in the same turn are dropped."""
+    body = b'{"inputs": [{"name": "input-0", "shape": [1, 1], "datatype": "FP64", "data": [1]}]}'
+    with run_server(model_dir, model_name="linear") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        for _ in range(50):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(_request(body) * 3)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # closing with linger 0 sends a reset instead of a FIN
+        response = httpx.post(server.url + "/v2/models/linear/infer", content=body)
+        assert response.status_code == 200
+        assert "Traceback" not in server.log(), server.log()
