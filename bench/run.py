@@ -188,7 +188,7 @@ def main() -> None:
     shutil.rmtree(store_dir)
 
     def ratio(a: str, b: str, scenario: str = "1 row", key: str = "rps") -> float:
-        """Median over rounds of a/b at 64 connections, each round's pair run back to back."""
+        """Median over rounds of a/b at 64 connections, both taken in the same round."""
         pairs = zip(runs[(a, scenario, 64)], runs[(b, scenario, 64)], strict=True)
         if key == "cpu_us":  # less CPU per request is better: floor/mlscale, like req/s
             return statistics.median(y[key] / x[key] for x, y in pairs)
