@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools models serve demo loadtest image kind-up kind-load deploy kind-down test lint bench bench-image clean
+.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test lint bench bench-image clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ loadtest: install ## Load test a server (URL=http://127.0.0.1:8080 MODEL=iris) a
 image: ## Build the container image mlscale:<version> (installs/starts Docker where needed)
 	scripts/build-image.sh
 
+kind-images: ## Build kind and its node image offline, from Go modules and Debian packages (cached)
+	k8s/nodeimage/build.sh
+
 kind-up: tools ## Create the 3-worker kind cluster with metrics-server (reuses an existing one)
 	scripts/kind.sh up
 
@@ -55,6 +58,7 @@ lint: install ## ruff, and hadolint for the Dockerfile
 	$(BIN)/hadolint Dockerfile
 
 test: install tools lint ## Lint, then every test (Docker/cluster tests skip with a reason where unavailable)
+	scripts/kind.sh prepare
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/python -m pytest
 
 bench: install ## Throughput and latency against a naive app and the floor (needs wrk, taskset)
@@ -66,3 +70,4 @@ bench-image: install ## Image size and cold start against a naive single-stage i
 
 clean: ## Remove the venv, trained models and results
 	rm -rf $(VENV) .tools models reports bench/results .pytest_cache .ruff_cache
+	@echo "kept: the offline kind build cache (~/.cache/mlscale); delete it by hand to rebuild from scratch"

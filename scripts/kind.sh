@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The local cluster: `scripts/kind.sh up|load|deploy|down` (also `make kind-up` etc.).
+# The local cluster: `scripts/kind.sh prepare|up|load|deploy|logs|down` (`make kind-up` etc.).
+#   prepare make sure kind and a node image are at hand (builds them offline where needed)
 #   up      create the kind cluster (1 control plane, 3 workers) and metrics-server; wait
 #   load    load mlscale:<version> into the nodes (build it first: make image)
 #   deploy  helm upgrade --install --wait with k8s/values-kind.yaml into namespace mlscale
+#   logs    save the nodes' logs (kind export logs) under reports/kind-logs
 #   down    delete the cluster
+# Node image: $MLSCALE_KIND_NODE_IMAGE when set; else kind's own when Docker can pull it; else
+# the one `make kind-images` builds offline (k8s/nodeimage/build.sh, built here if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$PWD/.tools/bin:$PATH"
+# kind, when not installed, comes from the offline build's cache (make kind-images).
+export PATH="$PWD/.tools/bin:$PATH:${MLSCALE_CACHE:-$HOME/.cache/mlscale}/nodeimage/bin"
 CLUSTER=mlscale
 NAMESPACE=${NAMESPACE:-mlscale}
 RELEASE=${RELEASE:-mlscale}
-METRICS_SERVER=https://github.com/kubernetes-sigs/metrics-server/releases/download/v0.7.2/components.yaml
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 IMAGE=mlscale:$VERSION
 
@@ -21,7 +25,7 @@ need() {
     echo "kind.sh: missing ${missing[*]}." >&2
     for tool in "${missing[@]}"; do
       case $tool in
-        kind) echo "  kind: https://kind.sigs.k8s.io/docs/user/quick-start/#installation (go install sigs.k8s.io/kind@v0.27.0)" >&2 ;;
+        kind) echo "  kind: make kind-images (or https://kind.sigs.k8s.io/docs/user/quick-start/#installation)" >&2 ;;
         docker) echo "  docker: https://docs.docker.com/engine/install/ (or: sudo scripts/docker-engine.sh)" >&2 ;;
         helm|kubectl) echo "  $tool: make tools" >&2 ;;
       esac
@@ -34,21 +38,54 @@ need() {
   fi
 }
 
+# The node image to create the cluster from, or nothing when none is at hand yet.
+node_image() {
+  if [ -n "${MLSCALE_KIND_NODE_IMAGE:-}" ]; then echo "$MLSCALE_KIND_NODE_IMAGE"; return; fi
+  local public offline
+  public=$(sed -n 's/^KIND_PUBLIC_NODE_IMAGE=//p' k8s/nodeimage/versions.env)
+  if docker image inspect "$public" >/dev/null 2>&1 || timeout 120 docker pull -q "$public" >/dev/null 2>&1; then
+    echo "$public"
+    return
+  fi
+  offline=$(k8s/nodeimage/build.sh --print)
+  if docker image inspect "$offline" >/dev/null 2>&1; then echo "$offline"; fi
+}
+
+prepare() {
+  if ! command -v kind >/dev/null || [ -z "$(node_image)" ]; then k8s/nodeimage/build.sh >/dev/null; fi
+}
+
+# Several nodes' kubelets and systemd each take inotify watches; distribution defaults run out.
+raise_inotify_limits() {
+  [ "$(id -u)" = 0 ] || return 0
+  [ "$(sysctl -n fs.inotify.max_user_watches)" -ge 524288 ] || sysctl -qw fs.inotify.max_user_watches=524288
+  [ "$(sysctl -n fs.inotify.max_user_instances)" -ge 512 ] || sysctl -qw fs.inotify.max_user_instances=512
+}
+
 case ${1:-} in
+  prepare)
+    if ! docker info >/dev/null 2>&1; then
+      echo "kind.sh: no Docker engine answers; nothing to prepare (the kind tests will skip)"
+      exit 0
+    fi
+    prepare
+    ;;
   up)
-    need kind docker kubectl
+    need docker kubectl
+    prepare
+    need kind
     if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
       echo "kind.sh: cluster $CLUSTER exists; reusing it"
     else
-      kind create cluster --config k8s/kind-cluster.yaml --wait 120s
+      raise_inotify_limits
+      image=$(node_image)
+      image=${image:-$(k8s/nodeimage/build.sh --print)}
+      echo "kind.sh: creating cluster $CLUSTER from $image"
+      kind create cluster --config k8s/kind-cluster.yaml --image "$image" --wait 180s
     fi
     kubectl config use-context "kind-$CLUSTER" >/dev/null
     kubectl apply -f k8s/namespace.yaml -f k8s/rollout-rbac.yaml
-    # kind's kubelets have self-signed serving certificates: metrics-server must not verify them.
-    kubectl apply -f "$METRICS_SERVER"
-    kubectl -n kube-system patch deployment metrics-server --type=json -p \
-      '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]' \
-      2>/dev/null || true
+    kubectl apply -f k8s/metrics-server.yaml
     kubectl -n kube-system rollout status deployment/metrics-server --timeout=180s
     kubectl wait --for=condition=Ready nodes --all --timeout=180s
     echo "kind.sh: waiting for the metrics API to answer"
@@ -65,6 +102,12 @@ case ${1:-} in
     helm upgrade --install "$RELEASE" charts/mlscale --namespace "$NAMESPACE" --create-namespace \
       -f k8s/values-kind.yaml --set image.tag="$VERSION" --wait --timeout 5m
     kubectl -n "$NAMESPACE" get deploy,hpa,pods -o wide -l "app.kubernetes.io/instance=$RELEASE"
+    ;;
+  logs)
+    need kind
+    dir=reports/kind-logs/$(date +%Y%m%d-%H%M%S)
+    kind export logs "$dir" --name "$CLUSTER" >&2
+    echo "$dir"
     ;;
   down)
     need kind

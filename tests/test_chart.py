@@ -1,5 +1,6 @@
 """The Helm chart, rendered by real helm and validated against Kubernetes' schemas."""
 
+import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -7,7 +8,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from service.settings import BatchingSettings, ModelSettings, ServerSettings, Settings
 from tests.conftest import ROOT
 
 CHART = ROOT / "charts" / "mlscale"
@@ -238,3 +241,30 @@ def test_every_value_is_documented_where_declared():
 
     undocumented = leaves(values) - documented
     assert not undocumented, f"values without a ## @param line: {sorted(undocumented)}"
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_the_server_accepts_every_setting_the_chart_passes(
+    helm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+):
+    """The chart's MLSCALE_* environment, as rendered, read by the server's own settings."""
+    (deployment,) = by_kind(render(helm, tmp_path, VALUE_SETS[name]), "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    # Service links would add MLSCALE_PORT=tcp://... for the Service named after the release.
+    assert spec["enableServiceLinks"] is False
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    known = {
+        group.model_config["env_prefix"] + field.upper()
+        for group in (ModelSettings, BatchingSettings, ServerSettings)
+        for field in group.model_fields
+    }
+    assert set(env) <= known, f"the server reads no {set(env) - known}"
+    for key in [k for k in os.environ if k.startswith("MLSCALE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        pytest.fail(f"the server rejects the chart's environment: {exc}")
+    assert settings.server.max_body_bytes == 8 * 1024 * 1024

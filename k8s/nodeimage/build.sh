@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# `make kind-images`: build, from Go modules and Debian packages only, everything a kind cluster
+# needs where no container registry can be reached:
+#   - the kind binary;
+#   - a kind node image for one pinned Kubernetes version, laid out as kind's own node image
+#     (kind's base files, systemd, containerd, runc, CNI plugins, crictl, kubeadm/kubelet/kubectl)
+#     with every image the node runs pre-imported into containerd's k8s.io namespace under the
+#     names kubeadm and the manifests ask for;
+#   - the add-on images: metrics-server, and the node network agent (k8s/nodeimage/kind-net.yaml).
+# Pins live in k8s/nodeimage/versions.env. Everything is cached under $MLSCALE_CACHE (default
+# ~/.cache/mlscale) keyed by those pins, and nothing already built is built again.
+#
+# Usage: k8s/nodeimage/build.sh            build what is missing; print the node image's name
+#        k8s/nodeimage/build.sh --print    print the node image's name and build nothing
+#        k8s/nodeimage/build.sh metrics-server-manifest   regenerate k8s/metrics-server.yaml
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+export PATH=/usr/local/go/bin:$PATH GOFLAGS=-trimpath CGO_ENABLED=0
+CACHE=${MLSCALE_CACHE:-$HOME/.cache/mlscale}/nodeimage
+BIN=$CACHE/bin
+mkdir -p "$BIN"
+
+# The node image's tag changes whenever a pin or a file that goes into the image changes.
+key() {
+  (
+    cd "$HERE"
+    cat versions.env Dockerfile kind-net.yaml
+    if [ -d overlay ]; then find overlay -type f | sort | xargs cat; fi
+  ) | sha256sum | cut -c1-12
+}
+NODE_IMAGE=mlscale/kind-node:$KUBERNETES_VERSION-$(key)
+if [ "${1:-}" = --print ]; then echo "$NODE_IMAGE"; exit 0; fi
+
+log() { printf '\033[1m[kind-images]\033[0m %s\n' "$*" >&2; }
+# step NAME CHECK-COMMAND BUILD-FUNCTION: run the build unless the check already passes, timed.
+step() {
+  local name=$1 check=$2 build=$3 start
+  if eval "$check" >/dev/null 2>&1; then log "$name: cached"; return; fi
+  log "$name: building ..."
+  start=$(date +%s)
+  "$build"
+  log "$name: built in $(($(date +%s) - start)) s"
+}
+
+DOCKER=$("$ROOT/scripts/docker-engine.sh")
+export DOCKER_BUILDKIT=1
+
+# --- Go binaries -------------------------------------------------------------------------
+need_go() {
+  command -v go >/dev/null || {
+    echo "kind-images: needs Go (https://go.dev/dl/, or /usr/local/go/bin on PATH)" >&2
+    exit 1
+  }
+}
+
+kube_ldflags() {
+  local minor=${KUBERNETES_VERSION#v1.} flags="-s -w" pkg
+  minor=${minor%%.*}
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    # Without these kubeadm reads a placeholder version and picks images that do not exist.
+    flags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
+}
+
+KUBE_BIN=$BIN/kubernetes-$KUBERNETES_VERSION
+KUBE_CMDS=(kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
+build_kubernetes() {
+  need_go
+  rm -rf "$KUBE_BIN.tmp"
+  (cd "$HERE/go/kubernetes" && go build -ldflags "$(kube_ldflags)" -o "$KUBE_BIN.tmp/" \
+    "${KUBE_CMDS[@]/#/k8s.io/kubernetes/cmd/}")
+  mv "$KUBE_BIN.tmp" "$KUBE_BIN"
+}
+
+ETCD_BIN=$BIN/etcd-$ETCD_VERSION
+build_etcd() {
+  need_go
+  mkdir -p "$ETCD_BIN"
+  (cd "$HERE/go/etcd" && go build -ldflags "-s -w" -o "$ETCD_BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
+  mv "$ETCD_BIN/etcd.tmp" "$ETCD_BIN/etcd"
+}
+
+# go_install DIR PACKAGE@VERSION [go flags...]: modules without replace directives install as is.
+go_install() {
+  local dir=$1 pkg=$2
+  shift 2
+  need_go
+  mkdir -p "$dir.tmp"
+  GOBIN=$dir.tmp go install -ldflags "-s -w" "$@" "$pkg"
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+}
+KIND_BIN=$BIN/kind-$KIND_VERSION
+build_kind() { go_install "$KIND_BIN" "sigs.k8s.io/kind@$KIND_VERSION"; }
+CRICTL_BIN=$BIN/crictl-$CRICTL_VERSION
+build_crictl() { go_install "$CRICTL_BIN" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"; }
+COREDNS_BIN=$BIN/coredns-$COREDNS_VERSION
+build_coredns() { go_install "$COREDNS_BIN" "github.com/coredns/coredns@$COREDNS_VERSION"; }
+METRICS_BIN=$BIN/metrics-server-$METRICS_SERVER_VERSION
+build_metrics_server() {
+  go_install "$METRICS_BIN" "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
+}
+CONTAINERD_BIN=$BIN/containerd-$CONTAINERD_VERSION
+build_containerd() {
+  local cmd
+  for cmd in containerd containerd-shim-runc-v2 ctr; do
+    # The tags leave out the snapshotters that need cgo or host libraries; kind uses overlayfs.
+    go_install "$CONTAINERD_BIN/$cmd" "github.com/containerd/containerd/v2/cmd/$cmd@$CONTAINERD_VERSION" \
+      -tags "no_btrfs no_devmapper no_zfs no_aufs"
+  done
+}
+PAUSE_BIN=$BIN/pause-$PAUSE_VERSION
+build_pause() {
+  need_go
+  local src
+  src=$(cd "$HERE/go/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+  command -v gcc >/dev/null || apt_install gcc libc6-dev
+  mkdir -p "$PAUSE_BIN"
+  gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION" -o "$PAUSE_BIN/pause" "$src"
+}
+
+apt_install() {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "kind-images: needs the Debian packages $*: sudo apt-get install $*" >&2
+    exit 1
+  fi
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >/dev/null
+}
+
+# --- Debian root filesystems ---------------------------------------------------------------
+# The node: what kind's base image installs, plus Debian's runc and CNI plugins.
+NODE_PACKAGES=systemd,systemd-sysv,dbus,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,e2fsprogs,bash,ca-certificates,curl,jq,procps,runc,containernetworking-plugins
+# kube-proxy and the network agent: the tools they call, nothing else.
+TOOLS_PACKAGES=iptables,nftables,conntrack,ipset,iproute2,kmod,curl,jq,ca-certificates
+rootfs_tag() { echo "mlscale-kind/$1:$DEBIAN_SUITE-$(echo "$2" | sha256sum | cut -c1-12)"; }
+NODE_BASE=$(rootfs_tag node-base "$NODE_PACKAGES")
+TOOLS_BASE=$(rootfs_tag tools-base "$TOOLS_PACKAGES")
+
+# import_rootfs TAG PACKAGES: debootstrap a minimal Debian with PACKAGES and import it.
+import_rootfs() {
+  local tag=$1 packages=$2 dir
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  dir=$(mktemp -d "$CACHE/rootfs.XXXXXX")
+  debootstrap --variant=minbase --include="$packages" "$DEBIAN_SUITE" "$dir" >"$dir.log" 2>&1 \
+    || { tail -20 "$dir.log" >&2; exit 1; }
+  # Documentation and package lists are dead weight in an image.
+  rm -rf "$dir"/usr/share/{doc,man,info,locale} "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*
+  tar -C "$dir" -c . | $DOCKER import - "$tag" >/dev/null
+  rm -rf "$dir" "$dir.log"
+}
+build_node_base() { import_rootfs "$NODE_BASE" "$NODE_PACKAGES"; }
+build_tools_base() { import_rootfs "$TOOLS_BASE" "$TOOLS_PACKAGES"; }
+
+# --- Component images, named as kubeadm and the manifests expect ---------------------------
+IMAGES_TAR=$CACHE/images-$(key).tar
+K8S_IMAGES=(
+  "registry.k8s.io/kube-apiserver:$KUBERNETES_VERSION|$KUBE_BIN/kube-apiserver|/usr/local/bin/kube-apiserver"
+  "registry.k8s.io/kube-controller-manager:$KUBERNETES_VERSION|$KUBE_BIN/kube-controller-manager|/usr/local/bin/kube-controller-manager"
+  "registry.k8s.io/kube-scheduler:$KUBERNETES_VERSION|$KUBE_BIN/kube-scheduler|/usr/local/bin/kube-scheduler"
+  "registry.k8s.io/etcd:${ETCD_VERSION#v}-0|$ETCD_BIN/etcd|/usr/local/bin/etcd"
+  "registry.k8s.io/coredns/coredns:$COREDNS_VERSION|$COREDNS_BIN/coredns|/coredns"
+  "registry.k8s.io/pause:$PAUSE_VERSION|$PAUSE_BIN/pause|/pause"
+  "registry.k8s.io/metrics-server/metrics-server:$METRICS_SERVER_VERSION|$METRICS_BIN/metrics-server|/metrics-server"
+)
+KUBE_PROXY_IMAGE=registry.k8s.io/kube-proxy:$KUBERNETES_VERSION
+KIND_NET_IMAGE=$(sed -n 's/^ *image: *//p' "$HERE/kind-net.yaml" | head -1)
+
+# static_image NAME BINARY PATH: a one-binary image (the binaries are static), entrypoint PATH.
+static_image() {
+  local name=$1 binary=$2 path=$3 dir
+  dir=$(mktemp -d)
+  install -D -m 0755 "$binary" "$dir$path"
+  mkdir -m 1777 "$dir/tmp"
+  tar -C "$dir" -c . | $DOCKER import \
+    --change "ENTRYPOINT [\"$path\"]" --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+    - "$name" >/dev/null
+  rm -rf "$dir"
+}
+
+build_images() {
+  local entry name binary path dir names=()
+  for entry in "${K8S_IMAGES[@]}"; do
+    IFS='|' read -r name binary path <<<"$entry"
+    static_image "$name" "$binary" "$path"
+    names+=("$name")
+  done
+  dir=$(mktemp -d)
+  install -m 0755 "$KUBE_BIN/kube-proxy" "$dir/kube-proxy"
+  printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$TOOLS_BASE" \
+    | $DOCKER build -q -t "$KUBE_PROXY_IMAGE" -f - "$dir" >/dev/null
+  rm -rf "$dir"
+  # The network agent is a shell script (in its manifest) over the tools image's ip, curl, jq.
+  $DOCKER tag "$TOOLS_BASE" "$KIND_NET_IMAGE"
+  names+=("$KUBE_PROXY_IMAGE" "$KIND_NET_IMAGE")
+  $DOCKER save "${names[@]}" >"$IMAGES_TAR.tmp"
+  mv "$IMAGES_TAR.tmp" "$IMAGES_TAR"
+}
+
+# --- The node image ------------------------------------------------------------------------
+build_node_image() {
+  local ctx kind_dir
+  ctx=$(mktemp -d "$CACHE/node-context.XXXXXX")
+  kind_dir=$(cd "$HERE/go/kubernetes" && go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" \
+    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  cp -r "$kind_dir/images/base/files" "$ctx/kind-base"
+  chmod -R u+w "$ctx/kind-base"
+  mkdir -p "$ctx/overlay"
+  if [ -d "$HERE/overlay" ]; then cp -r "$HERE/overlay/." "$ctx/overlay/"; fi
+  mkdir -p "$ctx/bin" "$ctx/kube" "$ctx/manifests" "$ctx/images"
+  cp "$CONTAINERD_BIN"/*/* "$CRICTL_BIN/crictl" "$ctx/bin/"
+  cp "$KUBE_BIN"/{kubeadm,kubelet,kubectl} "$ctx/kube/"
+  cp "$HERE/kind-net.yaml" "$ctx/manifests/default-cni.yaml"
+  ln "$IMAGES_TAR" "$ctx/images/images.tar" 2>/dev/null || cp "$IMAGES_TAR" "$ctx/images/images.tar"
+  $DOCKER build --build-arg "BASE_IMAGE=$NODE_BASE" \
+    --build-arg "KUBERNETES_VERSION=$KUBERNETES_VERSION" \
+    --build-arg "PAUSE_IMAGE=registry.k8s.io/pause:$PAUSE_VERSION" \
+    -t "$NODE_IMAGE" -f "$HERE/Dockerfile" "$ctx"
+  rm -rf "$ctx"
+}
+
+metrics_server_manifest() {
+  # Generated from metrics-server's own kustomize overlay, with the one flag kind needs
+  # (its kubelets serve self-signed certificates). Committed, so nothing is downloaded at run time.
+  need_go
+  local dir out=$ROOT/k8s/metrics-server.yaml kubectl
+  kubectl=$(command -v kubectl || echo "$ROOT/.tools/bin/kubectl")
+  dir=$(mktemp -d)
+  cp -r "$(cd "$HERE/go/kubernetes" && go mod download -json \
+    "sigs.k8s.io/metrics-server@$METRICS_SERVER_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/manifests" "$dir/"
+  chmod -R u+w "$dir"
+  mkdir "$dir/manifests/overlays/mlscale"
+  cat >"$dir/manifests/overlays/mlscale/kustomization.yaml" <<'EOF'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../release
+patches:
+  - target: {group: apps, version: v1, kind: Deployment, name: metrics-server}
+    patch: |
+      - op: add
+        path: /spec/template/spec/containers/0/args/-
+        value: --kubelet-insecure-tls
+EOF
+  {
+    echo "# metrics-server $METRICS_SERVER_VERSION for kind, generated by"
+    echo "# \`k8s/nodeimage/build.sh metrics-server-manifest\` from the module's overlays/release"
+    echo "# plus --kubelet-insecure-tls (kind's kubelets serve self-signed certificates)."
+    "$kubectl" kustomize "$dir/manifests/overlays/mlscale"
+  } >"$out"
+  rm -rf "$dir"
+  log "wrote $out"
+}
+
+if [ "${1:-}" = metrics-server-manifest ]; then metrics_server_manifest; exit 0; fi
+
+total=$(date +%s)
+step "kind $KIND_VERSION" "test -x $KIND_BIN/kind" build_kind
+step "kubernetes $KUBERNETES_VERSION" "test -x $KUBE_BIN/kube-proxy" build_kubernetes
+step "etcd $ETCD_VERSION" "test -x $ETCD_BIN/etcd" build_etcd
+step "containerd $CONTAINERD_VERSION" "test -x $CONTAINERD_BIN/ctr/ctr" build_containerd
+step "crictl $CRICTL_VERSION" "test -x $CRICTL_BIN/crictl" build_crictl
+step "coredns $COREDNS_VERSION" "test -x $COREDNS_BIN/coredns" build_coredns
+step "metrics-server $METRICS_SERVER_VERSION" "test -x $METRICS_BIN/metrics-server" build_metrics_server
+step "pause $PAUSE_VERSION" "test -x $PAUSE_BIN/pause" build_pause
+step "node base rootfs ($DEBIAN_SUITE)" "$DOCKER image inspect $NODE_BASE" build_node_base
+step "tools base rootfs ($DEBIAN_SUITE)" "$DOCKER image inspect $TOOLS_BASE" build_tools_base
+step "component images" "test -s $IMAGES_TAR" build_images
+step "node image $NODE_IMAGE" "$DOCKER image inspect $NODE_IMAGE" build_node_image
+ln -sf "$KIND_BIN/kind" "$BIN/kind"
+log "done in $(($(date +%s) - total)) s: node image $NODE_IMAGE, kind at $BIN/kind"
+echo "$NODE_IMAGE"

@@ -1,0 +1,291 @@
+"""End to end on a real kind cluster: 1 control plane and 3 workers, created by
+`scripts/kind.sh up` from kind's node image or, offline, from the one `make kind-images` builds.
+
+Where no Docker engine can be had these tests skip, saying so. Where one can, a cluster that
+cannot be created is a failure, with the nodes' logs saved (`kind export logs`). The cluster is
+deleted when the module ends, failed or not (MLSCALE_KEEP_CLUSTER=1 keeps it for debugging).
+Tests run in file order and leave the release as the next one expects (model version 1 at the
+end of each, unless said otherwise).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
+
+NAMESPACE = RELEASE = "mlscale"
+CONTEXT = "kind-mlscale"
+NODE_PORT = "http://127.0.0.1:30080"  # k8s/kind-cluster.yaml maps the demo NodePort here
+SERVER_PODS = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=model-server"
+IRIS_ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                        "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(ROOT / ".tools" / "bin"))
+    if found is None:
+        pytest.fail(f"{name} not found: `make tools` installs it")
+    return found
+
+
+def run(*cmd: str, timeout: float = 600) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def kubectl(*args: str, timeout: float = 300) -> str:
+    return run(tool("kubectl"), "--context", CONTEXT, *args, timeout=timeout)
+
+
+def helm(*args: str, timeout: float = 600) -> str:
+    return run(tool("helm"), "--kube-context", CONTEXT, *args, timeout=timeout)
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(every)
+
+
+def docker_engine() -> str | None:
+    """Why there is no Docker engine here, or None when there is one."""
+    done = subprocess.run([ROOT / "scripts" / "docker-engine.sh"], capture_output=True, text=True)
+    return None if done.returncode == 0 else done.stderr.strip() or "no Docker engine"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    if (why := docker_engine()) is not None:
+        pytest.skip(f"kind end-to-end needs a Docker engine: {why}")
+    tool("kubectl"), tool("helm")
+    kind_sh = str(ROOT / "scripts" / "kind.sh")
+    try:
+        up = subprocess.run([kind_sh, "up"], capture_output=True, text=True, timeout=3600, cwd=ROOT)
+        if up.returncode != 0:
+            logs = subprocess.run([kind_sh, "logs"], capture_output=True, text=True, cwd=ROOT)
+            pytest.fail(f"no kind cluster could be created (node logs: {logs.stdout.strip()}):\n"
+                        f"{up.stdout[-3000:]}\n{up.stderr[-3000:]}")  # fmt: skip
+        run(str(ROOT / "scripts" / "build-image.sh"), timeout=1800)
+        run(kind_sh, "load")
+        run(kind_sh, "deploy")
+        yield NAMESPACE
+    finally:
+        if os.environ.get("MLSCALE_KEEP_CLUSTER") != "1":
+            subprocess.run([kind_sh, "down"], capture_output=True, cwd=ROOT)
+
+
+def server_pods() -> list[dict]:
+    pods = json.loads(kubectl("-n", NAMESPACE, "get", "pods", "-l", SERVER_PODS, "-o", "json"))
+    return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def ready(pod: dict) -> bool:
+    conditions = pod["status"].get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def requests_served(pod: str) -> float:
+    """Inference requests a pod has answered, from its own /metrics (through the pod proxy)."""
+    text = kubectl("get", "--raw", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}:8080/proxy/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mlscale_requests_total{") and "/infer" in line
+    )
+
+
+@contextmanager
+def steady_load(threads: int = 4, reconnect_every: int = 20) -> Iterator[list]:
+    """Keep-alive clients sending requests in a loop until the block ends; yields the failures.
+
+    Each client opens a new connection every `reconnect_every` requests, as clients behind a
+    load balancer do over time, so new pods get a share of the traffic."""
+    failures: list = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            with httpx.Client(timeout=10) as client:
+                for _ in range(reconnect_every):
+                    if stop.is_set():
+                        break
+                    try:
+                        r = client.post(NODE_PORT + "/v2/models/iris/infer", json=IRIS_ROW)
+                        if r.status_code != 200:
+                            failures.append(r.status_code)
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        yield failures
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+
+
+def rollout(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "rollout", "--context", CONTEXT, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def live_version() -> str:
+    return json.loads(rollout("-o", "json", "status").stdout)["tracks"][0]["version"]
+
+
+def scale(min_replicas: int) -> None:
+    helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", "--set",
+         f"autoscaling.minReplicas={min_replicas}", "--wait", "--timeout", "5m")  # fmt: skip
+
+
+# --- install ---------------------------------------------------------------------------------
+
+
+def test_every_pod_in_the_cluster_is_ready(cluster: str):
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json"))["items"]
+    assert len(nodes) == 4
+    assert all(
+        any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+        for n in nodes
+    )
+    pods = json.loads(kubectl("get", "pods", "-A", "-o", "json"))["items"]
+    running = [p for p in pods if p["status"].get("phase") != "Succeeded"]
+    assert running and all(ready(p) for p in running), [
+        p["metadata"]["name"] for p in running if not ready(p)
+    ]
+
+
+def test_helm_test_passes(cluster: str):
+    helm("test", RELEASE, "--namespace", cluster, "--logs")
+
+
+def test_inference_through_the_node_port(cluster: str):
+    r = httpx.post(NODE_PORT + "/v2/models/iris/infer", json=IRIS_ROW, timeout=10)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0]
+    assert r.headers["x-model-version"] == live_version()
+
+
+def test_metrics_api_reports_pod_cpu(cluster: str):
+    """metrics-server (built offline, from the committed manifest) feeds the HPA."""
+    wait_for(
+        lambda: "mlscale" in subprocess.run(
+            [tool("kubectl"), "--context", CONTEXT, "-n", cluster, "top", "pods"],
+            capture_output=True, text=True,
+        ).stdout,
+        180, "kubectl top pods to list the model server",
+    )  # fmt: skip
+
+
+# --- rollouts ------------------------------------------------------------------------------
+
+
+def test_rolling_upgrade_under_load_loses_nothing(cluster: str):
+    scale(2)
+    with steady_load() as failures:
+        done = rollout("deploy", "--version", "2", "--timeout", "300")
+    assert done.returncode == 0, done.stderr
+    assert failures == []
+    assert {p["metadata"]["labels"]["mlscale.dev/model-version"] for p in server_pods()} == {"2"}
+    back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
+    assert back.returncode == 0, back.stderr
+
+
+def test_a_version_that_never_becomes_ready_is_rolled_back(cluster: str):
+    before = live_version()
+    failed = rollout("deploy", "--version", "9", "--force", "--timeout", "300")
+    assert failed.returncode == 1 and "rolled back" in failed.stderr, failed.stderr
+    assert live_version() == before
+
+
+def test_a_canary_is_promoted(cluster: str):
+    with steady_load() as failures:
+        done = rollout("canary", "--version", "2", "--steps", "50,100", "--interval", "20",
+                       "--min-requests", "10", "--force")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert failures == []
+    assert live_version() == "2"
+    status = json.loads(rollout("-o", "json", "status").stdout)
+    assert [t["track"] for t in status["tracks"]] == ["stable"]  # the canary is gone
+
+
+def test_a_canary_failing_its_analysis_is_aborted(cluster: str):
+    with steady_load() as failures:
+        # No real server answers within 0.001 ms at p99: the analysis must reject the canary.
+        done = rollout("canary", "--version", "1", "--steps", "50,100", "--interval", "20",
+                       "--min-requests", "10", "--max-p99-ms", "0.001", "--force")  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert failures == []
+    assert live_version() == "2"  # stable untouched
+    status = json.loads(rollout("-o", "json", "status").stdout)
+    assert [t["track"] for t in status["tracks"]] == ["stable"]
+    back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
+    assert back.returncode == 0, back.stderr
+
+
+# --- nodes ---------------------------------------------------------------------------------
+
+
+def test_draining_a_worker_under_load_loses_nothing(cluster: str):
+    scale(3)
+    node = Counter(p["spec"]["nodeName"] for p in server_pods()).most_common(1)[0][0]
+    try:
+        with steady_load() as failures:
+            kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data",
+                    "--timeout", "180s", timeout=240)  # fmt: skip
+            wait_for(lambda: sum(ready(p) for p in server_pods()) >= 3, 180, "3 ready pods again")
+        assert failures == []
+        assert all(p["spec"]["nodeName"] != node for p in server_pods())
+    finally:
+        kubectl("uncordon", node)
+
+
+# --- autoscaling ---------------------------------------------------------------------------
+
+
+def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
+    cluster: str, tmp_path: Path
+):
+    scale(1)
+    wait_for(lambda: len(server_pods()) == 1, 300, "the HPA to come back to one pod")
+    before = {p["metadata"]["name"] for p in server_pods()}
+    cmd = [sys.executable, "-m", "loadtest", "--url", NODE_PORT, "--model", "iris", "--cluster",
+           "--release", RELEASE, "--namespace", cluster, "--context", CONTEXT,
+           "--users", "60", "--steps", "4", "--step-seconds", "30", "--hold-seconds", "120",
+           "--rollout-version", "2", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    (folder,) = tmp_path.iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["min_replicas"] <= 1 and summary["peak_replicas"] >= 3, summary
+    assert len([n for n in summary["nodes_used"] if "worker" in n]) >= 2, summary
+    assert summary["rollout_outcome"] == "succeeded", summary
+    assert done.returncode == 0 and summary["failures"] == 0, done.stdout[-2000:]
+    # Pods the HPA added took traffic: every pod now serving has answered inference requests.
+    added = [p["metadata"]["name"] for p in server_pods() if p["metadata"]["name"] not in before]
+    assert added and all(requests_served(pod) > 0 for pod in added), added
+
+
+def test_scale_down_after_the_load_loses_nothing(cluster: str):
+    start = len(server_pods())
+    assert start >= 2, "the previous test leaves the scaled-out pods behind"
+    with steady_load(threads=1) as failures:
+        wait_for(lambda: len(server_pods()) == 1, 420, "the HPA to scale back to one pod", 5)
+    assert failures == []
