@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test lint bench bench-image clean
+.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test lint bench bench-cluster bench-image clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ test: install tools lint ## Lint, then every test (Docker/cluster tests skip wit
 bench: install ## Throughput and latency against a naive app and the floor (needs wrk, taskset)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: sudo apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench.run
+
+bench-cluster: install tools ## Throughput with 1-3 pods and the HPA's reaction, on the kind cluster
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: sudo apt-get install wrk"; exit 1; }
+	$(BIN)/python -m bench.cluster
 
 bench-image: install ## Image size and cold start against a naive single-stage image
 	$(BIN)/python -m bench.image

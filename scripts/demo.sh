@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`, the main job. With Docker, kind, helm and kubectl: a three-worker kind cluster,
+# `make demo`, the main job. With Docker, helm and kubectl: a three-worker kind cluster (kind and
+# its node image are built offline where they cannot be downloaded: make kind-images),
 # the image and chart installed, a stepped load that makes the HPA add pods across the nodes,
 # and a v1 -> v2 model rollout during the hold; then a summary and a report.
 # Without them: says what is missing, then runs the same tools locally (train, serve, load, report).
@@ -9,12 +10,11 @@ BIN=${BIN:-.venv/bin}
 export PATH="$PWD/.tools/bin:$PATH"
 
 missing=()
-for tool in docker kind helm kubectl; do
+for tool in helm kubectl; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
-if [ ${#missing[@]} -eq 0 ] && ! docker info >/dev/null 2>&1; then
-  missing+=("a running Docker engine")
-fi
+# Starts (as root on Debian, installs) a Docker engine where none answers yet.
+scripts/docker-engine.sh >/dev/null 2>&1 || missing+=("a running Docker engine")
 
 if [ ${#missing[@]} -eq 0 ]; then
   scripts/kind.sh up
@@ -32,7 +32,6 @@ fi
 cat <<MESSAGE
 make demo: the cluster demo needs ${missing[*]}.
   docker:  https://docs.docker.com/engine/install/  (Debian/Ubuntu as root: scripts/docker-engine.sh)
-  kind:    https://kind.sigs.k8s.io/docs/user/quick-start/#installation
   helm, kubectl:  make tools
 Running the local demo instead: train, serve, predict, load test, report.
 

@@ -51,6 +51,12 @@ node_image() {
   if docker image inspect "$offline" >/dev/null 2>&1; then echo "$offline"; fi
 }
 
+# Every node of an existing cluster Ready within a minute.
+healthy() {
+  kubectl --context "kind-$CLUSTER" wait --for=condition=Ready nodes --all --timeout=60s \
+    >/dev/null 2>&1
+}
+
 prepare() {
   if ! command -v kind >/dev/null || [ -z "$(node_image)" ]; then k8s/nodeimage/build.sh >/dev/null; fi
 }
@@ -74,6 +80,11 @@ case ${1:-} in
     need docker kubectl
     prepare
     need kind
+    if kind get clusters 2>/dev/null | grep -qx "$CLUSTER" && ! healthy; then
+      # Nodes do not come back whole from a Docker restart (a reboot, a CI machine reused).
+      echo "kind.sh: cluster $CLUSTER exists but its nodes are not all Ready; recreating it"
+      kind delete cluster --name "$CLUSTER"
+    fi
     if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
       echo "kind.sh: cluster $CLUSTER exists; reusing it"
     else

@@ -24,6 +24,7 @@ log = logging.getLogger("mlscale")
 AnsweredBy = tuple[str, str]  # (model, version); ("", "") where no model answered
 Answer = tuple[int, bytes, AnsweredBy]  # status, JSON body, who answered
 NOBODY: AnsweredBy = ("", "")
+CLOSE_HEADER = (b"connection", b"close")
 JSON_HEADER = (b"content-type", b"application/json")
 INFER = "/v2/models/{name}/infer"
 INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
@@ -78,6 +79,19 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _closing(send: Send) -> Send:
+    """`send`, with `Connection: close` on the response. While the server drains, every client
+    still sending on a keep-alive connection is told to reconnect (to a pod that stays), so
+    no idle connection is left for the shutdown to close under a request already on its way."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), CLOSE_HEADER]}
+        await send(message)
+
+    return closing
+
+
 class FastPath:
     def __init__(self, api: ASGIApp, plane: DataPlane, metrics: Metrics, limit: int) -> None:
         self.api = api
@@ -90,6 +104,8 @@ class FastPath:
             await self.api(scope, receive, send)  # lifespan belongs to the FastAPI app
             return
         start = perf_counter()
+        if self.plane.draining:
+            send = _closing(send)
         metrics = self.metrics
         metrics.in_flight += 1
         endpoint, handler = self._route(scope["method"], scope["path"])

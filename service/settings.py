@@ -80,6 +80,18 @@ class ServerSettings(BaseSettings):
         gt=0,
         description="After the delay, how long in-flight requests may take before they are cut.",
     )
+    max_requests_per_connection: int = Field(
+        0,
+        ge=0,
+        description="Close a keep-alive connection after this many requests (0: never), so "
+        "clients reconnect and a Service spreads them over new pods. The chart sets it.",
+    )
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        description="Close a keep-alive connection at its first response after this many "
+        "seconds (0: never). The chart sets it.",
+    )
 
 
 class Settings(BaseSettings):

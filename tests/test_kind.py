@@ -111,26 +111,21 @@ def requests_served(pod: str) -> float:
 
 
 @contextmanager
-def steady_load(threads: int = 4, reconnect_every: int = 20) -> Iterator[list]:
-    """Keep-alive clients sending requests in a loop until the block ends; yields the failures.
-
-    Each client opens a new connection every `reconnect_every` requests, as clients behind a
-    load balancer do over time, so new pods get a share of the traffic."""
+def steady_load(threads: int = 4) -> Iterator[list]:
+    """Keep-alive clients, one per thread for the whole block, sending requests in a loop until
+    the block ends; yields the failures. They reconnect only when the server closes."""
     failures: list = []
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.is_set():
-            with httpx.Client(timeout=10) as client:
-                for _ in range(reconnect_every):
-                    if stop.is_set():
-                        break
-                    try:
-                        r = client.post(NODE_PORT + "/v2/models/iris/infer", json=IRIS_ROW)
-                        if r.status_code != 200:
-                            failures.append(r.status_code)
-                    except httpx.HTTPError as exc:
-                        failures.append(repr(exc))
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    r = client.post(NODE_PORT + "/v2/models/iris/infer", json=IRIS_ROW)
+                    if r.status_code != 200:
+                        failures.append(r.status_code)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
 
     workers = [threading.Thread(target=loop) for _ in range(threads)]
     for w in workers:
@@ -152,9 +147,18 @@ def live_version() -> str:
     return json.loads(rollout("-o", "json", "status").stdout)["tracks"][0]["version"]
 
 
-def scale(min_replicas: int) -> None:
+def scale(min_replicas: int, exact: bool = False) -> None:
+    """Set the HPA's floor and wait until it has at least that many pods, all ready (with
+    `exact`, until it has scaled down to just that many)."""
     helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", "--set",
          f"autoscaling.minReplicas={min_replicas}", "--wait", "--timeout", "5m")  # fmt: skip
+
+    def settled() -> bool:
+        pods = server_pods()
+        enough = len(pods) == min_replicas if exact else len(pods) >= min_replicas
+        return enough and all(ready(p) for p in pods)
+
+    wait_for(settled, 300, f"{'exactly ' if exact else ''}{min_replicas} ready pods")
 
 
 # --- install ---------------------------------------------------------------------------------
@@ -209,6 +213,19 @@ def test_rolling_upgrade_under_load_loses_nothing(cluster: str):
     assert back.returncode == 0, back.stderr
 
 
+def test_helm_upgrade_after_a_rollout_keeps_the_live_version(cluster: str):
+    """After install the operator owns the model version: an upgrade neither reverts it nor
+    conflicts with the operator's fields, and `helm test` checks what is live."""
+    assert rollout("deploy", "--version", "2", "--timeout", "300", "--force").returncode == 0
+    helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values",
+         "--set", "server.logLevel=debug", "--wait", "--timeout", "5m")  # fmt: skip
+    assert live_version() == "2"
+    assert {p["metadata"]["labels"]["mlscale.dev/model-version"] for p in server_pods()} == {"2"}
+    assert "version 2 answered" in helm("test", RELEASE, "--namespace", cluster, "--logs")
+    back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
+    assert back.returncode == 0, back.stderr
+
+
 def test_a_version_that_never_becomes_ready_is_rolled_back(cluster: str):
     before = live_version()
     failed = rollout("deploy", "--version", "9", "--force", "--timeout", "300")
@@ -241,6 +258,21 @@ def test_a_canary_failing_its_analysis_is_aborted(cluster: str):
     assert back.returncode == 0, back.stderr
 
 
+def test_keep_alive_clients_reach_pods_added_after_they_connected(cluster: str):
+    """kube-proxy balances connections, not requests: the server's bounded connection
+    lifetime (chart default) is what moves long-lived clients onto new pods."""
+    scale(1, exact=True)
+    (first,) = [p["metadata"]["name"] for p in server_pods()]
+    with steady_load():
+        scale(3)
+        added = [p["metadata"]["name"] for p in server_pods() if p["metadata"]["name"] != first]
+        served = {pod: requests_served(pod) for pod in added}
+        wait_for(
+            lambda: all(requests_served(pod) > served[pod] for pod in added), 60,
+            f"the clients connected before {added} were added to reach them",
+        )  # fmt: skip
+
+
 # --- nodes ---------------------------------------------------------------------------------
 
 
@@ -264,8 +296,7 @@ def test_draining_a_worker_under_load_loses_nothing(cluster: str):
 def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
     cluster: str, tmp_path: Path
 ):
-    scale(1)
-    wait_for(lambda: len(server_pods()) == 1, 300, "the HPA to come back to one pod")
+    scale(1, exact=True)
     before = {p["metadata"]["name"] for p in server_pods()}
     cmd = [sys.executable, "-m", "loadtest", "--url", NODE_PORT, "--model", "iris", "--cluster",
            "--release", RELEASE, "--namespace", cluster, "--context", CONTEXT,

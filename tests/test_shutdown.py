@@ -119,3 +119,33 @@ def test_worker_processes_serve_and_all_stop_on_sigterm(model_dir: Path):
         server.terminate()
         assert server.process.wait(timeout=30) == 0, server.log()
         poll(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "exit")
+
+
+def test_keep_alive_clients_are_told_to_reconnect_while_draining(model_dir: Path):
+    """During the delay every answer carries `Connection: close` and the connection ends after
+    it: clients move to other pods by themselves, and the shutdown finds no idle connection
+    that a client might be writing to."""
+    with run_server(model_dir, model_name="multilinear", shutdown_delay_s="5") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        request = (
+            b"POST /v2/models/multilinear/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+        )
+
+        def answer(sock: socket.socket) -> bytes:
+            sock.sendall(request)
+            received = b""
+            while not received.endswith(b"}]}"):
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+            return received.split(b"\r\n\r\n", 1)[0].lower()
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            assert b"connection: close" not in answer(sock)  # kept open before the signal
+            server.terminate()
+            with httpx.Client(base_url=server.url, timeout=5) as c:
+                poll(lambda: c.get("/v2/health/ready").status_code == 503, 2, "not ready")
+            head = answer(sock)
+            assert head.startswith(b"http/1.1 200") and b"connection: close" in head
+            assert sock.recv(1) == b""  # and the server closed it

@@ -3,6 +3,7 @@
 import asyncio
 import socket
 import struct
+import time
 from pathlib import Path
 
 import httpx
@@ -100,3 +101,58 @@ def test_clients_that_reset_before_their_answers_leave_no_errors(model_dir: Path
         response = httpx.post(server.url + "/v2/models/linear/infer", content=body)
         assert response.status_code == 200
         assert "Traceback" not in server.log(), server.log()
+
+
+BODY = b'{"inputs": [{"name": "input-0", "shape": [1, 1], "datatype": "FP64", "data": [1]}]}'
+
+
+def _exchange(sock: socket.socket) -> tuple[bytes, bool]:
+    """One request on an open connection: the response's head, and whether the server closed
+    the connection after it."""
+    sock.sendall(_request(BODY))
+    received = b""
+    while b"\r\n\r\n" not in received or not received.endswith(b"}]}"):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response after {received!r}"
+        received += chunk
+    head = received.split(b"\r\n\r\n", 1)[0].lower()
+    sock.settimeout(1)
+    try:
+        closed = sock.recv(1) == b""  # EOF: the server closed; a timeout: still open
+    except TimeoutError:
+        closed = False
+    sock.settimeout(10)
+    return head, closed
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_a_connection_closes_after_its_request_limit_never_before(model_dir: Path, limit: int):
+    with run_server(model_dir, model_name="linear", max_requests_per_connection=str(limit)) as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        for _ in range(2):  # and again on a new connection
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                for n in range(1, limit + 1):
+                    head, closed = _exchange(sock)
+                    assert head.startswith(b"http/1.1 200")
+                    assert (b"connection: close" in head) == (n == limit) == closed, (n, head)
+
+
+def test_a_connection_closes_at_its_first_response_past_its_age(model_dir: Path):
+    with run_server(model_dir, model_name="linear", max_connection_age_s="1") as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            opened = time.monotonic()
+            head, closed = _exchange(sock)
+            assert not closed and b"connection: close" not in head
+            time.sleep(max(0.0, 1.1 - (time.monotonic() - opened)))  # the age is the subject here
+            head, closed = _exchange(sock)
+            assert closed and b"connection: close" in head and head.startswith(b"http/1.1 200")
+
+
+def test_without_limits_connections_stay_open(model_dir: Path):
+    with run_server(model_dir, model_name="linear") as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            for _ in range(5):
+                head, closed = _exchange(sock)
+                assert not closed and b"connection: close" not in head

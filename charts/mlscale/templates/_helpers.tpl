@@ -81,3 +81,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail (printf "\n\nmlscale: invalid values:\n  - %s\n" (join "\n  - " $errors)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The model version to render. After install the rollout operator owns it: a `helm upgrade` keeps
+the version the stable Deployment serves (read with `lookup`), so it neither reverts a rollout
+(Helm 3) nor fights the operator over the field (Helm 4's server-side apply). With
+`model.helmOwnsVersion: true`, or where nothing is live yet (install, `helm template`):
+`model.version`.
+*/}}
+{{- define "mlscale.modelVersion" -}}
+{{- $live := "" -}}
+{{- if not .Values.model.helmOwnsVersion -}}
+{{- $deployment := lookup "apps/v1" "Deployment" .Release.Namespace (include "mlscale.fullname" .) -}}
+{{- if $deployment -}}
+{{- $live = index ($deployment.metadata.annotations | default dict) "mlscale.dev/model-version" | default "" -}}
+{{- end -}}
+{{- end -}}
+{{- $live | default .Values.model.version -}}
+{{- end -}}
