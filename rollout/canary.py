@@ -89,70 +89,92 @@ def run_canary(
     kube, name = release.kube, canary_name(stable)
     history = History(kube, release.name)
     started = time.time()
-    stable_replicas = stable.spec.replicas or 1
-    say(f"canary {name}: version {version} beside stable {current} ({stable_replicas} replicas)")
+    say(f"canary {name}: version {version} beside stable {current}")
     kube.call(
         kube.apps.create_namespaced_deployment,
         kube.namespace,
         canary_body(stable, name, version, 1),
     )
+    # From here on, whatever happens, the canary goes: an analysis that fails, a promotion
+    # that fails, an API error, Ctrl-C. Only the message differs.
     try:
-        for pct in policy.steps:
-            replicas = max(1, math.ceil(stable_replicas * pct / 100))
-            share = replicas / (replicas + stable_replicas)
-            say(f"step {pct}%: {replicas} canary replica(s), ~{share:.0%} of traffic")
-            kube.call(
-                kube.apps.patch_namespaced_deployment,
-                name,
-                kube.namespace,
-                {"spec": {"replicas": replicas}},
+        try:
+            for pct in policy.steps:
+                run_step(release, name, version, pct, policy, say)
+        except RolloutError as exc:
+            history.append(entry(version, current, "canary", "aborted", str(exc), started))
+            raise RolloutError(
+                f"canary of version {version} aborted: {exc}; stable still serves {current}"
+            ) from None
+        except KeyboardInterrupt:
+            history.append(entry(version, current, "canary", "aborted", "interrupted", started))
+            raise
+        say(f"promoting: stable {current} -> {version}")
+        try:
+            return deploy(
+                release, version, say=say, timeout=policy.timeout, force=True, strategy="canary"
             )
-            failure = follow(release, name, version, policy.timeout, say) or wrong_versions(
-                release, version, "canary"
-            )
-            if failure:
-                raise RolloutError(failure)
-            before = {t: scrape(release, t) for t in ("canary", "stable")}
-            time.sleep(policy.interval)
-            canary_t = traffic(before["canary"], scrape(release, "canary"))
-            stable_t = traffic(before["stable"], scrape(release, "stable"))
-            verdict = judge(
-                canary_t,
-                stable_t,
-                max_error_rate=policy.max_error_rate,
-                max_p99_ms=policy.max_p99_ms,
-                max_p99_ratio=policy.max_p99_ratio,
-                min_requests=policy.min_requests,
-            )
-            say(
-                f"step {pct}%: canary {canary_t.requests:.0f} req, "
-                f"errors {canary_t.error_rate:.2%}, p99 {canary_t.quantile(0.99) * 1000:.1f} ms"
-                f" | stable {stable_t.requests:.0f} req, errors {stable_t.error_rate:.2%}, "
-                f"p99 {stable_t.quantile(0.99) * 1000:.1f} ms -> "
-                + ("pass" if verdict.passed else "FAIL: " + "; ".join(verdict.reasons))
-            )
-            if not verdict.passed:
-                raise RolloutError("; ".join(verdict.reasons))
-    except RolloutError as exc:
+        except RolloutError as exc:  # deploy has rolled stable back and recorded it
+            raise RolloutError(
+                f"canary of version {version} passed its analysis, but promoting it failed: {exc}"
+            ) from None
+    finally:
         remove(release, say)
-        history.append(entry(version, current, "canary", "aborted", str(exc), started))
-        raise RolloutError(
-            f"canary of version {version} aborted: {exc}; stable still serves {current}"
-        ) from None
-    except KeyboardInterrupt:
-        remove(release, say)
-        history.append(entry(version, current, "canary", "aborted", "interrupted", started))
-        raise
-    say(f"promoting: stable {current} -> {version}")
-    outcome = deploy(
-        release, version, say=say, timeout=policy.timeout, force=True, strategy="canary"
+
+
+def run_step(
+    release: Release, name: str, version: str, pct: int, policy: CanaryPolicy, say: Say
+) -> None:
+    """Scale the canary to `pct`% of stable's replicas, then judge `policy.interval` seconds of
+    traffic; raise RolloutError if the canary does not pass."""
+    kube = release.kube
+    # Read now: the HPA keeps moving the stable Deployment while the canary runs.
+    stable_replicas = release.stable().spec.replicas or 1
+    replicas = max(1, math.ceil(stable_replicas * pct / 100))
+    share = replicas / (replicas + stable_replicas)
+    say(
+        f"step {pct}%: {replicas} canary replica(s), ~{share:.0%} of traffic "
+        f"(stable has {stable_replicas})"
     )
-    remove(release, say)
-    return outcome
+    kube.call(
+        kube.apps.patch_namespaced_deployment,
+        name,
+        kube.namespace,
+        {"spec": {"replicas": replicas}},
+    )
+    failure = follow(release, name, version, policy.timeout, say) or wrong_versions(
+        release, version, "canary"
+    )
+    if failure:
+        raise RolloutError(failure)
+    before = {t: scrape(release, t) for t in ("canary", "stable")}
+    time.sleep(policy.interval)
+    canary_t = traffic(before["canary"], scrape(release, "canary"))
+    stable_t = traffic(before["stable"], scrape(release, "stable"))
+    verdict = judge(
+        canary_t,
+        stable_t,
+        max_error_rate=policy.max_error_rate,
+        max_p99_ms=policy.max_p99_ms,
+        max_p99_ratio=policy.max_p99_ratio,
+        min_requests=policy.min_requests,
+    )
+    say(
+        f"step {pct}%: canary {canary_t.requests:.0f} req, "
+        f"errors {canary_t.error_rate:.2%}, p99 {canary_t.quantile(0.99) * 1000:.1f} ms"
+        f" | stable {stable_t.requests:.0f} req, errors {stable_t.error_rate:.2%}, "
+        f"p99 {stable_t.quantile(0.99) * 1000:.1f} ms -> "
+        + ("pass" if verdict.passed else "FAIL: " + "; ".join(verdict.reasons))
+    )
+    if not verdict.passed:
+        raise RolloutError("; ".join(verdict.reasons))
 
 
 def remove(release: Release, say: Say) -> None:
     kube = release.kube
-    if (canary := release.canary()) is not None:
-        kube.call(kube.apps.delete_namespaced_deployment, canary.metadata.name, kube.namespace)
-        say(f"removed canary {canary.metadata.name}")
+    try:
+        if (canary := release.canary()) is not None:
+            kube.call(kube.apps.delete_namespaced_deployment, canary.metadata.name, kube.namespace)
+            say(f"removed canary {canary.metadata.name}")
+    except RolloutError as exc:  # never hide the reason the canary ended behind this one
+        say(f"could not remove the canary ({exc}); delete it: mlscale rollout status shows it")

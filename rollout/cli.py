@@ -23,7 +23,7 @@ class Ctx:
     def __init__(
         self,
         release: str,
-        namespace: str,
+        namespace: str | None,
         context: str | None,
         kubeconfig: str | None,
         server: str | None,
@@ -48,7 +48,10 @@ class Ctx:
 def main(
     ctx: typer.Context,
     release: Annotated[str, typer.Option("--release", "-r", help="Helm release name.")] = "mlscale",
-    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")] = "mlscale",
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="Namespace [default: the context's, else mlscale]."),
+    ] = None,
     context: Annotated[str | None, typer.Option(help="kubeconfig context.")] = None,
     kubeconfig: Annotated[str | None, typer.Option(help="kubeconfig file.")] = None,
     server: Annotated[

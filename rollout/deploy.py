@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from rollout.history import History, entry
 from rollout.kube import Refused, RolloutError
-from rollout.progress import State, crash_looping, rollout_progress
-from rollout.release import Release, version_of, version_patch
+from rollout.progress import Restarts, State, crash_looping, restart_counts, rollout_progress
+from rollout.release import Release, pod_ready, version_of, version_patch
 
 Say = Callable[[str], None]
 # Offline metrics where smaller is better; any other metric (r2, accuracy, ...) is the reverse.
@@ -55,18 +55,26 @@ def set_version(release: Release, deployment: str, version: str) -> None:
     kube = release.kube
 
     def attempt() -> None:
-        current = kube.apps.read_namespaced_deployment(deployment, kube.namespace)
+        current = kube.call(kube.apps.read_namespaced_deployment, deployment, kube.namespace)
         patch = version_patch(version, current.metadata.resource_version)
-        kube.apps.patch_namespaced_deployment(deployment, kube.namespace, patch)
+        kube.call(kube.apps.patch_namespaced_deployment, deployment, kube.namespace, patch)
 
     kube.retry_on_conflict(attempt)
 
 
-def follow(release: Release, deployment: str, version: str, timeout: float, say: Say) -> str | None:
-    """Watch a rollout to its end. None when done; otherwise why it failed."""
+def follow(
+    release: Release,
+    deployment: str,
+    version: str,
+    timeout: float,
+    say: Say,
+    before: Restarts | None = None,
+) -> str | None:
+    """Watch a rollout to its end. None when done; otherwise why it failed. Restarts count
+    from `before` (taken when the rollout started)."""
     last = ""
     for d in release.kube.watch_deployment(deployment, timeout):
-        crashing = crash_looping(release.pods(version=version))
+        crashing = crash_looping(release.pods(version=version), before or {})
         if crashing:
             return crashing
         if d is None:
@@ -83,9 +91,12 @@ def follow(release: Release, deployment: str, version: str, timeout: float, say:
 
 
 def wrong_versions(release: Release, version: str, track: str) -> str | None:
-    """Ask every pod of the track which version it serves; say which one is wrong."""
+    """Ask every ready pod of the track which version it serves; say which one is wrong.
+    (A pod that is not ready may not listen yet: it is not asked.)"""
     model = release.model_name()
     for pod in release.pods(track):
+        if not pod_ready(pod):
+            continue
         served = release.served_version(pod.metadata.name, model)
         if served != version:
             return f"pod {pod.metadata.name} serves version {served!r}, not {version!r}"
@@ -116,20 +127,24 @@ def deploy(
         return Outcome(version, current, "dry-run", "patch printed, nothing changed")
     history = History(release.kube, release.name)
     started = time.time()
+    before = restart_counts(release.pods())
     say(f"{name}: version {current} -> {version}")
     set_version(release, name, version)
     if not wait:
         return Outcome(version, current, "started", "not waited for")
-    failure = follow(release, name, version, timeout, say) or wrong_versions(
-        release, version, "stable"
-    )
+    try:
+        failure = follow(release, name, version, timeout, say, before) or wrong_versions(
+            release, version, "stable"
+        )
+    except RolloutError as exc:  # after the patch, a rollout that cannot be confirmed failed
+        failure = f"could not confirm the rollout: {exc}"
     if failure is None:
         history.append(entry(version, current, strategy, "succeeded", "", started))
         say(f"{name}: every pod serves version {version}")
         return Outcome(version, current, "succeeded", "")
     say(f"{name}: {failure}; rolling back to {current}")
     set_version(release, name, current)
-    back = follow(release, name, current, timeout, say)
+    back = follow(release, name, current, timeout, say, before)
     detail = failure + ("" if back is None else f"; the rollback did not finish either: {back}")
     history.append(entry(version, current, strategy, "rolled-back", detail, started))
     raise RolloutError(

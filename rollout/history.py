@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from rollout.kube import ClusterError, Kube
+from rollout.kube import Kube, NotFound
 
 KEY = "history.json"
 KEEP = 50
@@ -47,23 +46,22 @@ class History:
         self.release = release
 
     def read(self) -> list[Entry]:
+        kube = self.kube
         try:
-            cm = self.kube.core.read_namespaced_config_map(self.name, self.kube.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return []
-            raise ClusterError(f"reading {self.name}: {exc.status} {exc.reason}") from None
+            cm = kube.call(kube.core.read_namespaced_config_map, self.name, kube.namespace)
+        except NotFound:
+            return []
         return [Entry(**e) for e in json.loads((cm.data or {}).get(KEY, "[]"))]
 
     def append(self, new: Entry) -> None:
         """Read-modify-write with the ConfigMap's resourceVersion; 409 means read again."""
 
+        kube = self.kube
+
         def attempt() -> None:
             try:
-                cm = self.kube.core.read_namespaced_config_map(self.name, self.kube.namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+                cm = kube.call(kube.core.read_namespaced_config_map, self.name, kube.namespace)
+            except NotFound:
                 body = client.V1ConfigMap(
                     metadata=client.V1ObjectMeta(
                         name=self.name,
@@ -74,10 +72,10 @@ class History:
                     ),
                     data={KEY: json.dumps([asdict(new)], indent=1)},
                 )
-                self.kube.core.create_namespaced_config_map(self.kube.namespace, body)
+                kube.call(kube.core.create_namespaced_config_map, kube.namespace, body)
                 return
             entries = json.loads((cm.data or {}).get(KEY, "[]"))
             cm.data = {KEY: json.dumps([*entries, asdict(new)][-KEEP:], indent=1)}
-            self.kube.core.replace_namespaced_config_map(self.name, self.kube.namespace, cm)
+            kube.call(kube.core.replace_namespaced_config_map, self.name, kube.namespace, cm)
 
         self.kube.retry_on_conflict(attempt)

@@ -1,6 +1,8 @@
 """Talking to the API server through the official client: configuration, typed errors,
-conflict retries on a fresh read, and a watch that survives 410 Gone and dropped connections."""
+conflict retries on a fresh read, a timeout on every call, and a watch that survives 410 Gone
+and dropped or half-open connections."""
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,59 +33,115 @@ class ClusterError(RolloutError):
     exit_code = 3
 
 
+class NotFound(ClusterError):
+    """404: the object is not there."""
+
+
+class Conflict(ClusterError):
+    """409: the object changed since it was read (or already exists); read again."""
+
+
+class Forbidden(ClusterError):
+    """401/403: the credentials may not do this (see k8s/rollout-rbac.yaml)."""
+
+
+class Unavailable(ClusterError):
+    """No answer in time, a connection error, 429 or 5xx: the API server or a pod is busy."""
+
+
+def translate(exc: Exception, what: str) -> ClusterError:
+    """The one place a client failure becomes a typed, readable error."""
+    if isinstance(exc, ApiException):
+        kind: type[ClusterError] = {404: NotFound, 409: Conflict, 401: Forbidden,
+                                    403: Forbidden}.get(exc.status or 0, Unavailable)  # fmt: skip
+        if kind is Unavailable and exc.status and exc.status < 500 and exc.status != 429:
+            kind = ClusterError
+        return kind(f"{what}: {exc.status} {exc.reason}")
+    return Unavailable(f"{what}: cannot reach the API server ({exc})")
+
+
+DEFAULT_NAMESPACE = "mlscale"
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where the release lives; `host` set means talk to that URL directly (tests, proxies)."""
+    """Where the release lives. `namespace` None means the kubeconfig context's namespace
+    (else mlscale); `host` set means talk to that URL directly (tests, proxies)."""
 
-    namespace: str = "mlscale"
+    namespace: str | None = None
     context: str | None = None
     kubeconfig: str | None = None
     host: str | None = None
+    timeout: float = 30.0  # seconds for any one call to connect and answer
+
+
+def _in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def connect(target: Target) -> tuple[client.ApiClient, str]:
+    """An API client and the namespace to use: explicit flags first, then the kubeconfig
+    (KUBECONFIG or ~/.kube/config), then the pod's service account."""
+    if target.host:
+        configuration = client.Configuration()
+        configuration.host = target.host
+        return client.ApiClient(configuration), target.namespace or DEFAULT_NAMESPACE
+    explicit = target.kubeconfig or target.context
+    kubeconfig = (
+        target.kubeconfig or os.environ.get("KUBECONFIG") or config.KUBE_CONFIG_DEFAULT_LOCATION
+    )
+    if (
+        explicit
+        or not _in_cluster()
+        or os.path.exists(os.path.expanduser(kubeconfig.split(":")[0]))
+    ):
+        try:
+            contexts, active = config.list_kube_config_contexts(config_file=target.kubeconfig)
+            chosen = next((c for c in contexts if c["name"] == target.context), active)
+            api = config.new_client_from_config(
+                config_file=target.kubeconfig, context=target.context
+            )
+        except (config.ConfigException, FileNotFoundError) as exc:
+            if explicit or not _in_cluster():
+                raise ClusterError(
+                    f"no cluster configured ({exc}); set KUBECONFIG or pass --kubeconfig/--context"
+                ) from None
+        else:
+            namespace = (chosen or {}).get("context", {}).get("namespace")
+            return api, target.namespace or namespace or DEFAULT_NAMESPACE
+    config.load_incluster_config()
+    with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+        return client.ApiClient(), target.namespace or f.read().strip()
 
 
 class Kube:
     def __init__(self, target: Target) -> None:
-        self.namespace = target.namespace
-        if target.host:
-            configuration = client.Configuration()
-            configuration.host = target.host
-            api = client.ApiClient(configuration)
-        else:
-            try:
-                config.load_incluster_config()
-                api = client.ApiClient()
-            except config.ConfigException:
-                try:
-                    api = config.new_client_from_config(
-                        config_file=target.kubeconfig, context=target.context
-                    )
-                except (config.ConfigException, FileNotFoundError) as exc:
-                    raise ClusterError(
-                        f"no cluster configured ({exc}); set KUBECONFIG or pass --kubeconfig"
-                    ) from None
+        api, self.namespace = connect(target)
+        self.timeout = target.timeout
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One API call, its failures turned into ClusterError with a readable message."""
+        """One API call with a client-side timeout; its failures raised as typed errors."""
+        kwargs.setdefault("_request_timeout", self.timeout)
         try:
             return fn(*args, **kwargs)
-        except ApiException as exc:
-            if exc.status == 409:
-                raise
-            raise ClusterError(f"{fn.__name__}: {exc.status} {exc.reason}") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise ClusterError(f"cannot reach the API server: {exc}") from None
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # e.g. "read deployment web ml": the operation and the names it was given
+            what = fn.__name__.replace("_namespaced_", " ").replace("_", " ")
+            names = " ".join(a for a in args if isinstance(a, str))
+            raise translate(exc, f"{what} {names}".strip()) from None
 
     def retry_on_conflict(self, attempt: Callable[[], T], tries: int = 5) -> T:
-        """Run a read-modify-write; on 409 Conflict read again and retry."""
+        """Run a read-modify-write; on 409 Conflict read again and retry. Nothing else is
+        retried: a missing object or a refusal is not going to change by itself."""
         for n in range(tries):
             try:
                 return attempt()
-            except ApiException as exc:
-                if exc.status != 409 or n == tries - 1:
-                    raise ClusterError(f"gave up after {n + 1} conflicting writes") from None
+            except Conflict:
+                if n == tries - 1:
+                    raise Conflict(f"gave up after {tries} conflicting writes") from None
                 time.sleep(0.05 * 2**n)
         raise AssertionError("unreachable")
 
@@ -98,9 +156,11 @@ class Kube:
         backoff = 0.1
         while time.monotonic() < deadline:
             try:
-                listed = self.apps.list_namespaced_deployment(self.namespace, field_selector=field)
+                listed = self.apps.list_namespaced_deployment(
+                    self.namespace, field_selector=field, _request_timeout=self.timeout
+                )
                 if not listed.items:
-                    raise ClusterError(f"deployment {name} not found in {self.namespace}")
+                    raise NotFound(f"deployment {name} not found in {self.namespace}")
                 yield listed.items[0]
                 version = listed.metadata.resource_version
                 while time.monotonic() < deadline:
@@ -111,14 +171,21 @@ class Kube:
                         field_selector=field,
                         resource_version=version,
                         timeout_seconds=window,
+                        allow_watch_bookmarks=True,
+                        # The server ends the watch after `window`; silence much past that
+                        # is a half-open connection: give up on it and list again.
+                        _request_timeout=(self.timeout, window + 10),
                     ):
+                        if event["type"] == "BOOKMARK":  # progress only: a newer version
+                            version = event["object"].metadata.resource_version
+                            continue
                         version = event["object"].metadata.resource_version
                         yield event["object"]
                     yield None  # a quiet window: lets the caller look at pods and the clock
                 backoff = 0.1
             except ApiException as exc:
                 if exc.status != 410:
-                    raise ClusterError(f"watching {name}: {exc.status} {exc.reason}") from None
-            except (urllib3.exceptions.HTTPError, ConnectionError):
+                    raise translate(exc, f"watching {name}") from None
+            except (urllib3.exceptions.HTTPError, OSError):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5)

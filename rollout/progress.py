@@ -40,11 +40,25 @@ def rollout_progress(d: Any) -> Progress:
     return Progress(State.DONE, f"successfully rolled out ({updated} replicas)")
 
 
-def crash_looping(pods: list[Any], restarts: int = 2) -> str | None:
-    """The first pod whose server keeps restarting, as a sentence; None if none does."""
+Restarts = dict[tuple[str, str], int]  # (pod, container) -> restart count
+
+
+def restart_counts(pods: list[Any]) -> Restarts:
+    """Each container's restarts so far: a baseline, so a rollout judges only its own."""
+    return {
+        (pod.metadata.name, cs.name): cs.restart_count
+        for pod in pods
+        for cs in ((pod.status.container_statuses or []) if pod.status else [])
+    }
+
+
+def crash_looping(pods: list[Any], before: Restarts, restarts: int = 2) -> str | None:
+    """The first pod whose server keeps restarting since `before` was taken (or is in
+    CrashLoopBackOff now), as a sentence; None if none does."""
     for pod in pods:
         for cs in (pod.status.container_statuses or []) if pod.status else []:
             waiting = cs.state.waiting if cs.state else None
-            if (waiting and waiting.reason == "CrashLoopBackOff") or cs.restart_count >= restarts:
-                return f"pod {pod.metadata.name} is crash-looping ({cs.restart_count} restarts)"
+            recent = cs.restart_count - before.get((pod.metadata.name, cs.name), 0)
+            if (waiting and waiting.reason == "CrashLoopBackOff") or recent >= restarts:
+                return f"pod {pod.metadata.name} is crash-looping ({recent} restarts)"
     return None

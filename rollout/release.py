@@ -5,8 +5,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from rollout.kube import ClusterError, Kube, Refused
 
 INSTANCE = "app.kubernetes.io/instance"
@@ -137,15 +135,16 @@ class Release:
 
     def proxy_get(self, pod: str, path: str) -> str:
         """GET a path on a pod's port 8080, through the API server's pod proxy."""
-        try:
-            # Raw bytes: asked to deserialize, the client turns a JSON answer into a Python
-            # repr of a dict rather than the text.
-            response = self.kube.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{pod}:8080", self.namespace, path.lstrip("/"), _preload_content=False
-            )
-            return response.data.decode()
-        except ApiException as exc:
-            raise ClusterError(f"pod {pod} did not answer {path}: {exc.status}") from None
+        # Raw bytes: asked to deserialize, the client turns a JSON answer into a Python repr
+        # of a dict rather than the text.
+        response = self.kube.call(
+            self.kube.core.connect_get_namespaced_pod_proxy_with_path,
+            f"{pod}:8080",
+            self.namespace,
+            path.lstrip("/"),
+            _preload_content=False,
+        )
+        return response.data.decode()
 
     def served_version(self, pod: str, model: str) -> str:
         body = json.loads(self.proxy_get(pod, f"/v2/models/{model}"))

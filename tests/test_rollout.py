@@ -17,9 +17,9 @@ import yaml
 from typer.testing import CliRunner
 
 from rollout.canary import CanaryPolicy, run_canary
-from rollout.deploy import deploy, rollback
+from rollout.deploy import deploy, rollback, set_version
 from rollout.history import History
-from rollout.kube import Kube, Refused, RolloutError, Target
+from rollout.kube import Kube, NotFound, Refused, RolloutError, Target
 from rollout.release import Release
 from service.cli import app as mlscale
 from tests.conftest import ROOT
@@ -337,3 +337,132 @@ def test_concurrent_deploys_do_not_clobber_each_other(cluster: Cluster):
     for t in threads:
         t.join()
     assert errors == [] and cluster.stable_version() == "2"
+
+
+def test_a_failed_promotion_removes_the_canary_and_says_so(cluster: Cluster, monkeypatch):
+    def promotion_fails(*args, **kwargs):
+        raise RolloutError("rollout of version 2 failed (injected); rolled back to 1")
+
+    monkeypatch.setattr("rollout.canary.deploy", promotion_fails)
+    with pytest.raises(RolloutError, match="passed its analysis, but promoting it failed"):
+        run_canary(cluster.release(), "2", FAST, say=cluster.say)
+    assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None
+    assert cluster.stable_version() == "1"
+    assert cluster.release().canary() is None  # the next canary is not blocked
+
+
+def test_canary_steps_follow_the_live_stable_replica_count(cluster: Cluster):
+    """The HPA moves the stable Deployment during the analysis: each step reads it again."""
+    release = cluster.release()
+
+    def say(message: str) -> None:
+        cluster.say(message)
+        if message.startswith("step 34%:") and "->" in message:  # the HPA scales out
+            release.kube.apps.patch_namespaced_deployment(
+                "demo-mlscale", NS, {"spec": {"replicas": 6}}
+            )
+
+    run_canary(release, "2", FAST, say=say)
+    step = next(line for line in cluster.said if line.startswith("step 100%:"))
+    assert step.startswith("step 100%: 6 canary replica(s), ~50% of traffic"), step
+
+
+def test_restarts_before_the_rollout_do_not_fail_its_rollback(cluster: Cluster):
+    """Old, healthy pods that restarted long ago are not crash-looping now."""
+    for pod in cluster.api.list("pods", NS):
+        pod["status"]["containerStatuses"][0]["restartCount"] = 7  # e.g. a node reboot last week
+        cluster.api.put("pods", NS, pod)
+    cluster.fates["2"] = "never"
+    with pytest.raises(RolloutError) as failed:
+        deploy(cluster.release(), "2", say=cluster.say, timeout=20)
+    assert "rolled back to 1" in str(failed.value)
+    assert "did not finish" not in str(failed.value), failed.value
+    assert cluster.stable_version() == "1"
+
+
+def test_a_pod_proxy_failure_after_the_patch_still_rolls_back_and_records(cluster: Cluster):
+    """Once the version is patched, failing to confirm it is a failed rollout, not a crash."""
+    answers = cluster.proxy
+
+    def broken(pod: dict, path: str) -> tuple[int, str] | None:
+        if pod_version(pod) == "2" and path == "/v2/models/iris":
+            return 503, "{}"  # runs but does not listen yet, or the proxy fails
+        return answers(pod, path)
+
+    cluster.api.proxy = broken
+    with pytest.raises(RolloutError, match="rolled back to 1"):
+        deploy(cluster.release(), "2", say=cluster.say, timeout=20)
+    assert cluster.stable_version() == "1"
+    (entry,) = History(cluster.release().kube, "demo").read()
+    assert entry.outcome == "rolled-back" and entry.version == "2"
+
+
+def test_a_hung_pod_proxy_call_times_out_and_the_rollout_rolls_back(cluster: Cluster):
+    answers = cluster.proxy
+    hung = threading.Event()
+
+    def hangs(pod: dict, path: str) -> tuple[int, str] | None:
+        if pod_version(pod) == "2" and path == "/v2/models/iris":
+            hung.wait(10)  # a pod that accepted the connection and never answers
+        return answers(pod, path)
+
+    cluster.api.proxy = hangs
+    release = Release(Kube(Target(namespace=NS, host=cluster.url, timeout=1)), "demo")
+    started = time.monotonic()
+    try:
+        with pytest.raises(RolloutError, match=r"could not confirm the rollout.*rolled back to 1"):
+            deploy(release, "2", say=cluster.say, timeout=20)
+    finally:
+        hung.set()
+    assert time.monotonic() - started < 9  # well before the hung call would have returned
+    assert cluster.stable_version() == "1"
+
+
+def test_api_errors_are_typed_and_only_conflicts_are_retried(cluster: Cluster):
+    kube = cluster.release().kube
+    with pytest.raises(NotFound, match="404"):
+        kube.call(kube.apps.read_namespaced_deployment, "nope", NS)
+    attempts = []
+
+    def missing() -> None:
+        attempts.append(1)
+        kube.call(kube.apps.read_namespaced_deployment, "nope", NS)
+
+    with pytest.raises(NotFound):
+        kube.retry_on_conflict(missing)
+    assert len(attempts) == 1  # a missing object does not appear by retrying
+    with pytest.raises(NotFound, match="deployment nope"):
+        set_version(cluster.release(), "nope", "2")
+
+
+def test_the_cli_says_what_went_wrong_and_exits_3_on_api_errors(cluster: Cluster):
+    cluster.api.delete("deployments", NS, "demo-mlscale")
+    runner = CliRunner()
+    base = ["rollout", "--server", cluster.url, "-n", NS, "-r", "demo"]
+    result = runner.invoke(mlscale, [*base, "deploy", "--version", "2", "--force"])
+    assert result.exit_code == 2 and "not found" in result.output  # refused: no release
+    unreachable = ["rollout", "--server", "http://127.0.0.1:9", "-n", NS, "-r", "demo"]
+    result = runner.invoke(mlscale, [*unreachable, "status"])
+    assert result.exit_code == 3 and "cannot reach the API server" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_explicit_flags_win_over_in_cluster_config_and_the_context_namespace_is_used(
+    tmp_path: Path, monkeypatch
+):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "a",
+        "clusters": [{"name": "c", "cluster": {"server": "https://kubeconfig.example:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "a", "context": {"cluster": "c", "user": "u", "namespace": "team"}},
+                     {"name": "b", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    # Inside a pod as well: the explicit kubeconfig still decides.
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    kube = Kube(Target(kubeconfig=str(kubeconfig)))
+    assert kube.apps.api_client.configuration.host == "https://kubeconfig.example:6443"
+    assert kube.namespace == "team"
+    assert Kube(Target(kubeconfig=str(kubeconfig), context="b")).namespace == "mlscale"
+    assert Kube(Target(kubeconfig=str(kubeconfig), namespace="x")).namespace == "x"
