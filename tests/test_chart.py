@@ -19,9 +19,10 @@ SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 VALUE_SETS = {
     "default": {},
     "autoscaling-off": {"autoscaling": {"enabled": False}, "replicaCount": 3},
-    "networkpolicy-on": {
+    "networkpolicy-from": {
         "networkPolicy": {"enabled": True, "from": [{"namespaceSelector": {}}]},
     },
+    "networkpolicy-off": {"networkPolicy": {"enabled": False}},
     "ingress-on": {
         "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "mlscale-tls"},
     },
@@ -162,9 +163,7 @@ def test_autoscaling_off_sets_replicas(helm: str, tmp_path: Path):
 
 
 def test_optional_objects(helm: str, tmp_path: Path):
-    assert by_kind(render(helm, tmp_path, {}), "NetworkPolicy") == []
-    policy = by_kind(render(helm, tmp_path, VALUE_SETS["networkpolicy-on"]), "NetworkPolicy")[0]
-    assert policy["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert by_kind(render(helm, tmp_path, VALUE_SETS["networkpolicy-off"]), "NetworkPolicy") == []
     ingress = by_kind(render(helm, tmp_path, VALUE_SETS["ingress-on"]), "Ingress")[0]
     assert ingress["spec"]["tls"][0]["secretName"] == "mlscale-tls"
     metrics = by_kind(render(helm, tmp_path, VALUE_SETS["memory-and-pods-metrics"]),
@@ -219,7 +218,9 @@ def test_bad_values_are_rejected_with_a_readable_message(
 def test_chart_versions_follow_the_project():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["version"] == project and chart["appVersion"] == project
+    assert chart["appVersion"] == project
+    # 0.2.0 changed the Deployment's selector (immutable): a new chart version, never the same.
+    assert tuple(map(int, chart["version"].split("."))) >= (0, 2, 0)
 
 
 def test_every_value_is_documented_where_declared():
@@ -268,3 +269,58 @@ def test_the_server_accepts_every_setting_the_chart_passes(
     except ValidationError as exc:
         pytest.fail(f"the server rejects the chart's environment: {exc}")
     assert settings.server.max_body_bytes == 8 * 1024 * 1024
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def test_a_default_install_has_a_network_policy_for_every_server_pod(helm: str, tmp_path: Path):
+    """What a policy scanner asks (checkov CKV2_K8S_6): ingress to the serving port from any
+    source (the API server's pod proxy included), egress for DNS only."""
+    docs = render(helm, tmp_path, {})
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert matches(
+        policy["spec"]["podSelector"], deployment["spec"]["template"]["metadata"]["labels"]
+    )
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in ingress
+    assert policy["spec"]["egress"] == [{"ports": [{"port": 53, "protocol": "UDP"},
+                                                  {"port": 53, "protocol": "TCP"}]}]  # fmt: skip
+
+
+def test_the_helm_test_pod_is_neither_selected_nor_shut_out(helm: str, tmp_path: Path):
+    result = run_helm(helm, "template", "demo", str(CHART), values=VALUE_SETS["networkpolicy-from"],
+                      tmp_path=tmp_path)  # fmt: skip
+    test_doc = next(d for d in result.stdout.split("\n---") if "helm.sh/hook: test" in d)
+    labels_block = test_doc.split("labels:", 1)[1].split("annotations:", 1)[0]
+    keys = [line.split(":")[0].strip() for line in labels_block.strip().splitlines()]
+    assert len(keys) == len(set(keys)), f"duplicate labels: {keys}"  # YAML keeps the last one
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    (pod,) = by_kind(docs, "Pod")
+    labels = pod["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "test"
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert not matches(pdb["spec"]["selector"], labels)  # a drain never waits on a test pod
+    assert not matches(policy["spec"]["podSelector"], labels)  # its DNS egress stays open
+    peers = policy["spec"]["ingress"][0]["from"]
+    assert any("podSelector" in p and matches(p["podSelector"], labels) for p in peers)
+
+
+def test_probes_are_patient_with_a_busy_server(helm: str, tmp_path: Path):
+    (deployment,) = by_kind(render(helm, tmp_path, {}), "Deployment")
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["timeoutSeconds"] >= 3, probe
+    live = server["livenessProbe"]
+    # A restart takes a loaded pod away: liveness fails only after a minute of no answer.
+    assert live["periodSeconds"] * live["failureThreshold"] >= 60
+
+
+def test_a_budget_over_a_single_replica_is_refused(helm: str, tmp_path: Path):
+    one = {"autoscaling": {"minReplicas": 1}}
+    result = run_helm(helm, "template", "demo", str(CHART), values=one, tmp_path=tmp_path)
+    assert result.returncode != 0 and "a node drain evicts the only pod" in result.stderr
+    render(helm, tmp_path, {**one, "pdb": {"enabled": False}})  # accepted when said so

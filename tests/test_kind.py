@@ -151,7 +151,8 @@ def scale(min_replicas: int, exact: bool = False) -> None:
     """Set the HPA's floor and wait until it has at least that many pods, all ready (with
     `exact`, until it has scaled down to just that many)."""
     helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", "--set",
-         f"autoscaling.minReplicas={min_replicas}", "--wait", "--timeout", "5m")  # fmt: skip
+         f"autoscaling.minReplicas={min_replicas},pdb.enabled={str(min_replicas > 1).lower()}",
+         "--wait", "--timeout", "5m")  # fmt: skip
 
     def settled() -> bool:
         pods = server_pods()

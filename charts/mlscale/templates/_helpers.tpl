@@ -30,13 +30,25 @@ pods track=canary: the two Deployments never select each other's pods, the Servi
 mlscale.dev/track: stable
 {{- end -}}
 
-{{- define "mlscale.labels" -}}
+{{/* Labels of every object the release makes, but its component. */}}
+{{- define "mlscale.commonLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
 {{ include "mlscale.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: model-server
 app.kubernetes.io/part-of: mlscale
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "mlscale.labels" -}}
+{{ include "mlscale.commonLabels" . }}
+app.kubernetes.io/component: model-server
+{{- end -}}
+
+{{/* The model server's pods, of both tracks, and nothing else (not the helm test pod): what
+the PodDisruptionBudget and the NetworkPolicy apply to. */}}
+{{- define "mlscale.serverSelectorLabels" -}}
+{{ include "mlscale.selectorLabels" . }}
+app.kubernetes.io/component: model-server
 {{- end -}}
 
 {{- define "mlscale.serviceAccountName" -}}
@@ -75,6 +87,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- if not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage .Values.autoscaling.podsMetrics) -}}
 {{- $errors = append $errors "autoscaling is enabled without a metric: set targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or podsMetrics." -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.pdb.enabled -}}
+{{- $floor := ternary .Values.autoscaling.minReplicas .Values.replicaCount .Values.autoscaling.enabled -}}
+{{- if lt (int $floor) 2 -}}
+{{- $errors = append $errors (printf "a PodDisruptionBudget with %v replica: a node drain evicts the only pod and the service is down until it is back. Run at least 2 replicas (autoscaling.minReplicas, or replicaCount), or set pdb.enabled=false to accept that." $floor) -}}
 {{- end -}}
 {{- end -}}
 {{- if $errors -}}
