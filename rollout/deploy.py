@@ -50,12 +50,20 @@ def quality_gate(release: Release, current: str, candidate: str, max_regression:
         )
 
 
-def set_version(release: Release, deployment: str, version: str) -> None:
-    """Conditional patch on a fresh read: a concurrent writer makes it retry, not clobber."""
+def set_version(release: Release, deployment: str, version: str, expected: str) -> None:
+    """Move the Deployment to `version`, provided it still serves `expected` (the version the
+    caller decided from). The patch is conditional on the read that checked it: a concurrent
+    write makes it read and check again. Changes to anything else (the HPA's replica count)
+    are no reason to stop; a version someone else set is."""
     kube = release.kube
 
     def attempt() -> None:
         current = kube.call(kube.apps.read_namespaced_deployment, deployment, kube.namespace)
+        if (live := version_of(current)) != expected:
+            raise Refused(
+                f"{deployment} changed while this rollout was deciding: it serves version "
+                f"{live}, not {expected}; nothing was changed (see `mlscale rollout status`)"
+            )
         patch = version_patch(version, current.metadata.resource_version)
         kube.call(kube.apps.patch_namespaced_deployment, deployment, kube.namespace, patch)
 
@@ -129,7 +137,7 @@ def deploy(
     started = time.time()
     before = restart_counts(release.pods())
     say(f"{name}: version {current} -> {version}")
-    set_version(release, name, version)
+    set_version(release, name, version, expected=current)
     if not wait:
         return Outcome(version, current, "started", "not waited for")
     try:
@@ -143,7 +151,7 @@ def deploy(
         say(f"{name}: every pod serves version {version}")
         return Outcome(version, current, "succeeded", "")
     say(f"{name}: {failure}; rolling back to {current}")
-    set_version(release, name, current)
+    set_version(release, name, current, expected=version)  # unless someone moved it since
     back = follow(release, name, current, timeout, say, before)
     detail = failure + ("" if back is None else f"; the rollback did not finish either: {back}")
     history.append(entry(version, current, strategy, "rolled-back", detail, started))

@@ -322,21 +322,41 @@ def test_cli_status_history_and_exit_codes(cluster: Cluster):
     assert failed.exit_code == 1 and "rolled back to 2" in failed.stdout
 
 
-def test_concurrent_deploys_do_not_clobber_each_other(cluster: Cluster):
-    errors: list[Exception] = []
+def test_concurrent_deploys_of_different_versions_do_not_both_succeed(
+    cluster: Cluster, monkeypatch
+):
+    """Both decide from the same read (version 1 live); the second to write must not go on."""
+    decided = threading.Barrier(2, timeout=10)
+    stable = Release.stable
+    seen: set[int] = set()
 
-    def go() -> None:
+    def stable_then_wait(self: Release):  # the decision read, then both have read
+        found = stable(self)
+        if threading.get_ident() not in seen:
+            seen.add(threading.get_ident())
+            decided.wait()
+        return found
+
+    monkeypatch.setattr(Release, "stable", stable_then_wait)
+    results: dict[str, object] = {}
+
+    def go(version: str) -> None:
         try:
-            deploy(cluster.release(), "2", say=lambda _: None, timeout=20)
-        except Exception as exc:
-            errors.append(exc)
+            results[version] = deploy(cluster.release(), version, say=lambda _: None,
+                                      timeout=20, force=True).outcome  # fmt: skip
+        except RolloutError as exc:
+            results[version] = exc
 
-    threads = [threading.Thread(target=go) for _ in range(2)]
+    threads = [threading.Thread(target=go, args=(v,)) for v in ("2", "3")]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and cluster.stable_version() == "2"
+    winners = [v for v, r in results.items() if r == "succeeded"]
+    assert len(winners) == 1, results
+    (loser,) = {"2", "3"} - set(winners)
+    assert isinstance(results[loser], Refused) and "changed" in str(results[loser])
+    assert cluster.stable_version() == winners[0]
 
 
 def test_a_failed_promotion_removes_the_canary_and_says_so(cluster: Cluster, monkeypatch):
@@ -432,7 +452,7 @@ def test_api_errors_are_typed_and_only_conflicts_are_retried(cluster: Cluster):
         kube.retry_on_conflict(missing)
     assert len(attempts) == 1  # a missing object does not appear by retrying
     with pytest.raises(NotFound, match="deployment nope"):
-        set_version(cluster.release(), "nope", "2")
+        set_version(cluster.release(), "nope", "2", expected="1")
 
 
 def test_the_cli_says_what_went_wrong_and_exits_3_on_api_errors(cluster: Cluster):
