@@ -5,6 +5,7 @@
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from service.errors import MLScaleError
 from service.fastpath import AnsweredBy, FastPath, model_headers, read_body
 from service.metrics import Metrics
 from service.runtime import LoadedModel
-from service.settings import Settings
+from service.settings import SETTINGS_ENV, Settings
 from service.shutdown import DrainOnSigterm
 
 log = logging.getLogger("mlscale")
@@ -269,6 +270,6 @@ def create_app(settings: Settings) -> FastPath:
     return FastPath(api, plane, metrics, settings.server.max_body_bytes)
 
 
-def app_from_env() -> FastPath:
-    """Factory for uvicorn (`--factory`): settings from `MLSCALE_*` variables."""
-    return create_app(Settings())
+def app_from_settings_env() -> FastPath:
+    """Factory for uvicorn's worker processes: the settings `server.run` serialized."""
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))

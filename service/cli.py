@@ -113,16 +113,15 @@ def serve(
     Example:  mlscale serve --model iris --version 2 --extra-versions 1
     """
     from service.server import run
-    from service.settings import Settings
+    from service.settings import ModelSettings, ServerSettings, Settings
 
-    given = {
-        "MODEL_NAME": model, "MODEL_VERSION": version, "EXTRA_VERSIONS": extra_versions,
-        "MODEL_DIR": model_dir, "HOST": host, "PORT": port, "WORKERS": workers,
-        "LOG_LEVEL": log_level,
-    }  # fmt: skip
-    # Options become environment so that every worker process sees the same settings.
-    os.environ.update({f"MLSCALE_{k}": str(v) for k, v in given.items() if v is not None})
-    run(Settings())
+    def given(**options: object) -> dict[str, object]:  # options win over MLSCALE_* variables
+        return {k: v for k, v in options.items() if v is not None}
+
+    model_settings = given(model_name=model, model_version=version, model_dir=model_dir,
+                           extra_versions=extra_versions)  # fmt: skip
+    server_settings = given(host=host, port=port, workers=workers, log_level=log_level)
+    run(Settings(model=ModelSettings(**model_settings), server=ServerSettings(**server_settings)))
 
 
 def wait_ready(url: str, timeout: float) -> bool:

@@ -1,13 +1,15 @@
 """Run the app under uvicorn (uvloop + httptools) with graceful-shutdown timing from settings."""
 
 import copy
+import os
 import signal
 from typing import Any
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from service.settings import Settings
+from service.app import create_app
+from service.settings import SETTINGS_ENV, Settings
 from service.transport import ConnectionLimits, ProtocolFactory
 
 
@@ -21,14 +23,20 @@ def logging_config(level: str) -> dict[str, Any]:
 
 
 def run(settings: Settings) -> None:
-    """Serve until stopped. Settings reach worker processes through the environment, so the
-    app is built by `app_from_env` in each process."""
+    """Serve until stopped, with these settings. One process gets the app built here; with
+    `--workers`, uvicorn starts each worker from an import string, so the same settings reach
+    them as one serialized value (SETTINGS_ENV), not re-read piecemeal from the environment."""
     # uvicorn re-raises a SIGTERM it handled once shutdown is complete, under the handler that
     # was in place before it started. The drain has finished by then: end with status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    if settings.server.workers > 1:
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        app: Any = "service.app:app_from_settings_env"
+    else:
+        app = create_app(settings)
     uvicorn.run(
-        "service.app:app_from_env",
-        factory=True,
+        app,
+        factory=settings.server.workers > 1,
         host=settings.server.host,
         port=settings.server.port,
         workers=settings.server.workers,
