@@ -1,27 +1,36 @@
 """Locust users sending real Open Inference Protocol requests, and a stepped load shape.
 
-Usable on its own (`locust -f loadtest/locustfile.py --host http://...`) or through the
-runner (`python -m loadtest`). The model comes from MLSCALE_LOADTEST_MODEL (default iris); its
-input shape is read from the server's metadata, so every request is valid.
+Usable on its own (`locust -f loadtest/locustfile.py --host http://...`, the model from
+MLSCALE_LOADTEST_MODEL, default iris) or through the runner (`python -m loadtest`), which makes
+a user class for its run with `users_for`. The model's input shape is read from the server's
+metadata, so every request is valid.
 """
 
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 
 from locust import FastHttpUser, LoadTestShape, between, task
 
-MODEL = os.environ.get("MLSCALE_LOADTEST_MODEL", "iris")
-# Answers per model version, and how often a user saw the version change (a rollout at work).
-VERSIONS: Counter[str] = Counter()
-SWITCHES = {"count": 0}
+
+@dataclass
+class Tally:
+    """What the users of one run saw: answers per model version, and how often a user saw the
+    version change from one answer to the next (a rollout at work)."""
+
+    versions: Counter[str] = field(default_factory=Counter)
+    switches: int = 0
 
 
 class InferUser(FastHttpUser):
+    abstract = True  # a run's own subclass (users_for) says which model and where to count
     wait_time = between(0.05, 0.15)
+    model: str
+    tally: Tally
 
     def on_start(self) -> None:
-        with self.client.get(f"/v2/models/{MODEL}", name="metadata", catch_response=True) as r:
+        with self.client.get(f"/v2/models/{self.model}", name="metadata", catch_response=True) as r:
             if r.status_code != 200:
                 r.failure(f"metadata: {r.status_code}")
                 self.features = 4
@@ -42,7 +51,7 @@ class InferUser(FastHttpUser):
             ]
         }
         with self.client.post(
-            f"/v2/models/{MODEL}/infer", json=body, name=name, catch_response=True
+            f"/v2/models/{self.model}/infer", json=body, name=name, catch_response=True
         ) as r:
             if r.status_code != 200:  # 0 when the connection failed
                 r.failure(f"status {r.status_code}: {r.error or r.text}")
@@ -53,9 +62,9 @@ class InferUser(FastHttpUser):
             elif len(r.json()["outputs"][0]["data"]) != rows:
                 r.failure("wrong number of predictions")
             else:
-                VERSIONS[version] += 1
+                self.tally.versions[version] += 1
                 if self.last_version is not None and version != self.last_version:
-                    SWITCHES["count"] += 1
+                    self.tally.switches += 1
                 self.last_version = version
 
     @task(4)
@@ -65,6 +74,15 @@ class InferUser(FastHttpUser):
     @task(1)
     def batch(self) -> None:
         self.infer(16, "infer 16 rows")
+
+
+def users_for(model: str, tally: Tally) -> type[InferUser]:
+    """The user class of one run: its model, and the tally its users count into."""
+    return type("InferUser", (InferUser,), {"abstract": False, "model": model, "tally": tally})
+
+
+# `locust -f loadtest/locustfile.py` runs this one.
+EnvInferUser = users_for(os.environ.get("MLSCALE_LOADTEST_MODEL", "iris"), Tally())
 
 
 class StepShape(LoadTestShape):

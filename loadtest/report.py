@@ -100,6 +100,77 @@ def plot(rows: list[Row], path: Path, title: str, cluster: bool) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class Totals:
+    """What Locust counted over the whole run."""
+
+    requests: int
+    failures: int
+    failure_ratio: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass
+class RolloutWindow:
+    """A model rollout during the run: when it started and ended (seconds into the run) and
+    how it went."""
+
+    version: str
+    start: float | None = None
+    end: float | None = None
+    outcome: str | None = None
+
+
+def summarize(
+    target: str,
+    model: str,
+    totals: Totals,
+    rows: list[Row],
+    versions: dict[str, int],
+    switches: int,
+    cluster: bool,
+    rollout: RolloutWindow | None,
+) -> dict[str, Any]:
+    """summary.json: the run's figures, the cluster's where one was sampled, the rollout's."""
+    summary: dict[str, Any] = {
+        "target": target,
+        "model": model,
+        "cluster": cluster,
+        "duration_s": rows[-1].t if rows else 0,
+        "peak_users": max((r.users for r in rows), default=0),
+        "requests": totals.requests,
+        "failures": totals.failures,
+        "failure_ratio": round(totals.failure_ratio, 5),
+        "p50_ms": totals.p50_ms,
+        "p95_ms": totals.p95_ms,
+        "p99_ms": totals.p99_ms,
+        "peak_rps": max((r.rps for r in rows), default=0),
+        "answers_by_version": versions,
+        "version_switches_seen": switches,
+        "plot": "report.png",
+    }
+    if cluster:
+        summary |= {
+            "min_replicas": min((r.ready_pods or 0 for r in rows), default=0),
+            "peak_replicas": max((r.ready_pods or 0 for r in rows), default=0),
+            "nodes_used": sorted({n for r in rows for n in r.pods_per_node}),
+        }
+    if rollout is not None:
+        summary |= {
+            "rollout_version": rollout.version,
+            "rollout_outcome": rollout.outcome,
+            "rollout_window_s": [rollout.start, rollout.end],
+            "rollout_duration_s": (
+                round(rollout.end - rollout.start, 1)
+                if rollout.end is not None and rollout.start is not None
+                else None
+            ),
+        }
+    return summary
+
+
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
     lines = [
         f"# mlscale load test: {summary['target']}",

@@ -16,9 +16,16 @@ import gevent
 from locust.env import Environment
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from loadtest import locustfile
-from loadtest.locustfile import InferUser, StepShape
-from loadtest.report import Row, plot, write_markdown, write_timeline
+from loadtest.locustfile import StepShape, Tally, users_for
+from loadtest.report import (
+    RolloutWindow,
+    Row,
+    Totals,
+    plot,
+    summarize,
+    write_markdown,
+    write_timeline,
+)
 from loadtest.sampler import ClusterSampler
 
 
@@ -38,14 +45,14 @@ class Plan:
 
 
 def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path:
-    locustfile.MODEL = plan.model
     shape = StepShape(
         plan.users, plan.steps, plan.step_seconds, plan.hold_seconds, plan.down_seconds
     )
-    env = Environment(user_classes=[InferUser], shape_class=shape, host=plan.url)
+    tally = Tally()
+    env = Environment(user_classes=[users_for(plan.model, tally)], shape_class=shape, host=plan.url)
     runner = env.create_local_runner()
     rows: list[Row] = []
-    rollout: dict[str, Any] = {"active": False, "start": None, "end": None, "outcome": None}
+    window = RolloutWindow(plan.rollout_version) if plan.rollout_version else None
     started = time.monotonic()
 
     def sample() -> None:
@@ -71,7 +78,7 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
                 p50_ms=p50,
                 p95_ms=p95,
                 p99_ms=p99,
-                rollout=rollout["active"],
+                rollout=window is not None and window.start is not None and window.end is None,
             )
             if sampler is not None:
                 try:
@@ -84,24 +91,25 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
                     row.pods_per_node, row.versions = c.pods_per_node, c.versions
             rows.append(row)
 
-    def roll_out() -> None:
+    def roll_out(window: RolloutWindow) -> None:
         from rollout.deploy import deploy
         from rollout.kube import RolloutError
 
         at = plan.rollout_at if plan.rollout_at is not None else shape.ramp_end + 10
         gevent.sleep(at)
-        rollout.update(active=True, start=round(time.monotonic() - started, 1))
+        window.start = round(time.monotonic() - started, 1)
         try:
-            outcome = deploy(release, plan.rollout_version, say=print, timeout=600, force=True)
-            rollout["outcome"] = outcome.outcome
+            window.outcome = deploy(
+                release, window.version, say=print, timeout=600, force=True
+            ).outcome
         except RolloutError as exc:
-            rollout["outcome"] = f"failed: {exc}"
-        rollout.update(active=False, end=round(time.monotonic() - started, 1))
+            window.outcome = f"failed: {exc}"
+        window.end = round(time.monotonic() - started, 1)
 
     runner.start_shape()
     jobs = [gevent.spawn(sample)]
-    if plan.rollout_version and release is not None:
-        jobs.append(gevent.spawn(roll_out))
+    if window is not None and release is not None:
+        jobs.append(gevent.spawn(roll_out, window))
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
     with Progress(*columns) as progress:
         task = progress.add_task("load", total=shape.duration)
@@ -123,50 +131,24 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
     if len(jobs) > 1:
         jobs[1].join(timeout=600)
     gevent.killall(jobs[:1])
-    return write_report(plan, env, rows, rollout, cluster=sampler is not None)
+    total = env.stats.total
+    totals = Totals(
+        total.num_requests,
+        total.num_failures,
+        total.fail_ratio,
+        *(total.get_response_time_percentile(q) for q in (0.5, 0.95, 0.99)),
+    )
+    summary = summarize(plan.url, plan.model, totals, rows, dict(tally.versions), tally.switches,
+                        cluster=sampler is not None, rollout=window)  # fmt: skip
+    return write_report(plan, summary, rows)
 
 
-def write_report(
-    plan: Plan, env: Environment, rows: list[Row], rollout: dict[str, Any], cluster: bool
-) -> Path:
+def write_report(plan: Plan, summary: dict[str, Any], rows: list[Row]) -> Path:
     folder = plan.out / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder.mkdir(parents=True, exist_ok=True)
-    total = env.stats.total
-    nodes = sorted({n for r in rows for n in r.pods_per_node})
-    summary: dict[str, Any] = {
-        "target": plan.url,
-        "model": plan.model,
-        "cluster": cluster,
-        "duration_s": rows[-1].t if rows else 0,
-        "peak_users": max((r.users for r in rows), default=0),
-        "requests": total.num_requests,
-        "failures": total.num_failures,
-        "failure_ratio": round(total.fail_ratio, 5),
-        "p50_ms": total.get_response_time_percentile(0.5),
-        "p95_ms": total.get_response_time_percentile(0.95),
-        "p99_ms": total.get_response_time_percentile(0.99),
-        "peak_rps": max((r.rps for r in rows), default=0),
-        "answers_by_version": dict(locustfile.VERSIONS),
-        "version_switches_seen": locustfile.SWITCHES["count"],
-        "plot": "report.png",
-    }
-    if cluster:
-        summary |= {
-            "min_replicas": min((r.ready_pods or 0 for r in rows), default=0),
-            "peak_replicas": max((r.ready_pods or 0 for r in rows), default=0),
-            "nodes_used": nodes,
-        }
-    if plan.rollout_version:
-        summary |= {
-            "rollout_version": plan.rollout_version,
-            "rollout_outcome": rollout["outcome"],
-            "rollout_window_s": [rollout["start"], rollout["end"]],
-            "rollout_duration_s": (
-                round(rollout["end"] - rollout["start"], 1) if rollout["end"] is not None else None
-            ),
-        }
     write_timeline(rows, folder / "timeline.csv")
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    cluster = summary["cluster"]
     title = f"{plan.model} at {plan.url}, {plan.users} users" + ("" if cluster else " (local)")
     plot(rows, folder / "report.png", title, cluster)
     write_markdown(summary, folder / "report.md")
