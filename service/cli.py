@@ -1,5 +1,6 @@
 """`mlscale`: train example models, list the store, serve, and send predictions."""
 
+import importlib.util
 import json
 import math
 import os
@@ -21,12 +22,37 @@ app = typer.Typer(
 )
 console = Console()
 
-try:  # the rollout operator needs the kubernetes client: the `rollout` extra, not the image
+# Command groups that need an extra the image does not install: present where their extra is,
+# and otherwise a stub that says which extra to install.
+EXTRAS = {"rollout": ("kubernetes", "rollout"), "loadtest": ("locust", "loadtest")}
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def missing_extra(name: str, extra: str) -> None:
+    @app.command(
+        name,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+        help=f"(not installed: pip install 'mlscale[{extra}]')",
+    )
+    def stub(ctx: typer.Context) -> None:
+        console.print(
+            f"mlscale {name} is not installed here. It needs the {extra} extra: "
+            f"pip install 'mlscale[{extra}]'",
+            style="red", markup=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(2)
+
+
+if installed(EXTRAS["rollout"][0]):
     from rollout.cli import app as rollout_app
 
     app.add_typer(rollout_app, name="rollout")
-except ImportError:  # pragma: no cover - depends on what is installed
-    pass
+else:
+    missing_extra("rollout", EXTRAS["rollout"][1])
 ModelDir = Annotated[
     Path, typer.Option("--model-dir", envvar="MLSCALE_MODEL_DIR", help="Root of the model store.")
 ]
@@ -176,14 +202,19 @@ def infer(
     sys.stdout.write("\n")
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
 def loadtest(ctx: typer.Context) -> None:
     """Load test with a report (`python -m loadtest --help` for the options)."""
     # Locust patches the standard library when imported: it runs in a process of its own.
     os.execv(sys.executable, [sys.executable, "-m", "loadtest", *ctx.args])
+
+
+if installed(EXTRAS["loadtest"][0]):
+    app.command(
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )(loadtest)
+else:
+    missing_extra("loadtest", EXTRAS["loadtest"][1])
 
 
 @app.command()

@@ -52,3 +52,27 @@ def test_cli_rejects_unknown_example(tmp_path: Path):
     result = CliRunner().invoke(app, ["train", "nope", "--model-dir", str(tmp_path)])
     assert result.exit_code != 0
     assert "unknown example" in result.output
+
+
+def test_command_groups_of_missing_extras_say_which_extra_to_install(monkeypatch):
+    """The image installs only the `serve` extra: `mlscale rollout` there names its extra."""
+    import importlib
+
+    import service.cli
+
+    real = importlib.util.find_spec
+
+    def without_extras(name: str, *args):
+        return None if name in ("kubernetes", "locust") else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_extras)
+    try:
+        serve_only = importlib.reload(service.cli).app
+        for group, extra in (("rollout", "rollout"), ("loadtest", "loadtest")):
+            result = CliRunner().invoke(serve_only, [group, "status"])
+            assert result.exit_code == 2, result.output
+            assert f"pip install 'mlscale[{extra}]'" in result.output
+            assert result.exception is None or isinstance(result.exception, SystemExit)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(service.cli)
