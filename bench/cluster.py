@@ -152,7 +152,7 @@ def reaction(connections: int, limit: float) -> dict[str, float | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cpu", default="200m", help="CPU request and limit per pod")
+    parser.add_argument("--cpu", default="400m", help="CPU request and limit per pod")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15, help="length of each wrk run")
     parser.add_argument("--connections", type=int, default=32)
