@@ -51,6 +51,15 @@ node_image() {
   if docker image inspect "$offline" >/dev/null 2>&1; then echo "$offline"; fi
 }
 
+# The metrics API answers within $1 seconds.
+metrics_api() {
+  local deadline=$((SECONDS + $1))
+  until kubectl top nodes >/dev/null 2>&1; do
+    [ $SECONDS -lt "$deadline" ] || return 1
+    sleep 3
+  done
+}
+
 # Every node of an existing cluster Ready within a minute.
 healthy() {
   kubectl --context "kind-$CLUSTER" wait --for=condition=Ready nodes --all --timeout=60s \
@@ -96,11 +105,24 @@ case ${1:-} in
     fi
     kubectl config use-context "kind-$CLUSTER" >/dev/null
     kubectl apply -f k8s/namespace.yaml -f k8s/rollout-rbac.yaml
-    kubectl apply -f k8s/metrics-server.yaml
+    # metrics-server's APIService last: the API server connects to the Service as soon as the
+    # APIService exists, and a connection made before kube-proxy has programmed the Service's
+    # address leaves the node un-NATed and, kept alive, never reaches metrics-server.
+    awk 'BEGIN { RS = "\n---\n" } !/\nkind: APIService\n/ { print; print "---" }' \
+      k8s/metrics-server.yaml | kubectl apply -f -
     kubectl -n kube-system rollout status deployment/metrics-server --timeout=180s
+    kubectl apply -f k8s/metrics-server.yaml
     kubectl wait --for=condition=Ready nodes --all --timeout=180s
     echo "kind.sh: waiting for the metrics API to answer"
-    for _ in $(seq 60); do kubectl top nodes >/dev/null 2>&1 && break; sleep 3; done
+    if ! metrics_api 90; then
+      # The race above can still be lost: drop the stale connections so the API server dials again.
+      echo "kind.sh: metrics API not answering; resetting stale connections to metrics-server"
+      ip=$(kubectl -n kube-system get service metrics-server -o jsonpath='{.spec.clusterIP}')
+      for node in $(kind get nodes --name "$CLUSTER"); do
+        docker exec "$node" conntrack -D -d "$ip" >/dev/null 2>&1 || true
+      done
+      metrics_api 120
+    fi
     kubectl top nodes
     ;;
   load)
