@@ -144,7 +144,7 @@ def deploy(
         failure = follow(release, name, version, timeout, say, before) or wrong_versions(
             release, version, "stable"
         )
-    except RolloutError as exc:  # after the patch, a rollout that cannot be confirmed failed
+    except Exception as exc:  # after the patch, a rollout that cannot be confirmed failed
         failure = f"could not confirm the rollout: {exc}"
     if failure is None:
         history.append(entry(version, current, strategy, "succeeded", "", started))

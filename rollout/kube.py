@@ -176,8 +176,8 @@ class Kube:
                         # is a half-open connection: give up on it and list again.
                         _request_timeout=(self.timeout, window + 10),
                     ):
-                        if event["type"] == "BOOKMARK":  # progress only: a newer version
-                            version = event["object"].metadata.resource_version
+                        if event["type"] == "BOOKMARK":  # progress only, and a plain dict
+                            version = event["raw_object"]["metadata"]["resourceVersion"]
                             continue
                         version = event["object"].metadata.resource_version
                         yield event["object"]

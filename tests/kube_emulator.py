@@ -421,6 +421,11 @@ class Emulator:
                     )
                     chunk({"type": "ERROR", "object": gone.status()})
                     return
+            if query.get("allowWatchBookmarks") == "true":
+                # As a real API server does now and then: a progress marker, not an object
+                # (the client hands it over as a plain dict).
+                chunk({"type": "BOOKMARK", "object": {"kind": "Deployment", "apiVersion": "apps/v1",
+                       "metadata": {"resourceVersion": str(since)}}})  # fmt: skip
             while time.monotonic() < deadline:
                 with self._cond:
                     fresh = [
