@@ -12,8 +12,8 @@ from kubernetes import client
 from rollout.analysis import Snapshot, judge
 from rollout.deploy import Outcome, Say, deploy, follow, quality_gate, wrong_versions
 from rollout.history import History, entry
-from rollout.kube import Refused, RolloutError
-from rollout.release import TRACK, Release, canary_name, version_of, version_patch
+from rollout.kube import NotFound, Refused, RolloutError, Unavailable
+from rollout.release import TRACK, Release, canary_name, pod_ready, version_of, version_patch
 from rollout.release import strategic_merge as merge
 
 
@@ -48,10 +48,19 @@ def canary_body(stable: Any, name: str, version: str, replicas: int) -> dict[str
 
 
 def scrape(release: Release, track: str) -> dict[str, Snapshot]:
+    """Every serving pod's counters. Pods that are not Ready take no traffic and may not listen
+    yet (the HPA keeps adding and removing stable pods); one that stops answering between the
+    listing and its scrape (scaled away) is left out of this sample."""
     snapshots = {}
     for pod in release.pods(track):
+        if not pod_ready(pod):
+            continue
+        try:
+            text = release.proxy_get(pod.metadata.name, "/metrics")
+        except (NotFound, Unavailable):
+            continue
         snapshot = Snapshot()
-        snapshot.add_scrape(release.proxy_get(pod.metadata.name, "/metrics"))
+        snapshot.add_scrape(text)
         snapshots[pod.metadata.name] = snapshot
     return snapshots
 

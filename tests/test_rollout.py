@@ -490,3 +490,18 @@ def test_explicit_flags_win_over_in_cluster_config_and_the_context_namespace_is_
     assert kube.namespace == "team"
     assert Kube(Target(kubeconfig=str(kubeconfig), context="b")).namespace == "mlscale"
     assert Kube(Target(kubeconfig=str(kubeconfig), namespace="x")).namespace == "x"
+
+
+def test_a_stable_pod_that_stops_answering_does_not_abort_a_healthy_canary(cluster: Cluster):
+    """The HPA scales stable pods away while the canary is judged: one that no longer answers
+    its scrape is left out of the sample, not taken for a failed analysis."""
+    answers = cluster.proxy
+    gone = sorted(p["metadata"]["name"] for p in cluster.api.list("pods", NS))[0]
+
+    def scaled_away(pod: dict, path: str) -> tuple[int, str] | None:
+        if pod["metadata"]["name"] == gone and path == "/metrics":
+            return 503, "{}"
+        return answers(pod, path)
+
+    cluster.api.proxy = scaled_away
+    assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
