@@ -111,15 +111,16 @@ def requests_served(pod: str) -> float:
 
 
 @contextmanager
-def steady_load(threads: int = 4) -> Iterator[list]:
+def steady_load(threads: int = 4, pause: float = 0.0) -> Iterator[list]:
     """Keep-alive clients, one per thread for the whole block, sending requests in a loop until
-    the block ends; yields the failures. They reconnect only when the server closes."""
+    the block ends (`pause` seconds apart, for a light load); yields the failures. They
+    reconnect only when the server closes."""
     failures: list = []
     stop = threading.Event()
 
     def loop() -> None:
         with httpx.Client(timeout=10) as client:
-            while not stop.is_set():
+            while not stop.wait(pause):
                 try:
                     r = client.post(NODE_PORT + "/v2/models/iris/infer", json=IRIS_ROW)
                     if r.status_code != 200:
@@ -318,6 +319,8 @@ def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
 def test_scale_down_after_the_load_loses_nothing(cluster: str):
     """The HPA gives pods back under light load: their clients move on, nothing fails."""
     scale(3)
-    with steady_load(threads=1) as failures:
+    # ~20 requests/s: light enough for the HPA to come down to one pod, steady enough that
+    # every pod it removes is still being sent requests.
+    with steady_load(threads=2, pause=0.1) as failures:
         scale(1, exact=True)
     assert failures == []
