@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.run import v2_body
+from rollout.analysis import Snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT, NAMESPACE, RELEASE = "kind-mlscale", "mlscale", "mlscale"
@@ -79,11 +80,9 @@ def served(pod: str) -> float:
     path = f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}:8080/proxy/metrics"
     text = subprocess.run([tool("kubectl"), "--context", CONTEXT, "get", "--raw", path],
                           capture_output=True, text=True).stdout  # fmt: skip
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("mlscale_requests_total{") and "/infer" in line
-    )
+    snapshot = Snapshot()
+    snapshot.add_scrape(text)  # the operator's own reading of the server's metrics
+    return snapshot.requests
 
 
 def wrk_script() -> str:

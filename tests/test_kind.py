@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rollout.analysis import Snapshot
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
@@ -103,11 +104,9 @@ def ready(pod: dict) -> bool:
 def requests_served(pod: str) -> float:
     """Inference requests a pod has answered, from its own /metrics (through the pod proxy)."""
     text = kubectl("get", "--raw", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}:8080/proxy/metrics")
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("mlscale_requests_total{") and "/infer" in line
-    )
+    snapshot = Snapshot()
+    snapshot.add_scrape(text)  # the operator's own reading of the server's metrics
+    return snapshot.requests
 
 
 @contextmanager
