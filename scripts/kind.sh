@@ -66,8 +66,13 @@ healthy() {
     >/dev/null 2>&1
 }
 
+# Make sure kind and a node image are at hand (building them offline where needed); print the
+# node image to create the cluster from. Looked up once: it may try a `docker pull`.
 prepare() {
-  if ! command -v kind >/dev/null || [ -z "$(node_image)" ]; then k8s/nodeimage/build.sh >/dev/null; fi
+  local image
+  image=$(node_image)
+  if ! command -v kind >/dev/null || [ -z "$image" ]; then k8s/nodeimage/build.sh >/dev/null; fi
+  echo "${image:-$(k8s/nodeimage/build.sh --print)}"
 }
 
 # Several nodes' kubelets and systemd each take inotify watches; distribution defaults run out.
@@ -83,11 +88,11 @@ case ${1:-} in
       echo "kind.sh: no Docker engine answers; nothing to prepare (the kind tests will skip)"
       exit 0
     fi
-    prepare
+    prepare >/dev/null
     ;;
   up)
     need docker kubectl
-    prepare
+    image=$(prepare)
     need kind
     if kind get clusters 2>/dev/null | grep -qx "$CLUSTER" && ! healthy; then
       # Nodes do not come back whole from a Docker restart (a reboot, a CI machine reused).
@@ -98,8 +103,6 @@ case ${1:-} in
       echo "kind.sh: cluster $CLUSTER exists; reusing it"
     else
       raise_inotify_limits
-      image=$(node_image)
-      image=${image:-$(k8s/nodeimage/build.sh --print)}
       echo "kind.sh: creating cluster $CLUSTER from $image"
       kind create cluster --config k8s/kind-cluster.yaml --image "$image" --wait 180s
     fi
