@@ -33,6 +33,12 @@ def quality_gate(release: Release, current: str, candidate: str, max_regression:
             f"version {candidate} is not in the image's model store (it has "
             f"{', '.join(sorted(versions))}); build an image that holds it"
         )
+    if versions.get(current) and not versions[candidate]:
+        raise Refused(
+            f"quality gate: version {candidate} has no offline metrics (published without "
+            f"holdout data), so there is nothing to compare with {current}; publish it with "
+            "--holdout, or --force to deploy anyway"
+        )
     worse = []
     for metric, before in versions.get(current, {}).items():
         after = versions[candidate].get(metric)

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from service.runtime import Outputs
 
 @dataclass
 class _Pending:
-    x: np.ndarray
+    x: Any  # rows: a float64 array, or a DataFrame
     future: asyncio.Future[Outputs]
     queued_at: float
 
@@ -36,13 +37,15 @@ class BatchObserver:
 class Batcher:
     def __init__(
         self,
-        predict: Callable[[np.ndarray], Outputs],
+        predict: Callable[[Any], Outputs],
         *,
         max_size: int,
         max_wait_s: float,
         observer: BatchObserver | None = None,
+        concat: Callable[[Sequence[Any]], Any] = np.concatenate,
     ) -> None:
         self._predict = predict
+        self._concat = concat
         self._max_size = max_size
         self._max_wait_s = max_wait_s
         self._observer = observer or BatchObserver()
@@ -52,7 +55,7 @@ class Batcher:
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, x: np.ndarray) -> Outputs:
+    async def submit(self, x: Any) -> Outputs:
         """Predict `x` (rows by features) as part of a batch; returns this request's rows only."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="batcher")
@@ -99,7 +102,7 @@ class Batcher:
         if not batch:
             return
         try:
-            x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+            x = batch[0].x if len(batch) == 1 else self._concat([p.x for p in batch])
             outputs = self._predict(x)
         except Exception as exc:
             for p in batch:

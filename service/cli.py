@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+
+if TYPE_CHECKING:
+    from service.publish import Plan
 
 # Command groups that need an extra the image does not install: present where their extra is,
 # and otherwise a stub that says which extra to install.
@@ -98,6 +101,78 @@ def train(
             )
         if not written:
             console.print(f"{name}: versions 1..{ensure} already present")
+
+
+@app.command()
+def publish(
+    model_file: Annotated[
+        Path, typer.Argument(help="A joblib or pickle file of a fitted estimator or pipeline.")
+    ],
+    name: Annotated[str, typer.Option(help="Model name in the store (a label value).")],
+    version: Annotated[
+        str | None, typer.Option(help="Version to write (default: the next number).")
+    ] = None,
+    sample: Annotated[
+        Path | None,
+        typer.Option(help="CSV of a few training rows: the column types of a DataFrame model."),
+    ] = None,
+    holdout: Annotated[
+        Path | None, typer.Option(help="CSV of held-out rows, for offline metrics.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="The holdout's label column (needed with --holdout).")
+    ] = None,
+    model_dir: ModelDir = Path("models"),
+) -> None:
+    """Publish your own fitted scikit-learn model as a new immutable version.
+
+    The manifest (inputs, outputs, labels, metrics) is inferred from the model, shown, then
+    written. Unpickling runs code: publish only files you trust.
+
+    Example:  mlscale publish churn.joblib --name churn --sample train.csv \\
+                  --holdout test.csv --target churned
+    """
+    from service.errors import MLScaleError
+    from service.publish import load_file, plan, read_csv, split_target
+    from service.store import ModelStore
+
+    if (holdout is None) != (target is None):
+        raise typer.BadParameter("--holdout and --target go together")
+    store = ModelStore(model_dir)
+    try:
+        estimator = load_file(model_file)
+        rows = read_csv(sample, "sample") if sample else None
+        held_out = (
+            split_target(read_csv(holdout, "holdout"), target) if holdout and target else None
+        )
+        checked = plan(estimator, name, store, version=version, sample=rows, holdout=held_out)
+        console.print(manifest_table(checked))
+        if not checked.metrics:
+            console.print(
+                "[yellow]no holdout:[/] no offline metrics, so the rollout's quality gate has "
+                "nothing to compare (deploying this version will need --force)"
+            )
+        written = checked.write(store)
+    except MLScaleError as exc:
+        console.print(f"[red]error:[/] {exc.message}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"wrote [bold]{model_dir}/{written.name}/{written.version}[/] "
+                  f"sha256 {written.sha256[:12]}…")  # fmt: skip
+
+
+def manifest_table(checked: "Plan") -> Table:
+    sig = checked.signature
+    title = f"{checked.name}/{checked.version}: {type(checked.estimator).__name__}"
+    table = Table("", "", title=title, show_header=False)
+    for spec in sig.inputs:
+        table.add_row("input", f"{spec.name}  {spec.datatype} {spec.shape}")
+    for spec in sig.outputs:
+        table.add_row("output", f"{spec.name}  {spec.datatype} {spec.shape}")
+    if sig.labels:
+        table.add_row("labels", ", ".join(sig.labels))
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in checked.metrics.items())
+    table.add_row("metrics", metrics or "none (no --holdout)")
+    return table
 
 
 @app.command("models")

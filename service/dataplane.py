@@ -5,13 +5,14 @@ Transport-free: `app.py` translates HTTP to calls here, and back.
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 
 from service.batching import Batcher
 from service.errors import InferenceFailed, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
-from service.runtime import LoadedModel, Outputs, RowOutputs, Rows
+from service.runtime import LoadedModel, Outputs, RowOutputs
 from service.settings import BatchingSettings, ModelSettings
 from service.store import ModelStore
 
@@ -53,6 +54,7 @@ class DataPlane:
                     max_size=self.batching.max_size,
                     max_wait_s=self.batching.max_wait_ms / 1000,
                     observer=self.metrics,
+                    concat=np.concatenate if manifest.columns is None else concat_frames,
                 )
             self.metrics.load_seconds.labels(self.name, version).set(loaded.load_seconds)
             self.metrics.model_info.labels(
@@ -85,9 +87,7 @@ class DataPlane:
             )
         return loaded
 
-    async def infer(
-        self, model: LoadedModel, x: np.ndarray | Rows, outputs: list[str]
-    ) -> Outputs | RowOutputs:
+    async def infer(self, model: LoadedModel, x: Any, outputs: list[str]) -> Outputs | RowOutputs:
         """`outputs` for a batch of rows. Small requests (Python lists) are answered at once
         where the model has an exact Python formula for those outputs: batching would save
         nothing there. The rest go through `predict`, merged with others when batching."""
@@ -101,7 +101,7 @@ class DataPlane:
             x = np.array(x, dtype=np.float64)
         return await self.predict(model, x)
 
-    async def predict(self, model: LoadedModel, x: np.ndarray) -> Outputs:
+    async def predict(self, model: LoadedModel, x: Any) -> Outputs:
         batcher = self._batchers.get(model.version)
         try:
             if batcher is not None:
@@ -115,3 +115,9 @@ class DataPlane:
         return InferenceFailed(
             f"model '{model.name}' version '{model.version}' failed to predict: {exc}"
         )
+
+
+def concat_frames(frames: list[Any]) -> Any:
+    import pandas as pd  # only models fitted on a DataFrame batch frames
+
+    return pd.concat(frames, ignore_index=True)

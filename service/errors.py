@@ -45,3 +45,9 @@ class InferenceFailed(MLScaleError):
 
 class StoreError(MLScaleError):
     """The model store refused to write or load a version (exists, tampered, incompatible)."""
+
+
+class InvalidModel(MLScaleError):
+    """What was given to publish is not a servable fitted estimator (or not with that data)."""
+
+    status_code = 400

@@ -6,7 +6,7 @@ pydantic models at the bottom exist to document the real bodies in the OpenAPI s
 """
 
 from math import prod
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 from service.errors import InvalidInput
 from service.runtime import Outputs, RowOutputs, Rows
 from service.store import Manifest, TensorSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # V2 datatypes that can carry numbers, with the numpy kinds their data may hold.
 _INTEGER_TYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)}
@@ -28,7 +31,9 @@ SMALL_REQUEST_VALUES = 32
 
 
 class InferRequest(NamedTuple):
-    x: np.ndarray | Rows  # validated, float64, shape (rows, features); Rows when small
+    # Validated rows: float64 (rows, features), Rows when small; a typed frame for models
+    # fitted on a DataFrame.
+    x: "np.ndarray | Rows | pd.DataFrame"
     outputs: list[str]  # names of the outputs to return, in order
     id: str | None = None
 
@@ -75,6 +80,11 @@ def decode_infer_request(body: bytes, manifest: Manifest) -> InferRequest:
     inputs = payload.get("inputs")
     if type(inputs) is not list or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    if manifest.columns is not None:
+        from service import columns  # pandas, only for models that take DataFrames
+
+        frame = columns.decode_tensors(inputs, manifest)
+        return InferRequest(frame, _requested_outputs(payload, manifest), _request_id(payload))
     if len(inputs) != len(manifest.inputs):
         raise InvalidInput(f"expected {len(manifest.inputs)} input tensor(s), got {len(inputs)}")
     spec = manifest.inputs[0]
@@ -177,11 +187,16 @@ def _requested_outputs(payload: dict[str, Any], manifest: Manifest) -> list[str]
     return names
 
 
-def decode_instances(body: bytes, manifest: Manifest) -> np.ndarray:
-    """KServe v1 / simple predict body: {"instances": [[...], ...]} (or [x, ...] for 1 feature)."""
+def decode_instances(body: bytes, manifest: Manifest) -> "np.ndarray | pd.DataFrame":
+    """KServe v1 / simple predict body: {"instances": [[...], ...]} (or [x, ...] for 1 feature);
+    rows of mixed types or objects keyed by column for models fitted on a DataFrame."""
     payload = loads(body)
     if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
         raise InvalidInput("request body must be a JSON object with an 'instances' list")
+    if manifest.columns is not None:
+        from service import columns
+
+        return columns.decode_instances(payload["instances"], manifest)
     spec = manifest.inputs[0]
     arr = _as_rows(payload["instances"], spec, "instances")
     return arr.reshape(_check_shape(list(arr.shape), spec, "instances"))
@@ -205,7 +220,12 @@ def _output_tensor(manifest: Manifest, name: str, value: np.ndarray | list[Any])
     if type(value) is list:  # one value per row
         return {"name": name, "datatype": datatype, "shape": [len(value)], "data": value}
     shape = list(value.shape)
-    return {"name": name, "datatype": datatype, "shape": shape, "data": value.ravel()}
+    return {"name": name, "datatype": datatype, "shape": shape, "data": _json_data(value)}
+
+
+def _json_data(value: np.ndarray) -> np.ndarray | list[Any]:
+    """orjson writes numeric and boolean arrays itself; strings (class labels) go as a list."""
+    return value.ravel().tolist() if value.dtype.kind in "OUS" else value.ravel()
 
 
 def error_body(message: str) -> bytes:
@@ -215,7 +235,11 @@ def error_body(message: str) -> bytes:
 def encode_predictions(manifest: Manifest, predictions: np.ndarray) -> bytes:
     return orjson.dumps(
         {
-            "predictions": np.ascontiguousarray(predictions),
+            "predictions": (
+                predictions.tolist()
+                if predictions.dtype.kind in "OUS"
+                else np.ascontiguousarray(predictions)
+            ),
             "model_name": manifest.name,
             "model_version": manifest.version,
         },

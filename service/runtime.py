@@ -157,7 +157,8 @@ class LoadedModel:
     def __post_init__(self) -> None:
         self.identity = (self.manifest.name, self.manifest.version)
         # Exact type match: a subclass may override predict.
-        builder = FAST_PATHS.get(type(self.estimator)) if self.fast_path else None
+        tensor = self.manifest.columns is None  # the formulas take float rows, not frames
+        builder = FAST_PATHS.get(type(self.estimator)) if self.fast_path and tensor else None
         self._fast = builder(self.estimator) if builder else None
 
     @property
@@ -172,8 +173,9 @@ class LoadedModel:
     def has_fast_path(self) -> bool:
         return self._fast is not None
 
-    def predict(self, x: np.ndarray) -> Outputs:
-        """Every output the manifest declares, for a validated float64 batch of rows."""
+    def predict(self, x: Any) -> Outputs:
+        """Every output the manifest declares, for a validated batch: float64 rows, or a typed
+        DataFrame for a model fitted on one."""
         if self._fast is not None:
             return self._fast.predict(x)
         return self.predict_slow(x)
@@ -185,15 +187,24 @@ class LoadedModel:
             return None
         return fast.predict_rows(rows)
 
-    def predict_slow(self, x: np.ndarray) -> Outputs:
-        """Through scikit-learn's public API, for any estimator."""
-        names = {spec.name for spec in self.manifest.outputs}
-        out = {"predict": np.asarray(self.estimator.predict(x))}
-        if "predict_proba" in names:
-            out["predict_proba"] = np.asarray(self.estimator.predict_proba(x))
-        return out
+    def predict_slow(self, x: Any) -> Outputs:
+        """Through scikit-learn's public API, for any estimator: each output is the method of
+        that name (`predict`, `predict_proba`, `decision_function`)."""
+        estimator = self.estimator
+        return {
+            spec.name: np.asarray(getattr(estimator, spec.name)(x))
+            for spec in self.manifest.outputs
+        }
 
     def warm_up(self) -> None:
-        """One prediction on zeros of the declared shape; readiness waits for it."""
-        features = self.manifest.inputs[0].shape[1:]
-        self.predict(np.zeros((1, *features), dtype=np.float64))
+        """One prediction on a row publishing probed (zeros, or a training row for a model
+        that takes a DataFrame); readiness waits for it."""
+        columns = self.manifest.columns
+        if columns is None:
+            features = self.manifest.inputs[0].shape[1:]
+            self.predict(np.zeros((1, *features), dtype=np.float64))
+            return
+        from service.columns import frame
+
+        row = columns.example or dict.fromkeys(columns.dtypes, 0.0)
+        self.predict(frame({name: [value] for name, value in row.items()}, columns))

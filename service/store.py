@@ -9,6 +9,7 @@ scikit-learn version before unpickling: a joblib file is code.
 import hashlib
 import os
 import platform
+import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from service.errors import ModelNotFound, StoreError
 
 ARTIFACT = "model.joblib"
 MANIFEST = "manifest.json"
+# Names and versions become Kubernetes label values and folder names: the label value rule.
+LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
 class TensorSpec(BaseModel):
@@ -33,6 +36,18 @@ class TensorSpec(BaseModel):
     name: str
     datatype: str
     shape: list[int] = Field(description="-1 marks a variable dimension (the batch).")
+
+
+class Columns(BaseModel):
+    """How a model fitted on a pandas DataFrame takes its input: named, typed columns."""
+
+    dtypes: dict[str, str] = Field(description="pandas dtype per column, in the model's order.")
+    categories: dict[str, list[Any]] = Field(
+        default_factory=dict, description="The categories of `category` columns."
+    )
+    example: dict[str, Any] | None = Field(
+        None, description="One row of the training data: the warm-up input, and a request example."
+    )
 
 
 class Manifest(BaseModel):
@@ -48,6 +63,10 @@ class Manifest(BaseModel):
     outputs: list[TensorSpec]
     metrics: dict[str, float] = Field(description="Offline metrics on a holdout set.")
     labels: list[str] = Field(default_factory=list, description="Class names, for classifiers.")
+    columns: Columns | None = Field(
+        None, description="Set for a model that takes a DataFrame; None for one tensor."
+    )
+    pandas_version: str | None = None
     created: datetime
 
     @cached_property
@@ -136,8 +155,15 @@ class ModelStore:
         outputs: list[TensorSpec],
         metrics: dict[str, float],
         labels: list[str] | None = None,
+        columns: Columns | None = None,
     ) -> Manifest:
         """Write a new version atomically. An existing version is refused, never replaced."""
+        for what, value in (("name", name), ("version", version)):
+            if not LABEL.fullmatch(value):
+                raise StoreError(
+                    f"model {what} {value!r} is not valid: use up to 63 letters, digits, '-', "
+                    "'_' or '.', starting and ending with a letter or digit"
+                )
         final = self.root / name / version
         if final.exists():
             raise StoreError(f"{name}/{version} already exists; versions are immutable")
@@ -157,6 +183,8 @@ class ModelStore:
                 outputs=outputs,
                 metrics=metrics,
                 labels=labels or [],
+                columns=columns,
+                pandas_version=_pandas_version() if columns else None,
                 created=datetime.now(UTC),
             )
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -171,3 +199,9 @@ class ModelStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest
+
+
+def _pandas_version() -> str:
+    import pandas  # only models that take DataFrames need it
+
+    return pandas.__version__

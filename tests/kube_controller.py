@@ -212,4 +212,4 @@ class DeploymentController:
         ]
         if current.get("status") != status:
             current["status"] = status
-            self.api.put("deployments", self.ns, current)
+            self.api.update("deployments", self.ns, current)  # lost to a delete: read again

@@ -191,30 +191,48 @@ class Emulator:
             ]
 
     def put(self, plural: str, ns: str, obj: dict, event: str | None = None) -> dict:
-        """Store an object: new resourceVersion, generation bumped when the spec changed."""
+        """Store an object, whatever is there."""
+        with self._cond:
+            key = (plural, ns, obj["metadata"]["name"])
+            return self._store(key, self.objects.get(key), obj, event)
+
+    def update(self, plural: str, ns: str, obj: dict) -> dict | None:
+        """An update as the API server does one: only onto the resourceVersion it was read
+        at; None where the object changed or was deleted since (the writer reads again)."""
         with self._cond:
             key = (plural, ns, obj["metadata"]["name"])
             old = self.objects.get(key)
-            obj = copy.deepcopy(obj)
-            meta = obj["metadata"]
-            api_version, kind = KINDS[plural]
-            obj["apiVersion"], obj["kind"] = api_version, kind
-            meta["namespace"] = ns
-            if old is None:
-                meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", now())
-                meta["generation"] = 1
-            else:
-                meta["uid"] = old["metadata"]["uid"]
-                meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
-                meta["generation"] = old["metadata"].get("generation", 1) + (
-                    obj.get("spec") != old.get("spec")
-                )
-            rv = next(self._rv)
-            meta["resourceVersion"] = str(rv)
-            self.objects[key] = obj
-            self._record(rv, event or ("MODIFIED" if old else "ADDED"), plural, obj)
-            return copy.deepcopy(obj)
+            if old is None or old["metadata"]["resourceVersion"] != obj["metadata"].get(
+                "resourceVersion"
+            ):
+                return None
+            return self._store(key, old, obj, None)
+
+    def _store(
+        self, key: tuple[str, str, str], old: dict | None, obj: dict, event: str | None
+    ) -> dict:
+        """Called under the lock: a new resourceVersion, generation bumped on a spec change."""
+        plural, ns, _ = key
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        api_version, kind = KINDS[plural]
+        obj["apiVersion"], obj["kind"] = api_version, kind
+        meta["namespace"] = ns
+        if old is None:
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", now())
+            meta["generation"] = 1
+        else:
+            meta["uid"] = old["metadata"]["uid"]
+            meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
+            meta["generation"] = old["metadata"].get("generation", 1) + (
+                obj.get("spec") != old.get("spec")
+            )
+        rv = next(self._rv)
+        meta["resourceVersion"] = str(rv)
+        self.objects[key] = obj
+        self._record(rv, event or ("MODIFIED" if old else "ADDED"), plural, obj)
+        return copy.deepcopy(obj)
 
     def delete(self, plural: str, ns: str, name: str) -> dict | None:
         with self._cond:

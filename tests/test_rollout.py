@@ -28,7 +28,8 @@ from tests.kube_emulator import Emulator
 from tests.test_chart import render
 
 NS = "ml"
-STORE = {"1": {"accuracy": 0.95}, "2": {"accuracy": 0.97}, "3": {"accuracy": 0.80}}
+# Version 4 was published without holdout data: no offline metrics.
+STORE = {"1": {"accuracy": 0.95}, "2": {"accuracy": 0.97}, "3": {"accuracy": 0.80}, "4": {}}
 
 
 @dataclass
@@ -193,6 +194,8 @@ def test_quality_gate_and_unknown_versions_are_refused(cluster: Cluster):
         deploy(cluster.release(), "3", say=cluster.say)
     with pytest.raises(Refused, match="version 9 is not in the image's model store"):
         deploy(cluster.release(), "9", say=cluster.say)
+    with pytest.raises(Refused, match=r"version 4 has no offline metrics.*nothing to compare"):
+        deploy(cluster.release(), "4", say=cluster.say)
     assert cluster.stable_version() == "1"
     assert deploy(cluster.release(), "3", say=cluster.say, force=True).outcome == "succeeded"
 

@@ -1,0 +1,180 @@
+"""Tabular input for models fitted on a pandas DataFrame, the way MLServer's pandas codec
+takes it: one V2 input per named column (numbers, `BOOL`, `BYTES` strings), or one
+rows-by-columns tensor in the model's column order. KServe v1 `instances` may be rows (lists in
+column order, types mixed) or objects keyed by column.
+
+Every column is checked against the manifest's dtype, then the frame gets the training
+dtypes, so the estimator sees what it saw in `fit`. A JSON `null` is a missing value (NaN):
+imputers in the pipeline can handle it, and JSON has no NaN.
+"""
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.errors import InvalidInput
+from service.store import Columns, Manifest
+
+_NUMERIC_DATATYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)} | {
+    "FP16", "FP32", "FP64",
+}  # fmt: skip
+
+
+def dtype_of(columns: Columns, name: str) -> Any:
+    if name in columns.categories:
+        return pd.CategoricalDtype(columns.categories[name])
+    return pd.api.types.pandas_dtype(columns.dtypes[name])
+
+
+def decode_tensors(inputs: list[Any], manifest: Manifest) -> pd.DataFrame:
+    """V2 inputs, one per column or one rows-by-columns tensor, as a typed DataFrame."""
+    columns = _columns(manifest)
+    names = list(columns.dtypes)
+    if len(inputs) == 1 and len(names) > 1:
+        return _decode_table(inputs[0], columns)
+    by_name: dict[str, list[Any] | np.ndarray] = {}
+    rows = None
+    for tensor in inputs:
+        name, shape, datatype, data = _fields(tensor)
+        if name not in columns.dtypes:
+            raise InvalidInput(f"unknown input {name!r}; the model's columns are {names}")
+        if name in by_name:
+            raise InvalidInput(f"input {name!r} is sent twice")
+        where = f"input {name!r}"
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise InvalidInput(f"{where}: a column has shape [N] or [N, 1], not {shape}")
+        if rows is None:
+            rows = shape[0]
+        elif shape[0] != rows:
+            raise InvalidInput(f"{where}: has {shape[0]} rows, other columns have {rows}")
+        values = _flat(data, where)
+        if len(values) != shape[0]:
+            raise InvalidInput(f"{where}: shape {shape} needs {shape[0]} values, got {len(values)}")
+        _check_datatype(datatype, manifest, name, where)
+        by_name[name] = values
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise InvalidInput(f"missing input column(s) {missing}; the model takes {names}")
+    if not rows:
+        raise InvalidInput("empty batch; send at least one row")
+    return frame(by_name, columns)
+
+
+def decode_instances(instances: list[Any], manifest: Manifest) -> pd.DataFrame:
+    """KServe v1 instances: rows in column order, or objects keyed by column."""
+    columns = _columns(manifest)
+    names = list(columns.dtypes)
+    if not instances:
+        raise InvalidInput("instances: empty batch; send at least one row")
+    if all(type(row) is dict for row in instances):
+        unknown = sorted({k for row in instances for k in row} - set(names))
+        if unknown:
+            raise InvalidInput(f"instances: unknown column(s) {unknown}; the model takes {names}")
+        lacking = [n for n in names if any(n not in row for row in instances)]
+        if lacking:
+            raise InvalidInput(f"instances: every row needs the column(s) {lacking}")
+        return frame({n: [row[n] for row in instances] for n in names}, columns)
+    if all(type(row) is list and len(row) == len(names) for row in instances):
+        return frame({n: [row[i] for row in instances] for i, n in enumerate(names)}, columns)
+    raise InvalidInput(
+        f"instances: each row is a list of {len(names)} values in the order {names}, "
+        "or an object keyed by column name"
+    )
+
+
+def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
+    """Check each column's values against its training dtype, then build the typed frame."""
+    data = {}
+    for name in columns.dtypes:
+        dtype = dtype_of(columns, name)
+        values = by_name[name]
+        where = f"column {name!r}"
+        if isinstance(values, np.ndarray):  # binary tensor data: already typed
+            data[name] = pd.Series(values).astype(dtype)
+            continue
+        kind = _storage_kind(dtype)
+        if kind == "b":
+            if not all(type(v) is bool for v in values):
+                raise InvalidInput(f"{where}: expects booleans (true/false)")
+        elif kind in "iuf":
+            if not all(type(v) in (int, float) or (v is None and kind == "f") for v in values):
+                nulls = " or null" if kind == "f" else ""
+                raise InvalidInput(f"{where}: expects numbers{nulls}")
+            if kind in "iu" and not all(type(v) is int for v in values):
+                raise InvalidInput(f"{where}: expects whole numbers")
+            values = [np.nan if v is None else v for v in values]
+        elif not all(type(v) is str or v is None for v in values):
+            raise InvalidInput(f"{where}: expects strings (BYTES) or null")
+        try:
+            data[name] = pd.Series(values, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(f"{where}: cannot be read as {dtype}: {exc}") from None
+    return pd.DataFrame(data)
+
+
+def _columns(manifest: Manifest) -> Columns:
+    assert manifest.columns is not None  # only column models are routed here
+    return manifest.columns
+
+
+def _storage_kind(dtype: Any) -> str:
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _storage_kind(dtype.categories.dtype)
+    if isinstance(dtype, pd.StringDtype):
+        return "O"
+    return np.dtype(dtype).kind
+
+
+def _fields(tensor: Any) -> tuple[str, list[int], str, Any]:
+    if type(tensor) is not dict:
+        raise InvalidInput("each input must be an object with name, shape, datatype and data")
+    name, shape = tensor.get("name"), tensor.get("shape")
+    if type(name) is not str:
+        raise InvalidInput("each input needs a 'name'")
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers")
+    return name, shape, tensor.get("datatype"), tensor.get("data")
+
+
+def _flat(data: Any, where: str) -> list[Any] | np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data.ravel()
+    if type(data) is not list:
+        raise InvalidInput(f"{where}: data must be a list (flat or nested)")
+    if data and all(type(v) is list for v in data):
+        if not all(len(v) == 1 for v in data):
+            raise InvalidInput(f"{where}: nested rows of a column hold one value each")
+        return [v[0] for v in data]
+    return data
+
+
+def _check_datatype(datatype: Any, manifest: Manifest, name: str, where: str) -> None:
+    want = next(spec.datatype for spec in manifest.inputs if spec.name == name)
+    if datatype == want or (want in _NUMERIC_DATATYPES and datatype in _NUMERIC_DATATYPES):
+        return
+    raise InvalidInput(f"{where}: datatype {datatype!r} does not fit the column; send {want}")
+
+
+def _decode_table(tensor: Any, columns: Columns) -> pd.DataFrame:
+    """One rows-by-columns tensor (mixed types travel as BYTES), columns in the model's order."""
+    name, shape, _datatype, data = _fields(tensor)
+    names = list(columns.dtypes)
+    where = f"input {name!r}"
+    if len(shape) != 2 or shape[1] != len(names):
+        raise InvalidInput(
+            f"{where}: shape {shape} does not match the model's {len(names)} columns {names}; "
+            "send [N, columns] or one input per column"
+        )
+    if shape[0] == 0:
+        raise InvalidInput(f"{where}: empty batch; send at least one row")
+    if isinstance(data, np.ndarray):
+        flat: list[Any] = data.ravel().tolist()
+    elif type(data) is list:
+        flat = [v for row in data for v in row] if all(type(r) is list for r in data) else data
+    else:
+        raise InvalidInput(f"{where}: data must be a list (flat or nested)")
+    if len(flat) != shape[0] * shape[1]:
+        raise InvalidInput(f"{where}: shape {shape} needs {shape[0] * shape[1]} values")
+    width = len(names)
+    return frame({n: flat[i::width] for i, n in enumerate(names)}, columns)

@@ -1,0 +1,137 @@
+"""What a fitted estimator takes and gives, inferred from the estimator itself.
+
+Inputs come from `n_features_in_` and `feature_names_in_`: a model fitted on a pandas
+DataFrame takes named columns, one V2 input per column, with the dtypes of a few sample rows
+of its training data; any other takes one rows-by-features tensor. Outputs are whatever of
+`predict`, `predict_proba` and `decision_function` the estimator offers, probed on one row so
+their datatypes and shapes are the real ones. Class labels come from `classes_`.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from service.errors import InvalidModel
+from service.store import TensorSpec
+
+OUTPUT_METHODS = ("predict", "predict_proba", "decision_function")
+# numpy kind -> V2 datatype; strings and objects travel as BYTES.
+_KIND_TO_DATATYPE = {"b": "BOOL", "O": "BYTES", "U": "BYTES", "S": "BYTES"}
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    labels: list[str]
+    dtypes: dict[str, str]  # pandas dtype per column; empty for tensor models
+    categories: dict[str, list[Any]]  # the categories of `category` columns
+    example: dict[str, Any] | None  # one sample row, for the warm-up and the docs
+
+
+def datatype_of(dtype: np.dtype[Any] | pd.api.extensions.ExtensionDtype) -> str:
+    """The V2 datatype that carries values of a numpy or pandas dtype."""
+    if isinstance(dtype, pd.CategoricalDtype):
+        return datatype_of(dtype.categories.dtype)
+    if isinstance(dtype, pd.StringDtype):
+        return "BYTES"
+    dtype = np.dtype(dtype)
+    if dtype.kind in _KIND_TO_DATATYPE:
+        return _KIND_TO_DATATYPE[dtype.kind]
+    if dtype.kind in "iu":
+        return f"{'INT' if dtype.kind == 'i' else 'UINT'}{dtype.itemsize * 8}"
+    if dtype.kind == "f":
+        return f"FP{dtype.itemsize * 8}"
+    raise InvalidModel(f"values of dtype {dtype} cannot travel over the inference protocol")
+
+
+def check_fitted(estimator: Any) -> None:
+    if not hasattr(estimator, "predict") or not hasattr(estimator, "fit"):
+        raise InvalidModel(
+            f"a {type(estimator).__name__} is not a scikit-learn estimator (it has no "
+            "fit/predict); publish the fitted model or pipeline itself"
+        )
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        raise InvalidModel(
+            f"this {type(estimator).__name__} is not fitted; call fit() before publishing"
+        ) from None
+    if getattr(estimator, "n_features_in_", None) is None:
+        raise InvalidModel(
+            f"{type(estimator).__name__} does not say how many features it takes "
+            "(no n_features_in_); mlscale needs an estimator fitted on a table"
+        )
+
+
+def infer(estimator: Any, sample: pd.DataFrame | None = None) -> Signature:
+    """The signature of a fitted estimator; `sample` (training rows) gives column dtypes."""
+    check_fitted(estimator)
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        inputs, dtypes, categories, probe, example = _tensor_inputs(estimator)
+    else:
+        inputs, dtypes, categories, probe, example = _column_inputs([str(n) for n in names], sample)
+    classes = getattr(estimator, "classes_", None)
+    labels = [str(c) for c in classes] if classes is not None and np.ndim(classes) == 1 else []
+    return Signature(inputs, _outputs(estimator, probe), labels, dtypes, categories, example)
+
+
+def _tensor_inputs(
+    estimator: Any,
+) -> tuple[list[TensorSpec], dict[str, str], dict[str, list[Any]], Any, None]:
+    features = int(estimator.n_features_in_)
+    spec = TensorSpec(name="input-0", datatype="FP64", shape=[-1, features])
+    return [spec], {}, {}, np.zeros((1, features)), None
+
+
+def _column_inputs(
+    names: list[str], sample: pd.DataFrame | None
+) -> tuple[list[TensorSpec], dict[str, str], dict[str, list[Any]], Any, dict[str, Any] | None]:
+    if sample is None:  # without training rows, the columns can only be assumed numeric
+        frame = pd.DataFrame({n: [0.0] for n in names})
+        example = None
+    else:
+        missing = [n for n in names if n not in sample.columns]
+        if missing:
+            raise InvalidModel(f"the sample lacks the model's column(s) {missing}")
+        if sample.empty:
+            raise InvalidModel("the sample has no rows; give a few rows of the training data")
+        frame = sample[names].head(1).reset_index(drop=True)
+        example = {n: _plain(frame[n].iloc[0]) for n in names}
+    inputs = [TensorSpec(name=n, datatype=datatype_of(frame[n].dtype), shape=[-1]) for n in names]
+    dtypes = {n: str(frame[n].dtype) for n in names}
+    categories = {
+        n: [_plain(c) for c in frame[n].cat.categories]
+        for n in names
+        if isinstance(frame[n].dtype, pd.CategoricalDtype)
+    }
+    return inputs, dtypes, categories, frame, example
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value JSON can carry."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _outputs(estimator: Any, probe: Any) -> list[TensorSpec]:
+    outputs = []
+    for method in OUTPUT_METHODS:
+        if not hasattr(estimator, method):  # pipelines hide what their last step lacks
+            continue
+        try:
+            value = np.asarray(getattr(estimator, method)(probe))
+        except Exception as exc:
+            if method == "predict":
+                raise InvalidModel(
+                    f"predict failed on a sample row ({exc}); pass --sample with a few rows "
+                    "of the training data so the columns get their real types"
+                ) from exc
+            continue  # e.g. predict_proba of an SVC fitted without probability=True
+        shape = [-1, *value.shape[1:]]
+        outputs.append(TensorSpec(name=method, datatype=datatype_of(value.dtype), shape=shape))
+    return outputs

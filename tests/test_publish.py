@@ -1,0 +1,289 @@
+"""Bring your own model: a pipeline nobody wrote for mlscale, published and served.
+
+The model: iris as a DataFrame with one column made a string (sepal size), one-hot encoded
+beside scaled numbers, and a gradient-boosted classifier with string class labels. Every answer
+over V2 (by column, single tensor), v1 (rows and objects) must equal the pipeline's own output.
+"""
+
+import asyncio
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import make_column_transformer
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.errors import InvalidModel
+from service.publish import publish
+from service.store import ModelStore
+from tests.conftest import Server, run_server
+
+NUMBERS = ["sepal_width", "petal_length", "petal_width"]
+
+
+def flowers_data() -> tuple[pd.DataFrame, pd.Series]:
+    data = load_iris(as_frame=True)
+    x = data.data.rename(columns=lambda c: c.removesuffix(" (cm)").replace(" ", "_"))
+    size = pd.cut(x.pop("sepal_length"), 3, labels=["small", "medium", "large"])
+    x["sepal_size"] = size.astype(str)
+    return x, data.target.map(dict(enumerate(data.target_names))).rename("species")
+
+
+def flowers_pipeline(seed: int = 0) -> tuple[Pipeline, pd.DataFrame, pd.DataFrame, pd.Series]:
+    x, y = flowers_data()
+    x_train, x_test, y_train, y_test = train_test_split(x, y, random_state=seed, stratify=y)
+    encode = make_column_transformer(
+        (OneHotEncoder(handle_unknown="ignore"), ["sepal_size"]), remainder=StandardScaler()
+    )
+    pipe = make_pipeline(encode, GradientBoostingClassifier(n_estimators=25, random_state=seed))
+    return pipe.fit(x_train, y_train), x_train, x_test, y_test
+
+
+@pytest.fixture(scope="module")
+def flowers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Server, Pipeline, pd.DataFrame]]:
+    pipe, x_train, x_test, y_test = flowers_pipeline()
+    store = tmp_path_factory.mktemp("byo") / "models"
+    publish(pipe, "flowers", model_dir=store, sample=x_train.head(), holdout=(x_test, y_test))
+    with run_server(store, model_name="flowers") as server:
+        yield server, pipe, x_test.reset_index(drop=True)
+
+
+def by_column(rows: pd.DataFrame, outputs: list[str]) -> dict:
+    def datatype(name: str) -> str:
+        return "BYTES" if name == "sepal_size" else "FP64"
+
+    inputs = [
+        {"name": n, "shape": [len(rows)], "datatype": datatype(n), "data": rows[n].tolist()}
+        for n in rows.columns
+    ]
+    return {"inputs": inputs, "outputs": [{"name": n} for n in outputs]}
+
+
+def outputs_of(body: dict) -> dict[str, dict]:
+    return {o["name"]: o for o in body["outputs"]}
+
+
+def assert_equals_pipeline(body: dict, pipe: Pipeline, rows: pd.DataFrame) -> None:
+    got = outputs_of(body)
+    assert got["predict"]["datatype"] == "BYTES"
+    assert got["predict"]["data"] == pipe.predict(rows).tolist()
+    for method in ("predict_proba", "decision_function"):
+        if method in got:
+            expected = getattr(pipe, method)(rows)
+            assert got[method]["shape"] == list(expected.shape)
+            np.testing.assert_array_equal(np.reshape(got[method]["data"], expected.shape), expected)
+
+
+def test_by_column_answers_equal_the_pipeline(flowers):
+    server, pipe, rows = flowers
+    names = ["predict", "predict_proba", "decision_function"]
+    with server.client() as c:
+        r = c.post("/v2/models/flowers/infer", json=by_column(rows, names))
+    assert r.status_code == 200, r.text
+    assert_equals_pipeline(r.json(), pipe, rows)
+
+
+def test_single_tensor_rows_in_column_order(flowers):
+    server, pipe, rows = flowers
+    data = rows.astype(object).values.tolist()  # mixed numbers and strings, row by row
+    body = {
+        "inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "BYTES", "data": data}],
+        "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+    }
+    with server.client() as c:
+        r = c.post("/v2/models/flowers/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert_equals_pipeline(r.json(), pipe, rows)
+
+
+def test_v1_rows_of_mixed_types_and_objects_keyed_by_column(flowers):
+    server, pipe, rows = flowers
+    expected = pipe.predict(rows).tolist()
+    as_rows = rows.astype(object).values.tolist()
+    as_objects = rows.to_dict(orient="records")
+    with server.client() as c:
+        for instances in (as_rows, as_objects):
+            r = c.post("/v1/models/flowers:predict", json={"instances": instances})
+            assert r.status_code == 200, r.text
+            assert r.json()["predictions"] == expected
+        assert c.post("/predict", json={"instances": as_objects}).json()["predictions"] == expected
+
+
+def test_metadata_describes_the_columns(flowers):
+    server, _, _ = flowers
+    with server.client() as c:
+        meta = c.get("/v2/models/flowers").json()
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [
+        ("sepal_width", "FP64"), ("petal_length", "FP64"), ("petal_width", "FP64"),
+        ("sepal_size", "BYTES"),
+    ]  # fmt: skip
+    assert [o["name"] for o in meta["outputs"]] == ["predict", "predict_proba", "decision_function"]
+    assert meta["parameters"]["labels"] == ["setosa", "versicolor", "virginica"]
+    assert set(meta["parameters"]["metrics"]) == {"accuracy", "f1_macro"}
+
+
+@pytest.mark.parametrize(
+    "change, text",
+    [
+        (lambda b: b["inputs"].pop(), "missing input column(s) ['sepal_size']"),
+        (lambda b: b["inputs"][0].update(name="colour"), "unknown input 'colour'"),
+        (lambda b: b["inputs"][3].update(data=[1, 2]), "column 'sepal_size': expects strings"),
+        (lambda b: b["inputs"][0].update(data=["a", "b"]), "column 'sepal_width': expects numbers"),
+        (lambda b: b["inputs"][1].update(shape=[3]), "has 3 rows, other columns have 2"),
+        (lambda b: b["inputs"][3].update(datatype="FP64"), "does not fit the column; send BYTES"),
+    ],
+)
+def test_bad_columns_get_400(flowers, change, text):
+    server, _, rows = flowers
+    body = by_column(rows.head(2), ["predict"])
+    change(body)
+    with server.client() as c:
+        r = c.post("/v2/models/flowers/infer", json=body)
+    assert r.status_code == 400, r.text
+    assert text in r.json()["error"]
+
+
+def test_a_null_number_is_a_missing_value(flowers):
+    """JSON has no NaN; null in a float column reaches the model as NaN (which this
+    pipeline's scaler passes on and the classifier refuses: a 500 that names the cause)."""
+    server, _, rows = flowers
+    body = by_column(rows.head(2), ["predict"])
+    body["inputs"][0]["data"] = [None, 3.0]
+    with server.client() as c:
+        r = c.post("/v2/models/flowers/infer", json=body)
+    assert r.status_code == 500 and "NaN" in r.json()["error"]
+
+
+async def _concurrently(url: str, bodies: list[dict]) -> list[dict]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        responses = await asyncio.gather(
+            *(c.post("/v2/models/flowers/infer", json=b) for b in bodies)
+        )
+    return [r.json() for r in responses]
+
+
+def test_concurrent_requests_batched_as_frames_answer_each_row(flowers):
+    server, pipe, rows = flowers
+    bodies = [
+        by_column(rows.iloc[i : i + 3], ["predict", "predict_proba"]) for i in range(0, 30, 3)
+    ]
+    answers = asyncio.run(_concurrently(server.url, bodies))
+    for i, body in zip(range(0, 30, 3), answers, strict=True):
+        assert_equals_pipeline(body, pipe, rows.iloc[i : i + 3])
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+def test_a_model_fitted_on_arrays_takes_one_tensor(tmp_path: Path):
+    x, y = load_diabetes(return_X_y=True)
+    m = publish(LinearRegression().fit(x, y), "diabetes", model_dir=tmp_path, holdout=(x, y))
+    assert [(s.name, s.datatype, s.shape) for s in m.inputs] == [("input-0", "FP64", [-1, 10])]
+    assert [s.name for s in m.outputs] == ["predict"] and m.columns is None
+    assert m.labels == [] and set(m.metrics) == {"mse", "r2"}
+
+
+def test_category_columns_keep_their_categories(tmp_path: Path):
+    """HistGradientBoosting reads category codes: the served frame must have the training
+    categories, not ones made from the request's values."""
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    x["band"] = pd.Categorical(np.where(x["bmi"] > 0, "high", "low"), categories=["low", "high"])
+    model = HistGradientBoostingRegressor(max_iter=20, categorical_features="from_dtype").fit(x, y)
+    m = publish(model, "diabetes", model_dir=tmp_path, sample=x.head(3))
+    assert m.columns is not None and m.columns.categories == {"band": ["low", "high"]}
+    with run_server(tmp_path, model_name="diabetes") as server, server.client() as c:
+        rows = x.head(4).assign(band=["high", "high", "high", "high"])  # "low" never sent
+        body = {"instances": rows.astype(object).to_dict(orient="records")}
+        r = c.post("/v1/models/diabetes:predict", json=body)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(r.json()["predictions"], model.predict(rows))
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())  # rich wraps at the terminal width
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("files")
+    pipe, x_train, x_test, y_test = flowers_pipeline()
+    joblib.dump(pipe, root / "flowers.joblib")
+    (root / "flowers.pkl").write_bytes(pickle.dumps(pipe))
+    x_train.head().to_csv(root / "sample.csv", index=False)
+    x_test.assign(species=y_test).to_csv(root / "holdout.csv", index=False)
+    joblib.dump(LogisticRegression(), root / "unfitted.joblib")
+    joblib.dump({"not": "a model"}, root / "dict.joblib")
+    return root
+
+
+def test_cli_publishes_shows_the_manifest_and_numbers_versions(files: Path, tmp_path: Path):
+    args = [
+        "--name",
+        "flowers",
+        "--sample",
+        str(files / "sample.csv"),
+        "--model-dir",
+        str(tmp_path),
+    ]
+    code, out = cli("publish", str(files / "flowers.joblib"), *args,
+                    "--holdout", str(files / "holdout.csv"), "--target", "species")  # fmt: skip
+    assert code == 0, out
+    assert "sepal_size BYTES [-1]" in out and "predict BYTES [-1]" in out and "accuracy=" in out
+    code, out = cli("publish", str(files / "flowers.pkl"), *args)
+    assert code == 0, out
+    assert "quality gate has nothing to compare" in out
+    store = ModelStore(tmp_path)
+    assert store.versions("flowers") == ["1", "2"]
+    assert store.manifest("flowers", "2").metrics == {}
+    manifest, loaded = store.load("flowers", "1")
+    assert manifest.columns is not None and type(loaded) is Pipeline
+
+
+@pytest.mark.parametrize(
+    "file, extra, text",
+    [
+        ("unfitted.joblib", [], "is not fitted; call fit() before publishing"),
+        ("dict.joblib", [], "a dict is not a scikit-learn estimator"),
+        ("sample.csv", [], "is not a joblib or pickle file of a model"),
+        ("missing.joblib", [], "no such file"),
+        ("flowers.joblib", ["--version", "1/../x"], "is not valid"),
+        (
+            "flowers.joblib",
+            ["--holdout", "holdout.csv", "--target", "colour"],
+            "no column 'colour'",
+        ),
+        ("flowers.joblib", ["--version", "1"], "already exists"),
+    ],
+)
+def test_cli_refuses_bad_input_and_writes_nothing(files: Path, tmp_path: Path, file, extra, text):
+    pipe, x_train, _, _ = flowers_pipeline()
+    publish(pipe, "flowers", model_dir=tmp_path, version="1", sample=x_train.head())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    extra = [str(files / a) if a.endswith(".csv") else a for a in extra]
+    code, out = cli(
+        "publish", str(files / file), "--name", "flowers", "--model-dir", str(tmp_path), *extra
+    )
+    assert code == 1 and text in out, out
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_api_refuses_a_bad_name_before_anything_is_written(tmp_path: Path):
+    x, y = load_diabetes(return_X_y=True)
+    with pytest.raises(InvalidModel, match="is not valid"):
+        publish(LinearRegression().fit(x, y), "Bad Name", model_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
