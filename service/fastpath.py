@@ -11,10 +11,11 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter
+from typing import NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import protocol
+from service import binary, protocol
 from service.dataplane import DataPlane
 from service.errors import MethodNotAllowed, MLScaleError, PayloadTooLarge, UnsupportedMediaType
 from service.metrics import MODEL_HEADER, VERSION_HEADER, Metrics
@@ -22,10 +23,19 @@ from service.metrics import MODEL_HEADER, VERSION_HEADER, Metrics
 log = logging.getLogger("mlscale")
 
 AnsweredBy = tuple[str, str]  # (model, version); ("", "") where no model answered
-Answer = tuple[int, bytes, AnsweredBy]  # status, JSON body, who answered
 NOBODY: AnsweredBy = ("", "")
 CLOSE_HEADER = (b"connection", b"close")
 JSON_HEADER = (b"content-type", b"application/json")
+BINARY_HEADER = (b"content-type", b"application/octet-stream")
+
+
+class Answer(NamedTuple):
+    status: int
+    body: bytes
+    answered: AnsweredBy  # who answered
+    json_length: int | None = None  # set when binary tensor data follows the JSON
+
+
 INFER = "/v2/models/{name}/infer"
 INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
 LIVE = "/v2/health/live"
@@ -50,17 +60,26 @@ def answered_by(headers: Iterable[tuple[bytes, bytes]]) -> AnsweredBy:
     return model, version
 
 
+def _media(content_type: bytes) -> bytes:
+    return content_type.split(b";")[0].strip().lower()
+
+
 def _is_json(content_type: bytes) -> bool:
-    media = content_type.split(b";")[0].strip().lower()
+    media = _media(content_type)
     return media == b"application/json" or media.endswith(b"+json")
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+def _is_binary(content_type: bytes) -> bool:
+    return _media(content_type) == b"application/octet-stream"
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, binary_data: bool = False) -> bytes:
     """The request body, refusing non-JSON media types and bodies over `limit` bytes. A body
-    sent without a content type is taken to be JSON."""
+    sent without a content type is taken to be JSON; with `binary_data` (the binary tensor
+    extension), application/octet-stream is accepted too."""
     for key, value in scope["headers"]:
         if key == b"content-type":
-            if not _is_json(value):
+            if not _is_json(value) and not (binary_data and _is_binary(value)):
                 raise UnsupportedMediaType("send the body as application/json")
         elif key == b"content-length" and value.isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"body of {int(value)} bytes exceeds the limit of {limit}")
@@ -144,15 +163,21 @@ class FastPath:
         receive: Receive,
         send: Send,
     ) -> tuple[str, str, str, str]:
+        json_length = None
         try:
-            status, body, answered = await handler(scope, receive)
+            status, body, answered, json_length = await handler(scope, receive)
         except MLScaleError as exc:
             status, body = exc.status_code, protocol.error_body(exc.message)
             answered = exc.answered_by or NOBODY
         except Exception:
             log.exception("unexpected error on %s", scope["path"])
             status, body, answered = 500, protocol.error_body("internal server error"), NOBODY
-        headers = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
+        headers = [
+            JSON_HEADER if json_length is None else BINARY_HEADER,
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if json_length is not None:
+            headers.append((binary.HEADER, str(json_length).encode()))
         headers += model_headers(answered)
         if status == 405:
             headers.append((b"allow", b"POST"))
@@ -184,23 +209,28 @@ class FastPath:
         raise MethodNotAllowed(f"{scope['method']} is not allowed here; send a POST")
 
     async def _live(self, scope: Scope, receive: Receive) -> Answer:
-        return 200, b'{"live":true}', NOBODY
+        return Answer(200, b'{"live":true}', NOBODY)
 
     async def _ready(self, scope: Scope, receive: Receive) -> Answer:
         if self.plane.ready:
-            return 200, b'{"ready":true}', NOBODY
-        return 503, b'{"ready":false}', NOBODY
+            return Answer(200, b'{"ready":true}', NOBODY)
+        return Answer(503, b'{"ready":false}', NOBODY)
 
     async def _infer(self, scope: Scope, receive: Receive) -> Answer:
         parts = scope["path"].split("/")
         model = self.plane.model(parts[3], parts[5] if len(parts) == 7 else None)
         try:
-            request = protocol.decode_infer_request(
-                await read_body(scope, receive, self.limit), model.manifest
-            )
+            json_length = binary.json_length(scope["headers"])
+            body = await read_body(scope, receive, self.limit, json_length is not None)
+            request = protocol.decode_infer_request(body, model.manifest, json_length)
             outputs = await self.plane.infer(model, request.x, request.outputs)
         except MLScaleError as exc:
             exc.answered_by = model.identity
             raise
+        if request.binary:
+            body, length = protocol.encode_binary_response(
+                model.manifest, outputs, request.outputs, request.id, request.binary
+            )
+            return Answer(200, body, model.identity, length)
         body = protocol.encode_infer_response(model.manifest, outputs, request.outputs, request.id)
-        return 200, body, model.identity
+        return Answer(200, body, model.identity)

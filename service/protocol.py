@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, Field
 
+from service import binary
 from service.errors import InvalidInput
 from service.runtime import Outputs, RowOutputs, Rows
 from service.store import Manifest, TensorSpec
@@ -36,6 +37,7 @@ class InferRequest(NamedTuple):
     x: "np.ndarray | Rows | pd.DataFrame"
     outputs: list[str]  # names of the outputs to return, in order
     id: str | None = None
+    binary: frozenset[str] | bool = frozenset()  # outputs wanted as binary data; True: all
 
 
 def loads(body: bytes) -> Any:
@@ -72,9 +74,21 @@ def _check_shape(shape: list[int], spec: TensorSpec, where: str) -> tuple[int, .
     return tuple(shape)
 
 
-def decode_infer_request(body: bytes, manifest: Manifest) -> InferRequest:
-    """Parse and check a V2 infer body. Cheap checks first, error text built only on error."""
-    payload = loads(body)
+def decode_infer_request(
+    body: bytes, manifest: Manifest, json_length: int | None = None
+) -> InferRequest:
+    """Parse and check a V2 infer body. Cheap checks first, error text built only on error.
+    `json_length`: the body is JSON of that length, then binary tensor data (binary.py)."""
+    if json_length is None:
+        payload = loads(body)
+    else:
+        if json_length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length {json_length} exceeds the body "
+                f"({len(body)} bytes)"
+            )
+        payload = loads(body[:json_length])
+        binary.attach(payload, memoryview(body)[json_length:])
     if type(payload) is not dict:
         raise InvalidInput("request body must be a JSON object with 'inputs'")
     inputs = payload.get("inputs")
@@ -84,7 +98,12 @@ def decode_infer_request(body: bytes, manifest: Manifest) -> InferRequest:
         from service import columns  # pandas, only for models that take DataFrames
 
         frame = columns.decode_tensors(inputs, manifest)
-        return InferRequest(frame, _requested_outputs(payload, manifest), _request_id(payload))
+        return InferRequest(
+            frame,
+            _requested_outputs(payload, manifest),
+            _request_id(payload),
+            binary.wanted(payload),
+        )
     if len(inputs) != len(manifest.inputs):
         raise InvalidInput(f"expected {len(manifest.inputs)} input tensor(s), got {len(inputs)}")
     spec = manifest.inputs[0]
@@ -102,17 +121,19 @@ def decode_infer_request(body: bytes, manifest: Manifest) -> InferRequest:
         if datatype in DATATYPES:
             raise InvalidInput(f"{where}: datatype {datatype} is not numeric; send {spec.datatype}")
         raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
-    if type(data) is not list:
+    if type(data) is not list and not isinstance(data, np.ndarray):  # arrays: binary data
         raise InvalidInput(f"{where}: data must be a list (flat or nested)")
     dims = _check_shape(shape, spec, where)
     x = _small_rows(data, shape, dims, datatype in _INTEGER_TYPES)
     if x is None:
         x = _as_array(data, shape, dims, datatype, spec, where)
-    return InferRequest(x, _requested_outputs(payload, manifest), _request_id(payload))
+    return InferRequest(
+        x, _requested_outputs(payload, manifest), _request_id(payload), binary.wanted(payload)
+    )
 
 
 def _small_rows(
-    data: list[Any], shape: list[int], dims: tuple[int, ...], integral: bool
+    data: list[Any] | np.ndarray, shape: list[int], dims: tuple[int, ...], integral: bool
 ) -> Rows | None:
     """A small, well-formed rows-by-features tensor as Python floats; None for anything
     else, which the numpy path then takes (and explains, if it is wrong)."""
@@ -120,7 +141,7 @@ def _small_rows(
         return None
     rows, features = dims
     size = rows * features
-    if size > SMALL_REQUEST_VALUES:
+    if size > SMALL_REQUEST_VALUES or type(data) is not list:
         return None
     if len(data) == size:
         flat = data
@@ -146,7 +167,7 @@ def _small_rows(
 
 
 def _as_array(
-    data: list[Any],
+    data: list[Any] | np.ndarray,
     shape: list[int],
     dims: tuple[int, ...],
     datatype: str,
@@ -213,6 +234,35 @@ def encode_infer_response(
         body["id"] = request_id
     body["outputs"] = [_output_tensor(manifest, name, outputs[name]) for name in names]
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_binary_response(
+    manifest: Manifest,
+    outputs: Outputs | RowOutputs,
+    names: list[str],
+    request_id: str | None,
+    wanted: frozenset[str] | bool,
+) -> tuple[bytes, int]:
+    """The response with the `wanted` outputs as binary data after the JSON; returns the
+    body and the JSON's length (the Inference-Header-Content-Length)."""
+    header: dict[str, Any] = {"model_name": manifest.name, "model_version": manifest.version}
+    if request_id is not None:
+        header["id"] = request_id
+    tensors, raw = [], []
+    for name in names:
+        value, datatype = outputs[name], manifest.output_types[name]
+        if wanted is not True and name not in wanted:  # type: ignore[operator]
+            tensors.append(_output_tensor(manifest, name, value))
+            continue
+        data = binary.encode(value, datatype)
+        shape = [len(value)] if type(value) is list else list(value.shape)
+        parameters = {"binary_data_size": len(data)}
+        tensors.append(
+            {"name": name, "datatype": datatype, "shape": shape, "parameters": parameters}
+        )
+        raw.append(data)
+    header["outputs"] = tensors
+    return binary.response(header, raw)
 
 
 def _output_tensor(manifest: Manifest, name: str, value: np.ndarray | list[Any]) -> dict[str, Any]:
