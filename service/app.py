@@ -143,7 +143,9 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
 
     @api.get("/v2", response_model=protocol.ServerMetadata, tags=["metadata"])
     async def server_metadata() -> Response:
-        return json_response({"name": "mlscale", "version": __version__, "extensions": ["binary_tensor_data"]})
+        return json_response(
+            {"name": "mlscale", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
 
     def metadata(name: str, version: str | None) -> Response:
         model = plane.model(name, version)

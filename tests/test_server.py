@@ -38,7 +38,11 @@ def test_health(iris: Server):
 
 def test_server_metadata(iris: Server):
     body = httpx.get(iris.url + "/v2").json()
-    assert body["name"] == "mlscale" and body["extensions"] == ["binary_tensor_data"] and body["version"]
+    assert (
+        body["name"] == "mlscale"
+        and body["extensions"] == ["binary_tensor_data"]
+        and body["version"]
+    )
 
 
 def test_model_metadata_default_and_versioned(iris: Server, model_dir: Path):
