@@ -1,12 +1,14 @@
 """The baseline: the tutorial way to serve a scikit-learn model with FastAPI.
 
-A pydantic body, a sync endpoint (so a thread-pool hop), `model.predict` per request.
+A pydantic body, a sync endpoint (so a thread-pool hop), `model.predict` per request; for a
+model fitted on a DataFrame, rows as objects turned into a DataFrame.
 Run: MODEL=path/to/model.joblib uvicorn bench.naive_app:app
 """
 
 import os
 
 import joblib
+import pandas as pd
 from fastapi import FastAPI
 from pydantic import BaseModel
 
@@ -21,3 +23,12 @@ class Rows(BaseModel):
 @app.post("/predict")
 def predict(rows: Rows) -> dict[str, list[float]]:
     return {"predictions": model.predict(rows.instances).tolist()}
+
+
+class Records(BaseModel):
+    instances: list[dict[str, float | str]]
+
+
+@app.post("/predict-frame")
+def predict_frame(rows: Records) -> dict[str, list[str | float]]:
+    return {"predictions": model.predict(pd.DataFrame(rows.instances)).tolist()}

@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from examples import flowers
+from service.publish import publish
 from service.store import ARTIFACT, ModelStore
 from service.train import ensure_versions
 
@@ -36,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "multilinear"
 ROW = [0.1, 0.2, 0.3, 0.4]
 NAIVE = "naive FastAPI (pydantic, sync, predict)"
+NAIVE_PIPELINE = "naive FastAPI, flowers pipeline (DataFrame per request)"
+PIPELINE = "mlscale, flowers pipeline (batching)"
 FLOOR_GATHERED = "floor through mlscale's transport"
 console = Console()
 
@@ -43,6 +48,51 @@ console = Console()
 def v2_body(rows: int) -> dict:
     data = ROW * rows
     return {"inputs": [{"name": "input-0", "shape": [rows, 4], "datatype": "FP64", "data": data}]}
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A request body as bytes, with its headers (the binary tensor data extension)."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+def precise_rows(rows: int) -> list[float]:
+    """Full-precision doubles (what real features look like), where JSON spends ~19 bytes on
+    each number that binary sends in 8."""
+    return [1 / (i + 3) for i in range(rows * 4)]
+
+
+def binary_body(data: list[float]) -> Raw:
+    header = {"inputs": [{"name": "input-0", "shape": [len(data) // 4, 4], "datatype": "FP64",
+                          "parameters": {"binary_data_size": 8 * len(data)}}],
+              "parameters": {"binary_data_output": True}}  # fmt: skip
+    head = json.dumps(header).encode()
+    return Raw(
+        head + struct.pack(f"<{len(data)}d", *data),
+        {"Content-Type": "application/octet-stream",
+         "Inference-Header-Content-Length": str(len(head))},
+    )  # fmt: skip
+
+
+def by_column_body(rows: list[dict]) -> dict:
+    columns = list(rows[0])
+    return {"inputs": [{"name": c, "shape": [len(rows)],
+                        "datatype": "BYTES" if isinstance(rows[0][c], str) else "FP64",
+                        "data": [r[c] for r in rows]} for c in columns]}  # fmt: skip
+
+
+def lua_request(body: dict | Raw) -> str:
+    """wrk's request: a JSON body in a long string, raw bytes as decimal escapes."""
+    if isinstance(body, dict):  # [==[ ]==]: [[ ]] would end at a JSON ']]'
+        return (
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [==[{json.dumps(body)}]==]\n"
+        )
+    headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in body.headers.items())
+    escaped = "".join(f"\\{b}" for b in body.body)
+    return f'wrk.method = "POST"\n{headers}wrk.body = "{escaped}"\n'
 
 
 def free_port() -> int:
@@ -89,14 +139,11 @@ def server(cmd: list[str], env: dict[str, str], probe: str) -> Iterator[Running]
 
 
 def wrk(
-    target: Running, path: str, body: dict | None, connections: int, seconds: int
+    target: Running, path: str, body: dict | Raw | None, connections: int, seconds: int
 ) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         if body is not None:
-            script.write(
-                'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                f"wrk.body = [==[{json.dumps(body)}]==]\n"  # [[ ]] would end at a JSON ']]'
-            )
+            script.write(lua_request(body))
     url = target.url + path
     cpu_before = cpu_seconds(target.pid)
     out = subprocess.run(
@@ -135,6 +182,10 @@ def main() -> None:
     store_dir = Path(tempfile.mkdtemp(prefix="mlscale-bench-"))
     ensure_versions(ModelStore(store_dir), MODEL, 1)
     artifact = str(store_dir / MODEL / "1" / ARTIFACT)
+    pipe, x_train, x_test, _ = flowers.train()
+    publish(pipe, "flowers", model_dir=store_dir, sample=x_train.head())
+    pipeline_artifact = str(store_dir / "flowers" / "1" / ARTIFACT)
+    pipeline_row = x_test.head(1).to_dict(orient="records")
     mlscale_env = {"MLSCALE_MODEL_DIR": str(store_dir), "MLSCALE_MODEL_NAME": MODEL,
                    "MLSCALE_LOG_LEVEL": "warning"}  # fmt: skip
     python = sys.executable
@@ -142,6 +193,8 @@ def main() -> None:
                "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
     infer = f"/v2/models/{MODEL}/infer"
     one, many = v2_body(1), v2_body(64)
+    precise = precise_rows(64)
+    precise_json = {"inputs": [{**many["inputs"][0], "data": precise}]}
     naive_one, naive_many = {"instances": [ROW]}, {"instances": [ROW] * 64}
     # (row name, command, env, probe path, request path, bodies by scenario)
     # The floor again, but sending through mlscale's transport (service/transport.py): how
@@ -157,7 +210,13 @@ def main() -> None:
         (NAIVE, [*uvicorn, "bench.naive_app:app"],
          {"MODEL": artifact}, "/docs", "/predict", {"1 row": naive_one, "64 rows": naive_many}),
         ("mlscale (default)", [python, "-m", "service"], mlscale_env, "/v2/health/ready", infer,
-         {"1 row": one, "64 rows": many}),
+         {"1 row": one, "64 rows": many, "64 precise rows, JSON": precise_json,
+          "64 precise rows, binary": binary_body(precise)}),
+        (NAIVE_PIPELINE, [*uvicorn, "bench.naive_app:app"], {"MODEL": pipeline_artifact},
+         "/docs", "/predict-frame", {"pipeline, 1 row": {"instances": pipeline_row}}),
+        (PIPELINE, [python, "-m", "service"], {**mlscale_env, "MLSCALE_MODEL_NAME": "flowers"},
+         "/v2/health/ready", "/v2/models/flowers/infer",
+         {"pipeline, 1 row": by_column_body(pipeline_row)}),
         ("mlscale, sklearn predict, batching off", [python, "-m", "service"],
          {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_ENABLED": "false"},
          "/v2/health/ready", infer, {"1 row": one}),
@@ -187,9 +246,10 @@ def main() -> None:
     ]  # fmt: skip
     shutil.rmtree(store_dir)
 
-    def ratio(a: str, b: str, scenario: str = "1 row", key: str = "rps") -> float:
-        """Median over rounds of a/b at 64 connections, both taken in the same round."""
-        pairs = zip(runs[(a, scenario, 64)], runs[(b, scenario, 64)], strict=True)
+    def ratio(a: str, b: str, scenario: str = "1 row", key: str = "rps", versus: str = "") -> float:
+        """Median over rounds of a/b at 64 connections, both taken in the same round;
+        `versus`: b's scenario, where it differs from a's."""
+        pairs = zip(runs[(a, scenario, 64)], runs[(b, versus or scenario, 64)], strict=True)
         if key == "cpu_us":  # less CPU per request is better: floor/mlscale, like req/s
             return statistics.median(y[key] / x[key] for x, y in pairs)
         return statistics.median(x[key] / y[key] for x, y in pairs)
@@ -200,6 +260,12 @@ def main() -> None:
         "mlscale / floor, req/s, 1 row, c=64": ratio(mlscale, floor),
         "mlscale / floor, CPU per request, 1 row, c=64": ratio(mlscale, floor, key="cpu_us"),
         "mlscale / floor through mlscale's transport, req/s, c=64": ratio(mlscale, FLOOR_GATHERED),
+        "pipeline: mlscale / naive, req/s, 1 row, c=64": ratio(
+            PIPELINE, NAIVE_PIPELINE, "pipeline, 1 row"),
+        "64 precise rows: binary / JSON, req/s, c=64": ratio(
+            mlscale, mlscale, "64 precise rows, binary", versus="64 precise rows, JSON"),
+        "64 precise rows: binary / JSON, CPU per request, c=64": ratio(
+            mlscale, mlscale, "64 precise rows, binary", "cpu_us", "64 precise rows, JSON"),
         "batching on / off (sklearn predict), req/s, c=64": ratio(
             "mlscale, sklearn predict, batching on", "mlscale, sklearn predict, batching off"),
     }  # fmt: skip
@@ -212,9 +278,18 @@ def main() -> None:
     console.print(table)
     for label, value in ratios.items():
         console.print(f"{label}: [bold]{value:.2f}x[/]")
+    sizes = {
+        "JSON": len(json.dumps(precise_json).encode()),
+        "binary": len(binary_body(precise).body),
+    }
+    console.print(
+        f"request bytes, 64 precise rows: JSON {sizes['JSON']:,}, binary {sizes['binary']:,}"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps({"results": results, "ratios": ratios}, indent=2) + "\n")
+    path.write_text(
+        json.dumps({"results": results, "ratios": ratios, "request_bytes": sizes}, indent=2) + "\n"
+    )
     console.print(f"wrote {path}")
 
 

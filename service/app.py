@@ -206,7 +206,7 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
             x = protocol.decode_instances(
                 await read_body(request.scope, request.receive, limit), model.manifest
             )
-            outputs = await plane.predict(model, x)
+            outputs = await plane.predict(model, x, ["predict"])
         except MLScaleError as exc:
             exc.answered_by = model.identity
             raise

@@ -23,6 +23,7 @@ from service.runtime import Outputs
 @dataclass
 class _Pending:
     x: Any  # rows: a float64 array, or a DataFrame
+    outputs: list[str]
     future: asyncio.Future[Outputs]
     queued_at: float
 
@@ -37,7 +38,7 @@ class BatchObserver:
 class Batcher:
     def __init__(
         self,
-        predict: Callable[[Any], Outputs],
+        predict: Callable[[Any, list[str]], Outputs],
         *,
         max_size: int,
         max_wait_s: float,
@@ -55,12 +56,13 @@ class Batcher:
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, x: Any) -> Outputs:
-        """Predict `x` (rows by features) as part of a batch; returns this request's rows only."""
+    async def submit(self, x: Any, outputs: list[str]) -> Outputs:
+        """Predict `outputs` for `x` (rows by features) as part of a batch; returns this
+        request's rows only. A batch computes the outputs any of its requests asked for."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="batcher")
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(x, future, time.perf_counter()))
+        self._queue.append(_Pending(x, outputs, future, time.perf_counter()))
         self._rows += len(x)
         self._arrived.set()
         if self._rows >= self._max_size:
@@ -103,7 +105,8 @@ class Batcher:
             return
         try:
             x = batch[0].x if len(batch) == 1 else self._concat([p.x for p in batch])
-            outputs = self._predict(x)
+            names = list(dict.fromkeys(name for p in batch for name in p.outputs))
+            outputs = self._predict(x, names)
         except Exception as exc:
             for p in batch:
                 p.future.set_exception(exc)

@@ -99,14 +99,14 @@ class DataPlane:
             if answer is not None:
                 return answer
             x = np.array(x, dtype=np.float64)
-        return await self.predict(model, x)
+        return await self.predict(model, x, outputs)
 
-    async def predict(self, model: LoadedModel, x: Any) -> Outputs:
+    async def predict(self, model: LoadedModel, x: Any, outputs: list[str]) -> Outputs:
         batcher = self._batchers.get(model.version)
         try:
             if batcher is not None:
-                return await batcher.submit(x)
-            return model.predict(x)
+                return await batcher.submit(x, outputs)
+            return model.predict(x, outputs)
         except Exception as exc:
             raise self._failed(model, exc) from exc
 

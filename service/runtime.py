@@ -173,12 +173,13 @@ class LoadedModel:
     def has_fast_path(self) -> bool:
         return self._fast is not None
 
-    def predict(self, x: Any) -> Outputs:
-        """Every output the manifest declares, for a validated batch: float64 rows, or a typed
-        DataFrame for a model fitted on one."""
+    def predict(self, x: Any, names: list[str] | None = None) -> Outputs:
+        """Outputs `names` (default: all the manifest declares) for a validated batch: float64
+        rows, or a typed DataFrame for a model fitted on one. The formulas give every output
+        (they cost next to nothing); scikit-learn computes only those asked for."""
         if self._fast is not None:
             return self._fast.predict(x)
-        return self.predict_slow(x)
+        return self.predict_slow(x, names)
 
     def predict_rows(self, rows: Rows, outputs: list[str]) -> RowOutputs | None:
         """`outputs` for a small request, without numpy; None where that cannot be exact."""
@@ -187,14 +188,12 @@ class LoadedModel:
             return None
         return fast.predict_rows(rows)
 
-    def predict_slow(self, x: Any) -> Outputs:
+    def predict_slow(self, x: Any, names: list[str] | None = None) -> Outputs:
         """Through scikit-learn's public API, for any estimator: each output is the method of
         that name (`predict`, `predict_proba`, `decision_function`)."""
         estimator = self.estimator
-        return {
-            spec.name: np.asarray(getattr(estimator, spec.name)(x))
-            for spec in self.manifest.outputs
-        }
+        names = names or [spec.name for spec in self.manifest.outputs]
+        return {name: np.asarray(getattr(estimator, name)(x)) for name in names}
 
     def warm_up(self) -> None:
         """One prediction on a row publishing probed (zeros, or a training row for a model

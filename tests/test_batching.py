@@ -15,8 +15,12 @@ class Recorder(BatchObserver):
         self.batches.append((requests, rows))
 
 
-def model(x: np.ndarray) -> dict[str, np.ndarray]:
-    return {"sum": x.sum(axis=1), "double": x * 2}
+def model(x: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    every = {"sum": lambda: x.sum(axis=1), "double": lambda: x * 2}
+    return {name: every[name]() for name in names or every}
+
+
+ALL = ["sum", "double"]
 
 
 def run(coro):
@@ -30,7 +34,7 @@ def test_concurrent_requests_merge_and_split_back_exactly():
     async def main() -> tuple[list, Recorder]:
         recorder = Recorder()
         batcher = Batcher(model, max_size=1000, max_wait_s=0, observer=recorder)
-        results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
+        results = await asyncio.gather(*(batcher.submit(x, ALL) for x in inputs))
         await batcher.close()
         return results, recorder
 
@@ -47,7 +51,7 @@ def test_batches_never_exceed_max_size_rows():
     async def main() -> Recorder:
         recorder = Recorder()
         batcher = Batcher(model, max_size=8, max_wait_s=0, observer=recorder)
-        await asyncio.gather(*(batcher.submit(np.ones((3, 2))) for _ in range(10)))
+        await asyncio.gather(*(batcher.submit(np.ones((3, 2)), ALL) for _ in range(10)))
         await batcher.close()
         return recorder
 
@@ -59,7 +63,7 @@ def test_batches_never_exceed_max_size_rows():
 def test_oversized_request_goes_alone():
     async def main() -> dict:
         batcher = Batcher(model, max_size=4, max_wait_s=0)
-        out = await batcher.submit(np.ones((10, 2)))
+        out = await batcher.submit(np.ones((10, 2)), ALL)
         await batcher.close()
         return out
 
@@ -73,7 +77,7 @@ def test_max_wait_gathers_requests_that_arrive_later():
 
         async def late(delay: float) -> None:
             await asyncio.sleep(delay)
-            await batcher.submit(np.ones((1, 2)))
+            await batcher.submit(np.ones((1, 2)), ALL)
 
         await asyncio.gather(late(0), late(0.01), late(0.02))
         await batcher.close()
@@ -85,19 +89,42 @@ def test_max_wait_gathers_requests_that_arrive_later():
 def test_a_failing_model_fails_its_batch_and_the_batcher_survives():
     calls = 0
 
-    def flaky(x: np.ndarray) -> dict[str, np.ndarray]:
+    def flaky(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom")
-        return model(x)
+        return model(x, names)
 
     async def main() -> dict:
         batcher = Batcher(flaky, max_size=10, max_wait_s=0)
         with pytest.raises(RuntimeError, match="boom"):
-            await batcher.submit(np.ones((1, 2)))
-        out = await batcher.submit(np.ones((1, 2)))
+            await batcher.submit(np.ones((1, 2)), ALL)
+        out = await batcher.submit(np.ones((1, 2)), ALL)
         await batcher.close()
         return out
 
     assert run(main())["sum"].tolist() == [2.0]
+
+
+def test_a_batch_computes_the_outputs_its_requests_asked_for_once():
+    """A slow model's outputs each cost a call: a batch asks for the union of what its requests
+    want, in one call, and each request gets what it asked for; a lone request, only its own."""
+    asked: list[list[str]] = []
+
+    def recording(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        asked.append(names)
+        return model(x, names)
+
+    async def main(wants: list[list[str]]) -> list[dict]:
+        batcher = Batcher(recording, max_size=100, max_wait_s=0)
+        out = await asyncio.gather(*(batcher.submit(np.ones((1, 2)), w) for w in wants))
+        await batcher.close()
+        return out
+
+    results = run(main([["sum"], ["sum"], ["double"], ["sum"]]))
+    assert asked == [["sum", "double"]]
+    assert all("sum" in r for r in results[:2]) and "double" in results[2]
+    asked.clear()
+    run(main([["sum"]]))
+    assert asked == [["sum"]]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from examples import flowers
 from service.publish import publish
 from service.store import ModelStore
 from tests.conftest import Server, run_server
-from tests.test_publish import flowers_pipeline
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -57,7 +57,7 @@ def test_binary_and_json_outputs_mixed(iris_server: Server):
 
 
 def test_strings_travel_as_bytes_both_ways(tmp_path: Path):
-    pipe, x_train, x_test, _ = flowers_pipeline()
+    pipe, x_train, x_test, _ = flowers.train()
     publish(pipe, "flowers", model_dir=tmp_path, sample=x_train.head())
     rows = x_test.head(16)
     inputs = []

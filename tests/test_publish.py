@@ -15,47 +15,25 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.compose import make_column_transformer
-from sklearn.datasets import load_diabetes, load_iris
-from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.datasets import load_diabetes
+from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.pipeline import Pipeline
 from typer.testing import CliRunner
 
+from examples import flowers
 from service.cli import app
 from service.errors import InvalidModel
 from service.publish import publish
 from service.store import ModelStore
 from tests.conftest import Server, run_server
 
-NUMBERS = ["sepal_width", "petal_length", "petal_width"]
-
-
-def flowers_data() -> tuple[pd.DataFrame, pd.Series]:
-    data = load_iris(as_frame=True)
-    x = data.data.rename(columns=lambda c: c.removesuffix(" (cm)").replace(" ", "_"))
-    size = pd.cut(x.pop("sepal_length"), 3, labels=["small", "medium", "large"])
-    x["sepal_size"] = size.astype(str)
-    return x, data.target.map(dict(enumerate(data.target_names))).rename("species")
-
-
-def flowers_pipeline(seed: int = 0) -> tuple[Pipeline, pd.DataFrame, pd.DataFrame, pd.Series]:
-    x, y = flowers_data()
-    x_train, x_test, y_train, y_test = train_test_split(x, y, random_state=seed, stratify=y)
-    encode = make_column_transformer(
-        (OneHotEncoder(handle_unknown="ignore"), ["sepal_size"]), remainder=StandardScaler()
-    )
-    pipe = make_pipeline(encode, GradientBoostingClassifier(n_estimators=25, random_state=seed))
-    return pipe.fit(x_train, y_train), x_train, x_test, y_test
-
 
 @pytest.fixture(scope="module")
-def flowers(
+def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Server, Pipeline, pd.DataFrame]]:
-    pipe, x_train, x_test, y_test = flowers_pipeline()
+    pipe, x_train, x_test, y_test = flowers.train()
     store = tmp_path_factory.mktemp("byo") / "models"
     publish(pipe, "flowers", model_dir=store, sample=x_train.head(), holdout=(x_test, y_test))
     with run_server(store, model_name="flowers") as server:
@@ -88,8 +66,8 @@ def assert_equals_pipeline(body: dict, pipe: Pipeline, rows: pd.DataFrame) -> No
             np.testing.assert_array_equal(np.reshape(got[method]["data"], expected.shape), expected)
 
 
-def test_by_column_answers_equal_the_pipeline(flowers):
-    server, pipe, rows = flowers
+def test_by_column_answers_equal_the_pipeline(served):
+    server, pipe, rows = served
     names = ["predict", "predict_proba", "decision_function"]
     with server.client() as c:
         r = c.post("/v2/models/flowers/infer", json=by_column(rows, names))
@@ -97,8 +75,8 @@ def test_by_column_answers_equal_the_pipeline(flowers):
     assert_equals_pipeline(r.json(), pipe, rows)
 
 
-def test_single_tensor_rows_in_column_order(flowers):
-    server, pipe, rows = flowers
+def test_single_tensor_rows_in_column_order(served):
+    server, pipe, rows = served
     data = rows.astype(object).values.tolist()  # mixed numbers and strings, row by row
     body = {
         "inputs": [{"name": "input-0", "shape": [len(rows), 4], "datatype": "BYTES", "data": data}],
@@ -110,8 +88,8 @@ def test_single_tensor_rows_in_column_order(flowers):
     assert_equals_pipeline(r.json(), pipe, rows)
 
 
-def test_v1_rows_of_mixed_types_and_objects_keyed_by_column(flowers):
-    server, pipe, rows = flowers
+def test_v1_rows_of_mixed_types_and_objects_keyed_by_column(served):
+    server, pipe, rows = served
     expected = pipe.predict(rows).tolist()
     as_rows = rows.astype(object).values.tolist()
     as_objects = rows.to_dict(orient="records")
@@ -123,8 +101,8 @@ def test_v1_rows_of_mixed_types_and_objects_keyed_by_column(flowers):
         assert c.post("/predict", json={"instances": as_objects}).json()["predictions"] == expected
 
 
-def test_metadata_describes_the_columns(flowers):
-    server, _, _ = flowers
+def test_metadata_describes_the_columns(served):
+    server, _, _ = served
     with server.client() as c:
         meta = c.get("/v2/models/flowers").json()
     assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [
@@ -147,8 +125,8 @@ def test_metadata_describes_the_columns(flowers):
         (lambda b: b["inputs"][3].update(datatype="FP64"), "does not fit the column; send BYTES"),
     ],
 )
-def test_bad_columns_get_400(flowers, change, text):
-    server, _, rows = flowers
+def test_bad_columns_get_400(served, change, text):
+    server, _, rows = served
     body = by_column(rows.head(2), ["predict"])
     change(body)
     with server.client() as c:
@@ -157,10 +135,10 @@ def test_bad_columns_get_400(flowers, change, text):
     assert text in r.json()["error"]
 
 
-def test_a_null_number_is_a_missing_value(flowers):
+def test_a_null_number_is_a_missing_value(served):
     """JSON has no NaN; null in a float column reaches the model as NaN (which this
     pipeline's scaler passes on and the classifier refuses: a 500 that names the cause)."""
-    server, _, rows = flowers
+    server, _, rows = served
     body = by_column(rows.head(2), ["predict"])
     body["inputs"][0]["data"] = [None, 3.0]
     with server.client() as c:
@@ -176,8 +154,8 @@ async def _concurrently(url: str, bodies: list[dict]) -> list[dict]:
     return [r.json() for r in responses]
 
 
-def test_concurrent_requests_batched_as_frames_answer_each_row(flowers):
-    server, pipe, rows = flowers
+def test_concurrent_requests_batched_as_frames_answer_each_row(served):
+    server, pipe, rows = served
     bodies = [
         by_column(rows.iloc[i : i + 3], ["predict", "predict_proba"]) for i in range(0, 30, 3)
     ]
@@ -221,7 +199,7 @@ def cli(*args: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("files")
-    pipe, x_train, x_test, y_test = flowers_pipeline()
+    pipe, x_train, x_test, y_test = flowers.train()
     joblib.dump(pipe, root / "flowers.joblib")
     (root / "flowers.pkl").write_bytes(pickle.dumps(pipe))
     x_train.head().to_csv(root / "sample.csv", index=False)
@@ -271,7 +249,7 @@ def test_cli_publishes_shows_the_manifest_and_numbers_versions(files: Path, tmp_
     ],
 )
 def test_cli_refuses_bad_input_and_writes_nothing(files: Path, tmp_path: Path, file, extra, text):
-    pipe, x_train, _, _ = flowers_pipeline()
+    pipe, x_train, _, _ = flowers.train()
     publish(pipe, "flowers", model_dir=tmp_path, version="1", sample=x_train.head())
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     extra = [str(files / a) if a.endswith(".csv") else a for a in extra]
