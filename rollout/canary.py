@@ -13,7 +13,16 @@ from rollout.analysis import Snapshot, judge
 from rollout.deploy import Outcome, Say, deploy, follow, quality_gate, wrong_versions
 from rollout.history import History, entry
 from rollout.kube import NotFound, Refused, RolloutError, Unavailable
-from rollout.release import TRACK, Release, canary_name, pod_ready, version_of, version_patch
+from rollout.modelimage import candidate
+from rollout.release import (
+    TRACK,
+    Release,
+    canary_name,
+    model_image_of,
+    pod_ready,
+    version_of,
+    version_patch,
+)
 from rollout.release import strategic_merge as merge
 
 
@@ -28,8 +37,11 @@ class CanaryPolicy:
     timeout: float = 600.0
 
 
-def canary_body(stable: Any, name: str, version: str, replicas: int) -> dict[str, Any]:
-    """The stable Deployment, renamed, relabelled track=canary and moved to `version`."""
+def canary_body(
+    stable: Any, name: str, version: str, replicas: int, model_image: str | None = None
+) -> dict[str, Any]:
+    """The stable Deployment, renamed, relabelled track=canary and moved to `version` (and
+    the model image holding it)."""
     body = client.ApiClient().sanitize_for_serialization(stable)
     body.pop("status", None)
     meta = body["metadata"]
@@ -43,7 +55,7 @@ def canary_body(stable: Any, name: str, version: str, replicas: int) -> dict[str
     spec["replicas"] = replicas
     spec["selector"]["matchLabels"][TRACK] = "canary"
     spec["template"]["metadata"]["labels"][TRACK] = "canary"
-    body["spec"] = merge(spec, version_patch(version)["spec"])
+    body["spec"] = merge(spec, version_patch(version, model_image=model_image)["spec"])
     return body
 
 
@@ -78,15 +90,23 @@ def traffic(before: dict[str, Snapshot], after: dict[str, Snapshot]) -> Snapshot
 
 def run_canary(
     release: Release,
-    version: str,
+    version: str | None,
     policy: CanaryPolicy,
     *,
     say: Say,
     force: bool = False,
     max_regression: float = 0.05,
+    model_image: str | None = None,
 ) -> Outcome:
     stable = release.stable()
     current = version_of(stable)
+    if model_image and model_image_of(stable) is None:
+        raise Refused(
+            "this release serves the models of its server image (installed without "
+            "model.image); install with model.image to canary model images"
+        )
+    to = candidate(release.model_name(), version, model_image, force)
+    version = to.version
     if current == version:
         raise Refused(f"stable already serves version {version}")
     if (running := release.canary()) is not None:
@@ -94,7 +114,7 @@ def run_canary(
             f"a canary is already running ({running.metadata.name}); finish or delete it first"
         )
     if not force:
-        quality_gate(release, current, version, max_regression)
+        quality_gate(release, current, to, max_regression)
     kube, name = release.kube, canary_name(stable)
     history = History(kube, release.name)
     started = time.time()
@@ -102,7 +122,7 @@ def run_canary(
     kube.call(
         kube.apps.create_namespaced_deployment,
         kube.namespace,
-        canary_body(stable, name, version, 1),
+        canary_body(stable, name, version, 1, model_image),
     )
     # From here on, whatever happens, the canary goes: an analysis that fails, a promotion
     # that fails, an API error, Ctrl-C. Only the message differs.
@@ -121,7 +141,13 @@ def run_canary(
         say(f"promoting: stable {current} -> {version}")
         try:
             return deploy(
-                release, version, say=say, timeout=policy.timeout, force=True, strategy="canary"
+                release,
+                version,
+                say=say,
+                timeout=policy.timeout,
+                force=True,
+                strategy="canary",
+                model_image=model_image,
             )
         except RolloutError as exc:  # deploy has rolled stable back and recorded it
             raise RolloutError(

@@ -107,7 +107,16 @@ def status(ctx: typer.Context) -> None:
 @app.command()
 def deploy(
     ctx: typer.Context,
-    version: Annotated[str, typer.Option(help="Model version to roll out.")],
+    version: Annotated[
+        str | None, typer.Option(help="Model version to roll out [default: the model image's].")
+    ] = None,
+    model_image: Annotated[
+        str | None,
+        typer.Option(
+            help="Model image holding the version (mlscale package), for releases "
+            "installed with model.image."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the rollout to its end.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the rollout.")] = 600,
     dry_run: Annotated[bool, typer.Option(help="Print the patch; change nothing.")] = False,
@@ -119,7 +128,8 @@ def deploy(
 ) -> None:
     """Rolling upgrade to VERSION; rolls back by itself if it fails.
 
-    Example:  mlscale rollout deploy --version 2
+    Examples:  mlscale rollout deploy --version 2
+               mlscale rollout deploy --model-image mlscale-model/flowers:2
     """
     from rollout.deploy import deploy as do
 
@@ -134,6 +144,7 @@ def deploy(
             dry_run=dry_run,
             force=force,
             max_regression=max_regression,
+            model_image=model_image,
         ),
     )
 
@@ -141,7 +152,12 @@ def deploy(
 @app.command()
 def canary(
     ctx: typer.Context,
-    version: Annotated[str, typer.Option(help="Model version to try.")],
+    version: Annotated[
+        str | None, typer.Option(help="Model version to try [default: the model image's].")
+    ] = None,
+    model_image: Annotated[
+        str | None, typer.Option(help="Model image holding the version (mlscale package).")
+    ] = None,
     steps: Annotated[
         str, typer.Option(help="Canary replicas as % of stable, per step.")
     ] = "10,50,100",
@@ -166,7 +182,12 @@ def canary(
     policy = CanaryPolicy(
         percents, interval, max_error_rate, max_p99_ms, max_p99_ratio, min_requests, timeout
     )
-    run(ctx, lambda c: run_canary(c.release(), version, policy, say=c.say, force=force))
+    run(
+        ctx,
+        lambda c: run_canary(
+            c.release(), version, policy, say=c.say, force=force, model_image=model_image
+        ),
+    )
 
 
 @app.command()

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from rollout.history import History, entry
 from rollout.kube import Refused, RolloutError
+from rollout.modelimage import Candidate, candidate
 from rollout.progress import Restarts, State, crash_looping, restart_counts, rollout_progress
-from rollout.release import Release, pod_ready, version_of, version_patch
+from rollout.release import Release, model_image_of, pod_ready, version_of, version_patch
 
 Say = Callable[[str], None]
 # Offline metrics where smaller is better; any other metric (r2, accuracy, ...) is the reverse.
@@ -24,10 +25,14 @@ class Outcome:
     detail: str
 
 
-def quality_gate(release: Release, current: str, candidate: str, max_regression: float) -> None:
+def quality_gate(release: Release, current: str, to: Candidate, max_regression: float) -> None:
     """Refuse a version the image's store lacks, or whose offline metrics are worse than the
-    current version's by more than `max_regression` (relative)."""
+    current version's by more than `max_regression` (relative). A model image's metrics come
+    from its manifest label; the current version's from a pod's store."""
     versions = release.store_versions()
+    candidate = to.version
+    if to.metrics is not None:
+        versions[candidate] = to.metrics
     if candidate not in versions:
         raise Refused(
             f"version {candidate} is not in the image's model store (it has "
@@ -56,7 +61,13 @@ def quality_gate(release: Release, current: str, candidate: str, max_regression:
         )
 
 
-def set_version(release: Release, deployment: str, version: str, expected: str) -> None:
+def set_version(
+    release: Release,
+    deployment: str,
+    version: str,
+    expected: str,
+    model_image: str | None = None,
+) -> None:
     """Move the Deployment to `version`, provided it still serves `expected` (the version the
     caller decided from). The patch is conditional on the read that checked it: a concurrent
     write makes it read and check again. Changes to anything else (the HPA's replica count)
@@ -70,7 +81,7 @@ def set_version(release: Release, deployment: str, version: str, expected: str) 
                 f"{deployment} changed while this rollout was deciding: it serves version "
                 f"{live}, not {expected}; nothing was changed (see `mlscale rollout status`)"
             )
-        patch = version_patch(version, current.metadata.resource_version)
+        patch = version_patch(version, current.metadata.resource_version, model_image)
         kube.call(kube.apps.patch_namespaced_deployment, deployment, kube.namespace, patch)
 
     kube.retry_on_conflict(attempt)
@@ -119,9 +130,10 @@ def wrong_versions(release: Release, version: str, track: str) -> str | None:
 
 def deploy(
     release: Release,
-    version: str,
+    version: str | None,
     *,
     say: Say,
+    model_image: str | None = None,
     timeout: float = 600,
     wait: bool = True,
     dry_run: bool = False,
@@ -129,21 +141,30 @@ def deploy(
     max_regression: float = 0.05,
     strategy: str = "rolling",
 ) -> Outcome:
+    """Move the stable Deployment to `version` (and to `model_image`, the image holding it,
+    for a release installed with one); follow it; roll back by itself when it fails."""
     stable = release.stable()
-    name, current = stable.metadata.name, version_of(stable)
-    if current == version:
+    name, current, current_image = stable.metadata.name, version_of(stable), model_image_of(stable)
+    if model_image and current_image is None:
+        raise Refused(
+            f"{name} serves the models of its server image (installed without model.image); "
+            "roll out a version of that store, or install with model.image to use model images"
+        )
+    to = candidate(release.model_name(), version, model_image, force)
+    version = to.version
+    if current == version and model_image in (None, current_image):
         say(f"{name} already serves version {version}; nothing to do")
         return Outcome(version, current, "unchanged", "already deployed")
     if not force:
-        quality_gate(release, current, version, max_regression)
+        quality_gate(release, current, to, max_regression)
     if dry_run:
-        say(json.dumps(version_patch(version), indent=2))
+        say(json.dumps(version_patch(version, model_image=model_image), indent=2))
         return Outcome(version, current, "dry-run", "patch printed, nothing changed")
     history = History(release.kube, release.name)
     started = time.time()
     before = restart_counts(release.pods())
-    say(f"{name}: version {current} -> {version}")
-    set_version(release, name, version, expected=current)
+    say(f"{name}: version {current} -> {version}" + (f" ({model_image})" if model_image else ""))
+    set_version(release, name, version, expected=current, model_image=model_image)
     if not wait:
         return Outcome(version, current, "started", "not waited for")
     try:
@@ -153,14 +174,21 @@ def deploy(
     except Exception as exc:  # after the patch, a rollout that cannot be confirmed failed
         failure = f"could not confirm the rollout: {exc}"
     if failure is None:
-        history.append(entry(version, current, strategy, "succeeded", "", started))
+        history.append(
+            entry(version, current, strategy, "succeeded", "", started, model_image, current_image)
+        )
         say(f"{name}: every pod serves version {version}")
         return Outcome(version, current, "succeeded", "")
     say(f"{name}: {failure}; rolling back to {current}")
-    set_version(release, name, current, expected=version)  # unless someone moved it since
+    back_image = current_image if model_image else None  # unless someone moved it since:
+    set_version(release, name, current, expected=version, model_image=back_image)
     back = follow(release, name, current, timeout, say, before)
     detail = failure + ("" if back is None else f"; the rollback did not finish either: {back}")
-    history.append(entry(version, current, strategy, "rolled-back", detail, started))
+    history.append(
+        entry(
+            version, current, strategy, "rolled-back", detail, started, model_image, current_image
+        )
+    )
     raise RolloutError(
         f"version {version} failed ({failure}); rolled back to {current}"
         + ("" if back is None else f", which did not finish: {back}")
@@ -168,11 +196,13 @@ def deploy(
 
 
 def rollback(release: Release, to: str | None, *, say: Say, timeout: float = 600) -> Outcome:
-    """Back to `to`, or to the version before the current one in the history."""
+    """Back to `to`, or to the version before the current one in the history (with the model
+    image it came from, for a release that uses model images)."""
     current = version_of(release.stable())
+    image = None
     if to is None:
         earlier = [
-            e.previous
+            e
             for e in reversed(History(release.kube, release.name).read())
             if e.version == current and e.outcome == "succeeded"
         ]
@@ -181,5 +211,7 @@ def rollback(release: Release, to: str | None, *, say: Say, timeout: float = 600
                 f"no history of how version {current} was reached; "
                 "say where to go with --to VERSION"
             )
-        to = earlier[0]
-    return deploy(release, to, say=say, timeout=timeout, force=True, strategy="rollback")
+        to, image = earlier[0].previous, earlier[0].previous_image or None
+    return deploy(
+        release, to, say=say, timeout=timeout, force=True, strategy="rollback", model_image=image
+    )

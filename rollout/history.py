@@ -23,10 +23,19 @@ class Entry:
     detail: str
     started: str
     seconds: float
+    image: str = ""  # the model images of `version` and `previous`, for releases that use them
+    previous_image: str = ""
 
 
 def entry(
-    version: str, previous: str, strategy: str, outcome: str, detail: str, started: float
+    version: str,
+    previous: str,
+    strategy: str,
+    outcome: str,
+    detail: str,
+    started: float,
+    image: str | None = None,
+    previous_image: str | None = None,
 ) -> Entry:
     return Entry(
         version,
@@ -36,6 +45,8 @@ def entry(
         detail,
         datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         round(time.time() - started, 1),
+        image or "",
+        previous_image or "",
     )
 
 

@@ -12,6 +12,8 @@ COMPONENT = "app.kubernetes.io/component=model-server"
 TRACK = "mlscale.dev/track"
 VERSION = "mlscale.dev/model-version"
 VERSION_ENV = "MLSCALE_MODEL_VERSION"
+MODEL_IMAGE = "mlscale.dev/model-image"
+MODEL_CONTAINER = "model"  # the chart's init container that copies the model image's version
 
 
 def env(deployment: Any, name: str) -> str | None:
@@ -21,6 +23,12 @@ def env(deployment: Any, name: str) -> str | None:
 
 def version_of(deployment: Any) -> str:
     return env(deployment, VERSION_ENV) or ""
+
+
+def model_image_of(deployment: Any) -> str | None:
+    """The model image a Deployment's pods copy their version from; None without one."""
+    init = deployment.spec.template.spec.init_containers or []
+    return next((c.image for c in init if c.name == MODEL_CONTAINER), None)
 
 
 def canary_name(stable: Any) -> str:
@@ -58,24 +66,29 @@ def hpa_cpu_percent(hpa: Any) -> int | None:
     return None
 
 
-def version_patch(version: str, resource_version: str | None = None) -> dict[str, Any]:
-    """Strategic-merge patch moving a Deployment to `version` (env, label, annotations).
+def version_patch(
+    version: str, resource_version: str | None = None, model_image: str | None = None
+) -> dict[str, Any]:
+    """Strategic-merge patch moving a Deployment to `version` (env, label, annotations), and
+    to the model image holding it where there is one (init container, annotation).
 
     With a resourceVersion the write is conditional: a concurrent change makes it fail with
     409, and the caller retries on a fresh read."""
-    metadata: dict[str, Any] = {"annotations": {VERSION: version}}
+    annotations = {VERSION: version, **({MODEL_IMAGE: model_image} if model_image else {})}
+    metadata: dict[str, Any] = {"annotations": annotations}
     if resource_version:
         metadata["resourceVersion"] = resource_version
+    pod: dict[str, Any] = {
+        "containers": [{"name": "server", "env": [{"name": VERSION_ENV, "value": version}]}]
+    }
+    if model_image:
+        pod["initContainers"] = [{"name": MODEL_CONTAINER, "image": model_image}]
     return {
         "metadata": metadata,
         "spec": {
             "template": {
                 "metadata": {"labels": {VERSION: version}, "annotations": {VERSION: version}},
-                "spec": {
-                    "containers": [
-                        {"name": "server", "env": [{"name": VERSION_ENV, "value": version}]}
-                    ]
-                },
+                "spec": pod,
             }
         },
     }

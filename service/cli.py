@@ -160,6 +160,42 @@ def publish(
                   f"sha256 {written.sha256[:12]}…")  # fmt: skip
 
 
+@app.command()
+def package(
+    model: Annotated[
+        str, typer.Argument(help="NAME:VERSION from the store.", metavar="NAME:VERSION")
+    ],
+    model_dir: ModelDir = Path("models"),
+    tag: Annotated[
+        str | None, typer.Option(help="Image tag [default: mlscale-model/NAME:VERSION].")
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(help="Base image with cp [default: busybox:1.37, else the local one]."),
+    ] = None,
+) -> None:
+    """Build a model image holding one version, for the chart's model.image and
+    `mlscale rollout deploy --model-image`. The server image needs no rebuild.
+
+    Example:  mlscale package flowers:2 && kind load docker-image mlscale-model/flowers:2
+    """
+    from service.errors import MLScaleError
+    from service.package import package as build
+    from service.store import ModelStore
+
+    name, _, version = model.partition(":")
+    if not name or not version:
+        raise typer.BadParameter("give the model as NAME:VERSION, e.g. flowers:2")
+    try:
+        with console.status(f"building the image of {name}:{version}"):
+            built = build(ModelStore(model_dir), name, version, tag=tag, base=base)
+    except MLScaleError as exc:
+        console.print(f"[red]error:[/] {exc.message}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"built [bold]{built.tag}[/] ({name}/{built.manifest.version}, "
+                  f"sha256 {built.manifest.sha256[:12]}…, on {built.base})")  # fmt: skip
+
+
 def manifest_table(checked: "Plan") -> Table:
     sig = checked.signature
     title = f"{checked.name}/{checked.version}: {type(checked.estimator).__name__}"

@@ -23,6 +23,13 @@ VALUE_SETS = {
         "networkPolicy": {"enabled": True, "from": [{"namespaceSelector": {}}]},
     },
     "networkpolicy-off": {"networkPolicy": {"enabled": False}},
+    "model-image": {
+        "model": {
+            "name": "flowers",
+            "version": "2",
+            "image": {"repository": "mlscale-model/flowers", "tag": "2"},
+        },
+    },
     "ingress-on": {
         "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "mlscale-tls"},
     },
@@ -324,3 +331,24 @@ def test_a_budget_over_a_single_replica_is_refused(helm: str, tmp_path: Path):
     result = run_helm(helm, "template", "demo", str(CHART), values=one, tmp_path=tmp_path)
     assert result.returncode != 0 and "a node drain evicts the only pod" in result.stderr
     render(helm, tmp_path, {**one, "pdb": {"enabled": False}})  # accepted when said so
+
+
+def test_a_model_image_reaches_the_server_through_an_emptydir(helm: str, tmp_path: Path):
+    docs = render(helm, tmp_path, VALUE_SETS["model-image"])
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["name"] == "model" and init["image"] == "mlscale-model/flowers:2"
+    assert init["command"] == ["cp", "-R", "/models/.", "/mnt/models/"]
+    server = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert env["MLSCALE_MODEL_DIR"] == "/mnt/models" and env["MLSCALE_MODEL_VERSION"] == "2"
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    assert mounts["models"]["mountPath"] == "/mnt/models" and mounts["models"]["readOnly"]
+    assert {"name": "models", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
+    annotations = deployment["metadata"]["annotations"]
+    assert annotations["mlscale.dev/model-image"] == "mlscale-model/flowers:2"
+    # Without a model image: the server image's own store, and nothing of the above.
+    (plain,) = by_kind(render(helm, tmp_path, {}), "Deployment")
+    assert "initContainers" not in plain["spec"]["template"]["spec"]
+    assert "mlscale.dev/model-image" not in plain["metadata"]["annotations"]

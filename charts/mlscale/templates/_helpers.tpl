@@ -117,3 +117,21 @@ the version the stable Deployment serves (read with `lookup`), so it neither rev
 {{- end -}}
 {{- $live | default .Values.model.version -}}
 {{- end -}}
+
+{{/*
+The model image the pods copy their version from, or "" without one. Like the version, the
+operator owns it after install: upgrades keep the live one (the Deployment's
+mlscale.dev/model-image annotation) unless model.helmOwnsVersion is set.
+*/}}
+{{- define "mlscale.modelImage" -}}
+{{- $live := "" -}}
+{{- if not .Values.model.helmOwnsVersion -}}
+{{- $deployment := lookup "apps/v1" "Deployment" .Release.Namespace (include "mlscale.fullname" .) -}}
+{{- if $deployment -}}
+{{- $live = index ($deployment.metadata.annotations | default dict) "mlscale.dev/model-image" | default "" -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.model.image -}}
+{{- $live | default (ternary (printf "%s:%s" .repository .tag) "" (ne .repository "")) -}}
+{{- end -}}
+{{- end -}}
