@@ -55,7 +55,9 @@ def canary_body(
     spec["replicas"] = replicas
     spec["selector"]["matchLabels"][TRACK] = "canary"
     spec["template"]["metadata"]["labels"][TRACK] = "canary"
-    body["spec"] = merge(spec, version_patch(version, model_image=model_image)["spec"])
+    patch = version_patch(version, model_image=model_image)
+    body["metadata"]["annotations"].update(patch["metadata"]["annotations"])
+    body["spec"] = merge(spec, patch["spec"])
     return body
 
 

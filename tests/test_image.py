@@ -7,10 +7,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 
+from examples import flowers
+from rollout.modelimage import read_manifest
+from service.package import package
+from service.publish import publish
 from service.store import ModelStore
 from tests.conftest import ROOT
 
@@ -153,3 +158,30 @@ def test_unknown_version_never_turns_healthy_and_says_why(docker, image):
     assert final["ExitCode"] != 0
     assert final.get("Health", {}).get("Status") != "healthy"
     assert "model 'iris' has no version '9'; the store has 1, 2" in logs.stdout + logs.stderr
+
+
+def test_a_model_image_carries_one_version_into_a_pod_store(
+    docker: str, tmp_path: Path, monkeypatch
+):
+    """`mlscale package` on the local busybox base, run as the chart's init container runs it:
+    hardened, as the server's user, copying into an empty store the server then verifies."""
+    sh(str(ROOT / "scripts" / "model-base.sh"))
+    pipe, x_train, x_test, y_test = flowers.train()
+    store = ModelStore(tmp_path / "models")
+    publish(pipe, "flowers", model_dir=store.root, version="3", sample=x_train.head(),
+            holdout=(x_test, y_test))  # fmt: skip
+    monkeypatch.setenv("MLSCALE_DOCKER", docker)
+    built = package(store, "flowers", "3", tag="mlscale-model/flowers:test")
+    labels = read_manifest(built.tag)
+    assert labels == store.manifest("flowers", "3")  # the quality gate reads these metrics
+    size = int(sh(docker, "image", "inspect", "--format", "{{.Size}}", built.tag))
+    artifact = (store.root / "flowers" / "3" / "model.joblib").stat().st_size
+    assert size < artifact + 5_000_000, size  # busybox and the version, nothing else
+    pod_store = tmp_path / "pod-store"
+    pod_store.mkdir()
+    pod_store.chmod(0o777)  # an emptyDir is world-writable
+    sh(docker, "run", "--rm", *HARDENED, "-v", f"{pod_store}:/mnt/models", built.tag)
+    copied = ModelStore(pod_store)
+    assert copied.versions("flowers") == ["3"] and copied.models() == ["flowers"]
+    _, model = copied.load("flowers", "3")  # sha256 verified
+    assert model.predict(x_test).tolist() == pipe.predict(x_test).tolist()

@@ -9,7 +9,9 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ from rollout.history import History
 from rollout.kube import Kube, NotFound, Refused, RolloutError, Target
 from rollout.release import Release
 from service.cli import app as mlscale
+from service.package import MANIFEST_LABEL
+from service.store import Manifest
 from tests.conftest import ROOT
 from tests.kube_controller import DeploymentController, pod_version
 from tests.kube_emulator import Emulator
@@ -106,11 +110,10 @@ def allowed_calls() -> set[tuple[str, str]]:
     }
 
 
-@pytest.fixture
-def cluster(helm: str, tmp_path: Path) -> Iterator[Cluster]:
-    docs = render(
-        helm, tmp_path, {"model": {"name": "iris", "version": "1"}, "progressDeadlineSeconds": 2}
-    )
+@contextmanager
+def start_cluster(helm: str, tmp_path: Path, model: dict) -> Iterator[Cluster]:
+    """The chart rendered with these model values, served by the emulator and its controller."""
+    docs = render(helm, tmp_path, {"model": model, "progressDeadlineSeconds": 2})
     api = Emulator()
     plural = {
         "Deployment": "deployments",
@@ -138,6 +141,12 @@ def cluster(helm: str, tmp_path: Path) -> Iterator[Cluster]:
     allowed = allowed_calls()
     for verb, resource, namespace in api.calls:
         assert namespace == NS and (verb, resource) in allowed, f"RBAC lacks {verb} {resource}"
+
+
+@pytest.fixture
+def cluster(helm: str, tmp_path: Path) -> Iterator[Cluster]:
+    with start_cluster(helm, tmp_path, {"name": "iris", "version": "1"}) as c:
+        yield c
 
 
 def test_rolling_deploy_moves_every_pod_and_records_history(cluster: Cluster):
@@ -508,3 +517,108 @@ def test_a_stable_pod_that_stops_answering_does_not_abort_a_healthy_canary(clust
 
     cluster.api.proxy = scaled_away
     assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
+
+
+# --- model images -------------------------------------------------------------------------
+
+IMAGE = "mlscale-model/iris"
+
+
+def image_labels(name: str, version: str, metrics: dict[str, float]) -> str:
+    manifest = Manifest(
+        name=name, version=version, sha256="0" * 64, sklearn_version="1", numpy_version="1",
+        python_version="3", estimator="Pipeline", inputs=[], outputs=[], metrics=metrics,
+        created=datetime.now(UTC),
+    )  # fmt: skip
+    return json.dumps({MANIFEST_LABEL: manifest.model_dump_json()})
+
+
+@pytest.fixture
+def engine(tmp_path: Path, monkeypatch) -> Path:
+    """A container engine CLI that knows a few model images: `image inspect` answers their
+    labels as Docker does, and fails for any other image."""
+    images = {
+        f"{IMAGE}:1": image_labels("iris", "1", STORE["1"]),
+        f"{IMAGE}:2": image_labels("iris", "2", STORE["2"]),
+        f"{IMAGE}:3": image_labels("iris", "3", STORE["3"]),
+        "mlscale-model/other:2": image_labels("other", "2", {}),
+    }
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for ref, labels in images.items():
+        (folder / ref.replace("/", "_")).write_text(labels)
+    cli = tmp_path / "docker"
+    cli.write_text(
+        "#!/bin/sh\n"  # image inspect --format FORMAT REF
+        f'f="{folder}/$(echo "$5" | tr / _)"\n'
+        '[ "$1 $2" = "image inspect" ] && [ -f "$f" ] && exec cat "$f"\n'
+        'echo "Error: No such image: $5" >&2; exit 1\n'
+    )
+    cli.chmod(0o755)
+    monkeypatch.setenv("MLSCALE_DOCKER", str(cli))
+    return cli
+
+
+@pytest.fixture
+def image_cluster(helm: str, tmp_path: Path, engine: Path) -> Iterator[Cluster]:
+    model = {"name": "iris", "version": "1", "image": {"repository": IMAGE, "tag": "1"}}
+    with start_cluster(helm, tmp_path, model) as c:
+        yield c
+
+
+def model_image(cluster: Cluster, deployment: str = "demo-mlscale") -> tuple[str, str]:
+    d = cluster.api.get("deployments", NS, deployment)
+    (init,) = d["spec"]["template"]["spec"]["initContainers"]
+    return init["image"], d["metadata"]["annotations"]["mlscale.dev/model-image"]
+
+
+def test_a_model_image_moves_with_its_version_and_back(image_cluster: Cluster):
+    c = image_cluster
+    outcome = deploy(c.release(), None, model_image=f"{IMAGE}:2", say=c.say, timeout=20)
+    assert (outcome.outcome, outcome.version) == ("succeeded", "2")
+    assert c.stable_version() == "2" and model_image(c) == (f"{IMAGE}:2", f"{IMAGE}:2")
+    (entry,) = History(c.release().kube, "demo").read()
+    assert (entry.image, entry.previous_image) == (f"{IMAGE}:2", f"{IMAGE}:1")
+    rollback(c.release(), None, say=c.say, timeout=20)
+    assert c.stable_version() == "1" and model_image(c) == (f"{IMAGE}:1", f"{IMAGE}:1")
+
+
+def test_a_failed_model_image_rollout_restores_the_old_image(image_cluster: Cluster):
+    c = image_cluster
+    c.fates["2"] = "never"
+    with pytest.raises(RolloutError, match="rolled back to 1"):
+        deploy(c.release(), "2", model_image=f"{IMAGE}:2", say=c.say, timeout=30)
+    assert c.stable_version() == "1" and model_image(c) == (f"{IMAGE}:1", f"{IMAGE}:1")
+
+
+def test_the_quality_gate_reads_the_model_image(image_cluster: Cluster):
+    c = image_cluster
+    with pytest.raises(Refused, match=r"accuracy 0.95 -> 0.8"):
+        deploy(c.release(), None, model_image=f"{IMAGE}:3", say=c.say)
+    with pytest.raises(Refused, match="holds model 'other'; this release serves 'iris'"):
+        deploy(c.release(), None, model_image="mlscale-model/other:2", say=c.say)
+    with pytest.raises(Refused, match="holds version 2, not 3"):
+        deploy(c.release(), "3", model_image=f"{IMAGE}:2", say=c.say)
+    with pytest.raises(Refused, match="not in the local container engine"):
+        deploy(c.release(), None, model_image=f"{IMAGE}:9", say=c.say)
+    assert c.stable_version() == "1" and model_image(c)[0] == f"{IMAGE}:1"
+    assert not History(c.release().kube, "demo").read()
+
+
+def test_a_canary_of_a_model_image_is_promoted_with_it(image_cluster: Cluster):
+    c = image_cluster
+    seen: list[tuple[str, str]] = []
+
+    def say(message: str) -> None:
+        if message.startswith("step 34%") and "canary" in message and "->" not in message:
+            seen.append(model_image(c, "demo-mlscale-canary"))
+
+    outcome = run_canary(c.release(), None, FAST, say=say, model_image=f"{IMAGE}:2")
+    assert outcome.outcome == "succeeded" and c.stable_version() == "2"
+    assert seen == [(f"{IMAGE}:2", f"{IMAGE}:2")]  # the canary ran the new image
+    assert model_image(c) == (f"{IMAGE}:2", f"{IMAGE}:2")
+
+
+def test_model_images_need_a_release_installed_with_one(cluster: Cluster, engine: Path):
+    with pytest.raises(Refused, match=r"installed without model\.image"):
+        deploy(cluster.release(), None, model_image=f"{IMAGE}:2", say=cluster.say)
