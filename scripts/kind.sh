@@ -2,7 +2,8 @@
 # The local cluster: `scripts/kind.sh prepare|up|load|deploy|logs|down` (`make kind-up` etc.).
 #   prepare make sure kind and a node image are at hand (builds them offline where needed)
 #   up      create the kind cluster (1 control plane, 3 workers) and metrics-server; wait
-#   load    load mlscale:<version> into the nodes (build it first: make image)
+#   load    load mlscale:<version> into the nodes (build it first: make image), or the images
+#           named after it (model images from `mlscale package`): load mlscale-model/flowers:2
 #   deploy  helm upgrade --install --wait with k8s/values-kind.yaml into namespace mlscale
 #   logs    save the nodes' logs (kind export logs) under reports/kind-logs
 #   down    delete the cluster
@@ -130,8 +131,12 @@ case ${1:-} in
     ;;
   load)
     need kind docker
-    docker image inspect "$IMAGE" >/dev/null 2>&1 || { echo "kind.sh: no image $IMAGE; run: make image" >&2; exit 1; }
-    kind load docker-image "$IMAGE" --name "$CLUSTER"
+    shift
+    images=("${@:-$IMAGE}")
+    for image in "${images[@]}"; do
+      docker image inspect "$image" >/dev/null 2>&1 || { echo "kind.sh: no image $image; build it first (make image, mlscale package)" >&2; exit 1; }
+    done
+    kind load docker-image "${images[@]}" --name "$CLUSTER"
     ;;
   deploy)
     need helm kubectl

@@ -31,7 +31,8 @@ def decode_tensors(inputs: list[Any], manifest: Manifest) -> pd.DataFrame:
     """V2 inputs, one per column or one rows-by-columns tensor, as a typed DataFrame."""
     columns = _columns(manifest)
     names = list(columns.dtypes)
-    if len(inputs) == 1 and len(names) > 1:
+    first = inputs[0].get("name") if type(inputs[0]) is dict else None
+    if len(inputs) == 1 and len(names) > 1 and first not in columns.dtypes:
         return _decode_table(inputs[0], columns)
     by_name: dict[str, list[Any] | np.ndarray] = {}
     rows = None

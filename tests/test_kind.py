@@ -23,8 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+import service
+from examples import flowers
 from rollout.analysis import Snapshot
+from service.publish import publish
 from tests.conftest import ROOT
+from tests.test_publish import by_column
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
 
@@ -110,10 +114,15 @@ def requests_served(pod: str) -> float:
 
 
 @contextmanager
-def steady_load(threads: int = 4, pause: float = 0.0) -> Iterator[list]:
-    """Keep-alive clients, one per thread for the whole block, sending requests in a loop until
-    the block ends (`pause` seconds apart, for a light load); yields the failures. They
-    reconnect only when the server closes."""
+def steady_load(
+    threads: int = 4,
+    pause: float = 0.0,
+    url: str = NODE_PORT + "/v2/models/iris/infer",
+    body: dict = IRIS_ROW,
+) -> Iterator[list]:
+    """Keep-alive clients, one per thread for the whole block, sending `body` to `url` in a
+    loop until the block ends (`pause` seconds apart, for a light load); yields the failures.
+    They reconnect only when the server closes."""
     failures: list = []
     stop = threading.Event()
 
@@ -121,7 +130,7 @@ def steady_load(threads: int = 4, pause: float = 0.0) -> Iterator[list]:
         with httpx.Client(timeout=10) as client:
             while not stop.wait(pause):
                 try:
-                    r = client.post(NODE_PORT + "/v2/models/iris/infer", json=IRIS_ROW)
+                    r = client.post(url, json=body)
                     if r.status_code != 200:
                         failures.append(r.status_code)
                 except httpx.HTTPError as exc:
@@ -323,3 +332,67 @@ def test_scale_down_after_the_load_loses_nothing(cluster: str):
     with steady_load(threads=2, pause=0.1) as failures:
         scale(1, exact=True)
     assert failures == []
+
+
+# --- bring your own model --------------------------------------------------------------------
+
+
+def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
+    cluster: str, tmp_path: Path
+):
+    """The README's walk-through: two versions of a pipeline nobody wrote for mlscale, published,
+    packaged as model images, loaded into the nodes, installed with version 1 beside the demo
+    (the same server image), then version 2 canaried under load and promoted."""
+    store = tmp_path / "models"
+    trained = {}
+    for version, seed in (("1", 0), ("2", 1)):
+        pipe, x_train, x_test, y_test = flowers.train(seed)
+        publish(pipe, "flowers", model_dir=store, version=version, sample=x_train.head(),
+                holdout=(x_test, y_test))  # fmt: skip
+        trained[version] = pipe
+    mlscale = str(Path(sys.executable).parent / "mlscale")
+    images = [f"mlscale-model/flowers:{v}" for v in ("1", "2")]
+    for image in images:
+        run(mlscale, "package", image.rsplit("/", 1)[1], "--model-dir", str(store))
+    run(str(ROOT / "scripts" / "kind.sh"), "load", *images)
+    values = tmp_path / "flowers.yaml"
+    values.write_text(json.dumps({
+        "image": {"tag": service.__version__},  # the demo's server image: no rebuild
+        "service": {"nodePort": 30081},
+        "model": {"name": "flowers", "version": "1",
+                  "image": {"repository": "mlscale-model/flowers", "tag": "1"}},
+    }))  # fmt: skip
+    helm("upgrade", "--install", "flowers", "charts/mlscale", "-n", "flowers", "--create-namespace",
+         "-f", "k8s/values-kind.yaml", "-f", str(values), "--wait", "--timeout", "5m")  # fmt: skip
+    try:
+        worker = json.loads(kubectl("get", "nodes", "-o", "json"))["items"][-1]
+        address = next(a["address"] for a in worker["status"]["addresses"]
+                       if a["type"] == "InternalIP")  # fmt: skip
+        url = f"http://{address}:30081/v2/models/flowers/infer"
+        rows = flowers.load()[0].head(3)
+        body = by_column(rows, ["predict"])
+        with httpx.Client(timeout=10) as client:
+            first = client.post(url, json=body).json()
+        assert first["model_version"] == "1"
+        assert first["outputs"][0]["data"] == trained["1"].predict(rows).tolist()
+        with steady_load(url=url, body=body) as failures:
+            done = rollout("-n", "flowers", "-r", "flowers", "canary",
+                           "--model-image", images[1], "--steps", "50,100", "--interval", "20",
+                           "--min-requests", "10")  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert failures == []
+        status = json.loads(
+            rollout("-n", "flowers", "-r", "flowers", "-o", "json", "status").stdout
+        )
+        assert [(t["track"], t["version"]) for t in status["tracks"]] == [("stable", "2")]
+        deployment = json.loads(kubectl("-n", "flowers", "get", "deploy", "flowers-mlscale",
+                                        "-o", "json"))  # fmt: skip
+        (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+        assert init["image"] == images[1]
+        with httpx.Client(timeout=10) as client:
+            after = client.post(url, json=body).json()
+        assert after["model_version"] == "2"
+        assert after["outputs"][0]["data"] == trained["2"].predict(rows).tolist()
+    finally:
+        helm("uninstall", "flowers", "-n", "flowers", "--wait")
+        kubectl("delete", "namespace", "flowers", "--wait=false")

@@ -118,6 +118,7 @@ def test_metadata_describes_the_columns(served):
     "change, text",
     [
         (lambda b: b["inputs"].pop(), "missing input column(s) ['sepal_size']"),
+        (lambda b: b.update(inputs=b["inputs"][:1]), "missing input column(s) ['petal_length'"),
         (lambda b: b["inputs"][0].update(name="colour"), "unknown input 'colour'"),
         (lambda b: b["inputs"][3].update(data=[1, 2]), "column 'sepal_size': expects strings"),
         (lambda b: b["inputs"][0].update(data=["a", "b"]), "column 'sepal_width': expects numbers"),
