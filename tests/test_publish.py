@@ -176,20 +176,26 @@ def test_a_model_fitted_on_arrays_takes_one_tensor(tmp_path: Path):
     assert m.labels == [] and set(m.metrics) == {"mse", "r2"}
 
 
-def test_category_columns_keep_their_categories(tmp_path: Path):
+def test_category_and_bool_columns_keep_their_types(tmp_path: Path):
     """HistGradientBoosting reads category codes: the served frame must have the training
-    categories, not ones made from the request's values."""
+    categories, not ones made from the request's values. Booleans travel as BOOL."""
     x, y = load_diabetes(return_X_y=True, as_frame=True)
     x["band"] = pd.Categorical(np.where(x["bmi"] > 0, "high", "low"), categories=["low", "high"])
+    x["heavy"] = x["bmi"] > 0.05
     model = HistGradientBoostingRegressor(max_iter=20, categorical_features="from_dtype").fit(x, y)
     m = publish(model, "diabetes", model_dir=tmp_path, sample=x.head(3))
     assert m.columns is not None and m.columns.categories == {"band": ["low", "high"]}
+    datatypes = {spec.name: spec.datatype for spec in m.inputs}
+    assert (datatypes["band"], datatypes["heavy"], datatypes["bmi"]) == ("BYTES", "BOOL", "FP64")
+    rows = x.head(4).assign(band=["high"] * 4, heavy=[True, False, True, False])  # no "low"
     with run_server(tmp_path, model_name="diabetes") as server, server.client() as c:
-        rows = x.head(4).assign(band=["high", "high", "high", "high"])  # "low" never sent
         body = {"instances": rows.astype(object).to_dict(orient="records")}
         r = c.post("/v1/models/diabetes:predict", json=body)
-    assert r.status_code == 200, r.text
-    np.testing.assert_array_equal(r.json()["predictions"], model.predict(rows))
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(r.json()["predictions"], model.predict(rows))
+        body["instances"][0]["heavy"] = 1  # a number is not a boolean
+        refused = c.post("/v1/models/diabetes:predict", json=body)
+    assert refused.status_code == 400 and "column 'heavy': expects booleans" in refused.text
 
 
 def cli(*args: str) -> tuple[int, str]:
