@@ -23,7 +23,7 @@ from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_sco
 
 from service import signature
 from service.errors import InvalidModel
-from service.store import LABEL, Columns, Manifest, ModelStore
+from service.store import Columns, Manifest, ModelStore, check_label
 
 
 def load_file(path: Path) -> Any:
@@ -112,12 +112,9 @@ def plan(
     holdout: tuple[Any, Any] | None = None,
 ) -> Plan:
     """Check everything publishing needs and infer the manifest; writes nothing."""
-    for what, value in (("name", name), ("version", version)):
-        if value is not None and not LABEL.fullmatch(value):
-            raise InvalidModel(
-                f"model {what} {value!r} is not valid: use up to 63 letters, digits, '-', '_' "
-                "or '.', starting and ending with a letter or digit"
-            )
+    check_label("name", name)
+    if version is not None:
+        check_label("version", version)
     version = version or store.next_version(name)
     if version in store.versions(name):
         raise InvalidModel(

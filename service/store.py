@@ -75,6 +75,15 @@ class Manifest(BaseModel):
         return {spec.name: spec.datatype for spec in self.outputs}
 
 
+def check_label(what: str, value: str) -> None:
+    """Refuse a model name or version that cannot be a folder name and a label value."""
+    if not LABEL.fullmatch(value):
+        raise StoreError(
+            f"model {what} {value!r} is not valid: use up to 63 letters, digits, '-', '_' or "
+            "'.', starting and ending with a letter or digit"
+        )
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -158,12 +167,8 @@ class ModelStore:
         columns: Columns | None = None,
     ) -> Manifest:
         """Write a new version atomically. An existing version is refused, never replaced."""
-        for what, value in (("name", name), ("version", version)):
-            if not LABEL.fullmatch(value):
-                raise StoreError(
-                    f"model {what} {value!r} is not valid: use up to 63 letters, digits, '-', "
-                    "'_' or '.', starting and ending with a letter or digit"
-                )
+        check_label("name", name)
+        check_label("version", version)
         final = self.root / name / version
         if final.exists():
             raise StoreError(f"{name}/{version} already exists; versions are immutable")

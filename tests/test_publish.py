@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from examples import flowers
 from service.cli import app
-from service.errors import InvalidModel
+from service.errors import StoreError
 from service.publish import publish
 from service.store import ModelStore
 from tests.conftest import Server, run_server
@@ -269,6 +269,6 @@ def test_cli_refuses_bad_input_and_writes_nothing(files: Path, tmp_path: Path, f
 
 def test_api_refuses_a_bad_name_before_anything_is_written(tmp_path: Path):
     x, y = load_diabetes(return_X_y=True)
-    with pytest.raises(InvalidModel, match="is not valid"):
+    with pytest.raises(StoreError, match="is not valid"):
         publish(LinearRegression().fit(x, y), "Bad Name", model_dir=tmp_path)
     assert not any(tmp_path.iterdir())
