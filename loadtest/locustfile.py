@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from locust import FastHttpUser, LoadTestShape, between, task
 
+from service.contract import INFER, MODEL_METADATA, VERSION_HEADER
+
 
 @dataclass
 class Tally:
@@ -30,7 +32,8 @@ class InferUser(FastHttpUser):
     tally: Tally
 
     def on_start(self) -> None:
-        with self.client.get(f"/v2/models/{self.model}", name="metadata", catch_response=True) as r:
+        path = MODEL_METADATA.format(name=self.model)
+        with self.client.get(path, name="metadata", catch_response=True) as r:
             if r.status_code != 200:
                 r.failure(f"metadata: {r.status_code}")
                 self.features = 4
@@ -51,14 +54,14 @@ class InferUser(FastHttpUser):
             ]
         }
         with self.client.post(
-            f"/v2/models/{self.model}/infer", json=body, name=name, catch_response=True
+            INFER.format(name=self.model), json=body, name=name, catch_response=True
         ) as r:
             if r.status_code != 200:  # 0 when the connection failed
                 r.failure(f"status {r.status_code}: {r.error or r.text}")
                 return
-            version = r.headers.get("x-model-version")
+            version = r.headers.get(VERSION_HEADER)
             if not version:
-                r.failure("no x-model-version header")
+                r.failure(f"no {VERSION_HEADER} header")
             elif len(r.json()["outputs"][0]["data"]) != rows:
                 r.failure("wrong number of predictions")
             else:

@@ -11,14 +11,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-REQUESTS = "mlscale_requests"
-LATENCY = "mlscale_request_duration_seconds"
-INFER_ENDPOINTS = (
-    "/v2/models/{name}/infer",
-    "/v2/models/{name}/versions/{version}/infer",
-    "/v1/models/{name}:predict",
-    "/predict",
-)
+from service.contract import INFER_ENDPOINTS, LATENCY, REQUESTS
 
 
 @dataclass

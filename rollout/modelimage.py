@@ -7,7 +7,8 @@ import subprocess
 from dataclasses import dataclass
 
 from rollout.kube import Refused
-from service.package import MANIFEST_LABEL, engine
+from service.contract import MANIFEST_LABEL
+from service.package import engine
 from service.store import Manifest
 
 

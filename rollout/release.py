@@ -6,14 +6,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from rollout.kube import ClusterError, Kube, Refused
-
-INSTANCE = "app.kubernetes.io/instance"
-COMPONENT = "app.kubernetes.io/component=model-server"
-TRACK = "mlscale.dev/track"
-VERSION = "mlscale.dev/model-version"
-VERSION_ENV = "MLSCALE_MODEL_VERSION"
-MODEL_IMAGE = "mlscale.dev/model-image"
-MODEL_CONTAINER = "model"  # the chart's init container that copies the model image's version
+from service.contract import (
+    COMPONENT_LABEL,
+    INSTANCE_LABEL,
+    MODEL_CONTAINER,
+    MODEL_NAME_ENV,
+    SERVER_COMPONENT,
+    SERVER_CONTAINER,
+    SERVER_PORT,
+    STORE_VERSIONS,
+)
+from service.contract import MODEL_IMAGE_ANNOTATION as MODEL_IMAGE
+from service.contract import MODEL_METADATA as METADATA
+from service.contract import MODEL_VERSION_ENV as VERSION_ENV
+from service.contract import TRACK_LABEL as TRACK
+from service.contract import VERSION_LABEL as VERSION
 
 
 def env(deployment: Any, name: str) -> str | None:
@@ -79,7 +86,7 @@ def version_patch(
     if resource_version:
         metadata["resourceVersion"] = resource_version
     pod: dict[str, Any] = {
-        "containers": [{"name": "server", "env": [{"name": VERSION_ENV, "value": version}]}]
+        "containers": [{"name": SERVER_CONTAINER, "env": [{"name": VERSION_ENV, "value": version}]}]
     }
     if model_image:
         pod["initContainers"] = [{"name": MODEL_CONTAINER, "image": model_image}]
@@ -104,7 +111,7 @@ class Release:
         return self.kube.namespace
 
     def selector(self, track: str | None = None) -> str:
-        base = f"{INSTANCE}={self.name},{COMPONENT}"
+        base = f"{INSTANCE_LABEL}={self.name},{COMPONENT_LABEL}={SERVER_COMPONENT}"
         return f"{base},{TRACK}={track}" if track else base
 
     def stable(self) -> Any:
@@ -137,7 +144,7 @@ class Release:
         return next((h for h in found if h.spec.scale_target_ref.name == stable), None)
 
     def model_name(self) -> str:
-        return env(self.stable(), "MLSCALE_MODEL_NAME") or ""
+        return env(self.stable(), MODEL_NAME_ENV) or ""
 
     def pods(self, track: str | None = None, version: str | None = None) -> list[Any]:
         selector = self.selector(track) + (f",{VERSION}={version}" if version else "")
@@ -152,7 +159,7 @@ class Release:
         # of a dict rather than the text.
         response = self.kube.call(
             self.kube.core.connect_get_namespaced_pod_proxy_with_path,
-            f"{pod}:8080",
+            f"{pod}:{SERVER_PORT}",
             self.namespace,
             path.lstrip("/"),
             _preload_content=False,
@@ -160,7 +167,7 @@ class Release:
         return response.data.decode()
 
     def served_version(self, pod: str, model: str) -> str:
-        body = json.loads(self.proxy_get(pod, f"/v2/models/{model}"))
+        body = json.loads(self.proxy_get(pod, METADATA.format(name=model)))
         return str(body.get("parameters", {}).get("version", ""))
 
     def store_versions(self) -> dict[str, dict[str, float]]:
@@ -168,6 +175,6 @@ class Release:
         model = self.model_name()
         for pod in self.pods("stable"):
             if pod.status.phase == "Running":
-                text = self.proxy_get(pod.metadata.name, f"/mlscale/v1/models/{model}/versions")
+                text = self.proxy_get(pod.metadata.name, STORE_VERSIONS.format(name=model))
                 return {v["version"]: v["metrics"] for v in json.loads(text)["versions"]}
         raise ClusterError("no running pod to ask which versions the image holds")

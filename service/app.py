@@ -18,13 +18,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from service import __version__, fastpath, protocol
+from service import __version__, contract, protocol
+from service.contract import SETTINGS_ENV
 from service.dataplane import DataPlane
 from service.errors import MLScaleError
 from service.fastpath import AnsweredBy, FastPath, model_headers, read_body
 from service.metrics import Metrics
 from service.runtime import LoadedModel
-from service.settings import SETTINGS_ENV, Settings
+from service.settings import Settings
 from service.shutdown import DrainOnSigterm
 
 log = logging.getLogger("mlscale")
@@ -87,14 +88,14 @@ def hot_route_docs() -> dict[str, Any]:
         "Infer", "inference", protocol.InferenceResponse, infer_errors, protocol.InferenceRequest
     )
     return {
-        fastpath.LIVE: {
+        contract.LIVE: {
             "get": _operation("Server live", "health", protocol.LiveResponse, [], None)
         },
-        fastpath.READY: {
+        contract.READY: {
             "get": _operation("Server ready", "health", protocol.ReadyResponse, [503], None)
         },
-        fastpath.INFER: {"post": {**infer, "parameters": _name_params("name")}},
-        fastpath.INFER_VERSION: {
+        contract.INFER: {"post": {**infer, "parameters": _name_params("name")}},
+        contract.INFER_VERSION: {
             "post": {
                 **infer,
                 "summary": "Infer with a version",
@@ -169,14 +170,14 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
         return json_response(body, answered=model.identity)
 
     @api.get(
-        "/v2/models/{name}", response_model=protocol.ModelMetadata, responses=ERRORS,
+        contract.MODEL_METADATA, response_model=protocol.ModelMetadata, responses=ERRORS,
         tags=["metadata"],
     )  # fmt: skip
     async def model_metadata(name: str) -> Response:
         return metadata(name, None)
 
     @api.get(
-        "/v2/models/{name}/versions/{version}", response_model=protocol.ModelMetadata,
+        contract.VERSION_METADATA, response_model=protocol.ModelMetadata,
         responses=ERRORS, tags=["metadata"],
     )  # fmt: skip
     async def version_metadata(name: str, version: str) -> Response:
@@ -188,14 +189,14 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
         return json_response(body, 200 if plane.ready else 503, answered=model.identity)
 
     @api.get(
-        "/v2/models/{name}/ready", response_model=protocol.ModelReadyResponse, responses=ERRORS,
+        contract.MODEL_READY, response_model=protocol.ModelReadyResponse, responses=ERRORS,
         tags=["health"],
     )  # fmt: skip
     async def model_ready(name: str) -> Response:
         return readiness(name, None)
 
     @api.get(
-        "/v2/models/{name}/versions/{version}/ready", response_model=protocol.ModelReadyResponse,
+        contract.VERSION_READY, response_model=protocol.ModelReadyResponse,
         responses=ERRORS, tags=["health"],
     )  # fmt: skip
     async def version_ready(name: str, version: str) -> Response:
@@ -214,21 +215,21 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
         return json_response(body, answered=model.identity)
 
     @api.post(
-        "/v1/models/{name}:predict", response_model=protocol.PredictionsResponse,
+        contract.V1_PREDICT, response_model=protocol.PredictionsResponse,
         responses=ERRORS, openapi_extra=_body_doc(protocol.InstancesRequest), tags=["inference"],
     )  # fmt: skip
     async def v1_predict(request: Request, name: str) -> Response:
         return await predict_instances(request, plane.model(name))
 
     @api.post(
-        "/predict", response_model=protocol.PredictionsResponse, responses=ERRORS,
+        contract.SIMPLE_PREDICT, response_model=protocol.PredictionsResponse, responses=ERRORS,
         openapi_extra=_body_doc(protocol.InstancesRequest), tags=["inference"],
     )  # fmt: skip
     async def simple_predict(request: Request) -> Response:
         return await predict_instances(request, plane.model(plane.name))
 
     @api.get(
-        "/mlscale/v1/models/{name}/versions", response_model=protocol.StoreVersions,
+        contract.STORE_VERSIONS, response_model=protocol.StoreVersions,
         responses=ERRORS, tags=["metadata"],
     )  # fmt: skip
     async def store_versions(name: str) -> Response:

@@ -15,10 +15,11 @@ from typing import NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import binary, protocol
+from service import binary, contract, protocol
+from service.contract import INFER, INFER_VERSION, LIVE, READY
 from service.dataplane import DataPlane
 from service.errors import MethodNotAllowed, MLScaleError, PayloadTooLarge, UnsupportedMediaType
-from service.metrics import MODEL_HEADER, VERSION_HEADER, Metrics
+from service.metrics import Metrics
 
 log = logging.getLogger("mlscale")
 
@@ -36,10 +37,8 @@ class Answer(NamedTuple):
     json_length: int | None = None  # set when binary tensor data follows the JSON
 
 
-INFER = "/v2/models/{name}/infer"
-INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
-LIVE = "/v2/health/live"
-READY = "/v2/health/ready"
+MODEL_HEADER = contract.MODEL_HEADER.encode()
+VERSION_HEADER = contract.VERSION_HEADER.encode()
 
 
 @functools.cache

@@ -17,10 +17,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from service import contract
 from service.batching import BatchObserver
-
-MODEL_HEADER = b"x-model-name"
-VERSION_HEADER = b"x-model-version"
 
 # Sub-millisecond buckets too: a linear model answers in well under a millisecond.
 LATENCY_BUCKETS = (
@@ -53,10 +51,10 @@ class RequestStats(Collector):
         counts[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        names = ["endpoint", "model", "version", "code"]
-        requests = CounterMetricFamily("mlscale_requests", "HTTP requests answered.", labels=names)
+        names = list(contract.REQUEST_LABELS)
+        requests = CounterMetricFamily(contract.REQUESTS, "HTTP requests answered.", labels=names)
         latency = HistogramMetricFamily(
-            "mlscale_request_duration_seconds",
+            contract.LATENCY,
             "Time from request start to the end of the response.",
             labels=names,
         )

@@ -15,10 +15,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.contract import DOCKER_ENV, MANIFEST_LABEL
 from service.errors import StoreError
 from service.store import Manifest, ModelStore
 
-MANIFEST_LABEL = "dev.mlscale.manifest"
 # The public base users pull; where no registry is reachable, scripts/model-base.sh builds the
 # local one from Debian's busybox-static package.
 DEFAULT_BASE = "busybox:1.37"
@@ -45,7 +45,7 @@ class Built:
 
 def engine() -> str:
     """The container engine's CLI: $MLSCALE_DOCKER, else docker on PATH."""
-    found = os.environ.get("MLSCALE_DOCKER") or shutil.which("docker")
+    found = os.environ.get(DOCKER_ENV) or shutil.which("docker")
     if not found:
         raise StoreError(
             "no container engine: install Docker (or set MLSCALE_DOCKER to its CLI); in this "

@@ -9,7 +9,8 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from service.app import create_app
-from service.settings import SETTINGS_ENV, Settings
+from service.contract import SETTINGS_ENV
+from service.settings import Settings
 from service.transport import ConnectionLimits, ProtocolFactory
 
 

@@ -94,10 +94,6 @@ class ServerSettings(BaseSettings):
     )
 
 
-# Where `server.run` hands the settings it was given to `--workers` processes, as JSON.
-SETTINGS_ENV = "MLSCALE_SETTINGS_JSON"
-
-
 class Settings(BaseSettings):
     """Everything the server needs, grouped by concern."""
 

@@ -24,7 +24,7 @@ from rollout.history import History
 from rollout.kube import Kube, NotFound, Refused, RolloutError, Target
 from rollout.release import Release
 from service.cli import app as mlscale
-from service.package import MANIFEST_LABEL
+from service.contract import MANIFEST_LABEL
 from service.store import Manifest
 from tests.conftest import ROOT
 from tests.kube_controller import DeploymentController, pod_version

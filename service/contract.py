@@ -1,0 +1,51 @@
+"""The names the server, the rollout operator, the load test and the chart agree on, defined once.
+
+Dependency-free: `rollout/` and `loadtest/` import this module without the server's runtime.
+The chart (YAML) cannot import it; `tests/test_contract.py` checks the chart against it.
+"""
+
+# --- HTTP routes (templates, as the request metrics label them) ------------------------------
+LIVE = "/v2/health/live"
+READY = "/v2/health/ready"
+MODEL_METADATA = "/v2/models/{name}"
+VERSION_METADATA = "/v2/models/{name}/versions/{version}"
+MODEL_READY = "/v2/models/{name}/ready"
+VERSION_READY = "/v2/models/{name}/versions/{version}/ready"
+INFER = "/v2/models/{name}/infer"
+INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
+V1_PREDICT = "/v1/models/{name}:predict"
+SIMPLE_PREDICT = "/predict"
+# mlscale extension: every version in a server's store, with offline metrics (the quality gate).
+STORE_VERSIONS = "/mlscale/v1/models/{name}/versions"
+INFER_ENDPOINTS = (INFER, INFER_VERSION, V1_PREDICT, SIMPLE_PREDICT)
+
+# Response headers naming the version that answered (lower case, as HTTP/1.1 servers send).
+MODEL_HEADER = "x-model-name"
+VERSION_HEADER = "x-model-version"
+
+# --- Prometheus metrics ------------------------------------------------------------------------
+REQUESTS = "mlscale_requests"  # a counter: exposed as mlscale_requests_total
+LATENCY = "mlscale_request_duration_seconds"  # a histogram
+REQUEST_LABELS = ("endpoint", "model", "version", "code")
+
+# --- Kubernetes labels and annotations (the chart writes them; the operator reads them) -------
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+SERVER_COMPONENT = "model-server"
+TRACK_LABEL = "mlscale.dev/track"  # stable | canary
+VERSION_LABEL = "mlscale.dev/model-version"  # label and annotation
+MODEL_IMAGE_ANNOTATION = "mlscale.dev/model-image"
+SERVER_CONTAINER = "server"
+MODEL_CONTAINER = "model"  # the init container that copies a model image's version
+SERVER_PORT = 8080
+
+# --- Environment -------------------------------------------------------------------------------
+ENV_PREFIX = "MLSCALE_"
+MODEL_NAME_ENV = "MLSCALE_MODEL_NAME"
+MODEL_VERSION_ENV = "MLSCALE_MODEL_VERSION"
+MODEL_DIR_ENV = "MLSCALE_MODEL_DIR"
+SETTINGS_ENV = "MLSCALE_SETTINGS_JSON"  # the serialized settings uvicorn's workers start from
+DOCKER_ENV = "MLSCALE_DOCKER"  # the container engine's CLI, for model images
+
+# --- Model images --------------------------------------------------------------------------------
+MANIFEST_LABEL = "dev.mlscale.manifest"  # the version's manifest, as JSON

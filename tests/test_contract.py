@@ -1,0 +1,67 @@
+"""The seams between the server, the operator, the load test and the chart, tested with real
+outputs: the names in `service/contract.py` are the ones each side really writes and reads."""
+
+import json
+from pathlib import Path
+
+import httpx
+from kubernetes import client
+
+from rollout.analysis import Snapshot
+from rollout.release import Release, model_image_of, version_of
+from service import contract
+from tests.test_chart import VALUE_SETS, by_kind, render
+from tests.test_server import v2
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def test_the_operator_reads_the_servers_real_metrics_and_headers(iris):
+    """What the canary analysis counts from a real server's /metrics is what it served."""
+    with iris.client() as c:
+        before = Snapshot()
+        before.add_scrape(c.get("/metrics").text)
+        for _ in range(5):
+            r = c.post(contract.INFER.format(name="iris"), json=v2(ROW))
+            assert r.headers[contract.VERSION_HEADER] == "2"
+            assert r.headers[contract.MODEL_HEADER] == "iris"
+        c.post(contract.INFER_VERSION.format(name="iris", version="1"), json=v2(ROW))
+        c.post(contract.V1_PREDICT.format(name="iris"), json={"instances": [ROW]})
+        for _ in range(2):  # the client's fault: counted, not an error of the server
+            assert c.post(contract.INFER.format(name="iris"), json=v2([1.0])).status_code == 400
+        c.get(contract.MODEL_METADATA.format(name="iris"))  # not inference: not counted
+        after = Snapshot()
+        after.add_scrape(c.get("/metrics").text)
+    served = after - before
+    assert (served.requests, served.errors) == (9, 0)
+    assert sum(served.buckets.values()) > 0 and served.quantile(0.99) > 0
+
+
+def test_the_chart_writes_the_names_the_operator_reads(helm: str, tmp_path: Path):
+    docs = render(helm, tmp_path, VALUE_SETS["model-image"])
+    (deployment,) = by_kind(docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels[contract.COMPONENT_LABEL] == contract.SERVER_COMPONENT
+    assert labels[contract.TRACK_LABEL] == "stable" and labels[contract.VERSION_LABEL] == "2"
+    assert labels[contract.INSTANCE_LABEL] == "demo"
+    annotations = deployment["metadata"]["annotations"]
+    assert annotations[contract.MODEL_IMAGE_ANNOTATION] == "mlscale-model/flowers:2"
+    pod = deployment["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["name"] == contract.SERVER_CONTAINER
+    assert server["ports"][0]["containerPort"] == contract.SERVER_PORT
+    assert pod["initContainers"][0]["name"] == contract.MODEL_CONTAINER
+    env = {e["name"] for e in server["env"]}
+    assert {contract.MODEL_NAME_ENV, contract.MODEL_VERSION_ENV, contract.MODEL_DIR_ENV} <= env
+    assert all(name.startswith(contract.ENV_PREFIX) for name in env)
+    # The operator's own reading of the rendered Deployment, through the client's models.
+    typed = client.ApiClient().deserialize(json.dumps(deployment), "V1Deployment", None)
+    assert version_of(typed) == "2" and model_image_of(typed) == "mlscale-model/flowers:2"
+    selector = Release(kube=None, name="demo").selector("stable")  # type: ignore[arg-type]
+    wanted = dict(pair.split("=") for pair in selector.split(","))
+    assert wanted.items() <= labels.items()
+
+
+def test_the_store_versions_extension_is_where_the_operator_asks(iris):
+    body = httpx.get(iris.url + contract.STORE_VERSIONS.format(name="iris")).json()
+    assert body["name"] == "iris" and {v["version"] for v in body["versions"]} >= {"1", "2"}
