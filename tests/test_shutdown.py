@@ -1,6 +1,7 @@
 """SIGTERM: not ready at once, serve through the delay, stop accepting, finish in-flight, exit 0."""
 
 import json
+import os
 import socket
 import threading
 import time
@@ -109,13 +110,35 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_worker_processes_serve_and_all_stop_on_sigterm(model_dir: Path):
+    """Both workers answer (each one's CPU time grows with the requests it took) and all
+    stop on SIGTERM."""
     with run_server(model_dir, model_name="multilinear", workers="2") as server:
         workers = _children(server.process.pid)
         assert len(workers) == 2, server.log()
-        for _ in range(10):  # a new connection each time: the kernel spreads them
-            response = httpx.post(server.url + "/v2/models/multilinear/infer", content=BODY)
-            assert response.status_code == 200, response.text
+        before = {pid: _cpu_seconds(pid) for pid in workers}
+        failures: list[int] = []
+
+        def client() -> None:
+            for _ in range(100):  # a new connection each time: the workers race to accept
+                response = httpx.post(server.url + "/v2/models/multilinear/infer", content=BODY)
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        used = {pid: _cpu_seconds(pid) - before[pid] for pid in workers}
+        # 800 requests cost each worker that takes a fair part of them well over 50 ms.
+        assert all(seconds >= 0.05 for seconds in used.values()), used
         server.terminate()
         assert server.process.wait(timeout=30) == 0, server.log()
         poll(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 10, "exit")
