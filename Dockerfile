@@ -7,7 +7,12 @@ FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The installed `mlscale.*` packages; the image installs only the `serve` extra's dependencies,
+# and `mlscale rollout` / `mlscale loadtest` there say which extra they need.
+COPY mlscale ./mlscale
 COPY service ./service
+COPY rollout ./rollout
+COPY loadtest ./loadtest
 # The CA bundle, where one is passed as a build secret, is used by pip and never stored.
 RUN --mount=type=secret,id=pipcert \
     python3 -m venv /opt/venv \
@@ -43,4 +48,4 @@ EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=2)"]
 # Exec form: the server is PID 1 and receives SIGTERM itself (it drains, then exits 0).
-CMD ["python", "-m", "service"]
+CMD ["python", "-m", "mlscale.service"]

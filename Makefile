@@ -32,7 +32,7 @@ demo: install tools ## The main job: scaling on kind with a rollout under load (
 	BIN=$(BIN) scripts/demo.sh
 
 loadtest: install ## Load test a server (URL=http://127.0.0.1:8080 MODEL=iris) and write a report
-	$(BIN)/python -m loadtest --url $(or $(URL),http://127.0.0.1:8080) --model $(or $(MODEL),iris)
+	$(BIN)/python -m mlscale.loadtest --url $(or $(URL),http://127.0.0.1:8080) --model $(or $(MODEL),iris)
 
 image: ## Build the container image mlscale:<version> (installs/starts Docker where needed)
 	scripts/build-image.sh

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.run import v2_body
-from rollout.analysis import Snapshot
+from mlscale.rollout.analysis import Snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT, NAMESPACE, RELEASE = "kind-mlscale", "mlscale", "mlscale"

@@ -18,8 +18,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from service.store import ARTIFACT, ModelStore
-from service.train import train_version
+from mlscale.service.store import ARTIFACT, ModelStore
+from mlscale.service.train import train_version
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()

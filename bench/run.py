@@ -31,9 +31,9 @@ from rich.console import Console
 from rich.table import Table
 
 from examples import flowers
-from service.publish import publish
-from service.store import ARTIFACT, ModelStore
-from service.train import ensure_versions
+from mlscale.service.publish import publish
+from mlscale.service.store import ARTIFACT, ModelStore
+from mlscale.service.train import ensure_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "multilinear"
@@ -189,6 +189,7 @@ def main() -> None:
     mlscale_env = {"MLSCALE_MODEL_DIR": str(store_dir), "MLSCALE_MODEL_NAME": MODEL,
                    "MLSCALE_LOG_LEVEL": "warning"}  # fmt: skip
     python = sys.executable
+    serve = [python, "-m", "mlscale.service"]
     uvicorn = [python, "-m", "uvicorn", "--port", "{port}", "--log-level", "warning",
                "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
     infer = f"/v2/models/{MODEL}/infer"
@@ -199,7 +200,7 @@ def main() -> None:
     # (row name, command, env, probe path, request path, bodies by scenario)
     # The floor again, but sending through mlscale's transport (service/transport.py): how
     # much of mlscale's standing against the floor is its app, and how much its writes.
-    floor_gathered = [python, "-c", "import uvicorn; from service.transport import "
+    floor_gathered = [python, "-c", "import uvicorn; from mlscale.service.transport import "
                       "GatheredWritesProtocol as P; uvicorn.run('bench.floor_app:app', "
                       "port={port}, log_level='warning', access_log=False, loop='uvloop', "
                       "http=P, lifespan='off')"]  # fmt: skip
@@ -209,18 +210,18 @@ def main() -> None:
         (FLOOR_GATHERED, floor_gathered, {}, "/", "/", {"1 row": None}),
         (NAIVE, [*uvicorn, "bench.naive_app:app"],
          {"MODEL": artifact}, "/docs", "/predict", {"1 row": naive_one, "64 rows": naive_many}),
-        ("mlscale (default)", [python, "-m", "service"], mlscale_env, "/v2/health/ready", infer,
+        ("mlscale (default)", serve, mlscale_env, "/v2/health/ready", infer,
          {"1 row": one, "64 rows": many, "64 precise rows, JSON": precise_json,
           "64 precise rows, binary": binary_body(precise)}),
         (NAIVE_PIPELINE, [*uvicorn, "bench.naive_app:app"], {"MODEL": pipeline_artifact},
          "/docs", "/predict-frame", {"pipeline, 1 row": {"instances": pipeline_row}}),
-        (PIPELINE, [python, "-m", "service"], {**mlscale_env, "MLSCALE_MODEL_NAME": "flowers"},
+        (PIPELINE, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "flowers"},
          "/v2/health/ready", "/v2/models/flowers/infer",
          {"pipeline, 1 row": by_column_body(pipeline_row)}),
-        ("mlscale, sklearn predict, batching off", [python, "-m", "service"],
+        ("mlscale, sklearn predict, batching off", serve,
          {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_ENABLED": "false"},
          "/v2/health/ready", infer, {"1 row": one}),
-        ("mlscale, sklearn predict, batching on", [python, "-m", "service"],
+        ("mlscale, sklearn predict, batching on", serve,
          {**mlscale_env, "MLSCALE_FAST_PATH": "false"},
          "/v2/health/ready", infer, {"1 row": one}),
     ]  # fmt: skip

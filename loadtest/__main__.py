@@ -1,14 +1,14 @@
-"""`python -m loadtest` (also `mlscale loadtest`): step the load up, hold, step down; sample
+"""`python -m mlscale.loadtest` (also `mlscale loadtest`): step the load up, hold, step down; sample
 the cluster while it runs; write reports/<time>/ with timeline.csv, summary.json, report.png
 and report.md.
 
 Examples:
-  python -m loadtest --url http://127.0.0.1:8080 --model iris --users 20
-  python -m loadtest --url http://127.0.0.1:30080 --cluster --rollout-version 2
+  python -m mlscale.loadtest --url http://127.0.0.1:8080 --model iris --users 20
+  python -m mlscale.loadtest --url http://127.0.0.1:30080 --cluster --rollout-version 2
 """
 
 # Locust patches the standard library for gevent on import: it goes first.
-from loadtest.runner import Plan, run  # isort: skip
+from mlscale.loadtest.runner import Plan, run  # isort: skip
 
 import json
 from pathlib import Path
@@ -48,9 +48,9 @@ def main(
     """Load test with a stepped shape and a report; see the module help for examples."""
     sampler = target = None
     if cluster:
-        from loadtest.sampler import ClusterSampler
-        from rollout.kube import Kube, RolloutError, Target
-        from rollout.release import Release
+        from mlscale.loadtest.sampler import ClusterSampler
+        from mlscale.rollout.kube import Kube, RolloutError, Target
+        from mlscale.rollout.release import Release
 
         try:
             target = Release(Kube(Target(namespace=namespace, context=context)), release)

@@ -1,9 +1,9 @@
 """Locust users sending real Open Inference Protocol requests, and a stepped load shape.
 
 Usable on its own (`locust -f loadtest/locustfile.py --host http://...`, the model from
-MLSCALE_LOADTEST_MODEL, default iris) or through the runner (`python -m loadtest`), which makes
-a user class for its run with `users_for`. The model's input shape is read from the server's
-metadata, so every request is valid.
+MLSCALE_LOADTEST_MODEL, default iris) or through the runner (`python -m mlscale.loadtest`),
+which makes a user class for its run with `users_for`. The model's input shape is read from the
+server's metadata, so every request is valid.
 """
 
 import os
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from locust import FastHttpUser, LoadTestShape, between, task
 
-from service.contract import INFER, MODEL_METADATA, VERSION_HEADER
+from mlscale.service.contract import INFER, MODEL_METADATA, VERSION_HEADER
 
 
 @dataclass

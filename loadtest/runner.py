@@ -16,8 +16,8 @@ import gevent
 from locust.env import Environment
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from loadtest.locustfile import StepShape, Tally, users_for
-from loadtest.report import (
+from mlscale.loadtest.locustfile import StepShape, Tally, users_for
+from mlscale.loadtest.report import (
     RolloutWindow,
     Row,
     Totals,
@@ -26,7 +26,7 @@ from loadtest.report import (
     write_markdown,
     write_timeline,
 )
-from loadtest.sampler import ClusterSampler
+from mlscale.loadtest.sampler import ClusterSampler
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
             rows.append(row)
 
     def roll_out(window: RolloutWindow) -> None:
-        from rollout.deploy import deploy
-        from rollout.kube import RolloutError
+        from mlscale.rollout.deploy import deploy
+        from mlscale.rollout.kube import RolloutError
 
         at = plan.rollout_at if plan.rollout_at is not None else shape.ramp_end + 10
         gevent.sleep(at)

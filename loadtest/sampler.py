@@ -4,7 +4,7 @@ pods per node, model version per pod. Read through the kubernetes client, like t
 from collections import Counter
 from dataclasses import dataclass, field
 
-from rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready
+from mlscale.rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""`python -m rollout`: see `mlscale rollout --help`."""
+"""`python -m mlscale.rollout`: see `mlscale rollout --help`."""
 
-from rollout.cli import app
+from mlscale.rollout.cli import app
 
-app(prog_name="python -m rollout")
+app(prog_name="python -m mlscale.rollout")

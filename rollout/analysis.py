@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.contract import INFER_ENDPOINTS, LATENCY, REQUESTS
+from mlscale.service.contract import INFER_ENDPOINTS, LATENCY, REQUESTS
 
 
 @dataclass

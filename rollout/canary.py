@@ -9,12 +9,12 @@ from typing import Any
 
 from kubernetes import client
 
-from rollout.analysis import Snapshot, judge
-from rollout.deploy import Outcome, Say, deploy, follow, quality_gate, wrong_versions
-from rollout.history import History, entry
-from rollout.kube import NotFound, Refused, RolloutError, Unavailable
-from rollout.modelimage import candidate
-from rollout.release import (
+from mlscale.rollout.analysis import Snapshot, judge
+from mlscale.rollout.deploy import Outcome, Say, deploy, follow, quality_gate, wrong_versions
+from mlscale.rollout.history import History, entry
+from mlscale.rollout.kube import NotFound, Refused, RolloutError, Unavailable
+from mlscale.rollout.modelimage import candidate
+from mlscale.rollout.release import (
     TRACK,
     Release,
     canary_name,
@@ -23,7 +23,7 @@ from rollout.release import (
     version_of,
     version_patch,
 )
-from rollout.release import strategic_merge as merge
+from mlscale.rollout.release import strategic_merge as merge
 
 
 @dataclass(frozen=True)

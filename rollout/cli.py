@@ -1,4 +1,4 @@
-"""`mlscale rollout …` (also `python -m rollout …`): move a release between model versions.
+"""`mlscale rollout …` (also `python -m mlscale.rollout …`): move a release between model versions.
 
 Exit codes: 0 done (or nothing to do), 1 the rollout failed and was rolled back or aborted,
 2 refused before changing anything, 3 the cluster could not be reached or refused a call,
@@ -33,8 +33,8 @@ class Ctx:
         self.target = (namespace, context, kubeconfig, server)
 
     def release(self) -> Any:
-        from rollout.kube import Kube, Target
-        from rollout.release import Release
+        from mlscale.rollout.kube import Kube, Target
+        from mlscale.rollout.release import Release
 
         namespace, context, kubeconfig, server = self.target
         return Release(Kube(Target(namespace, context, kubeconfig, server)), self.release_name)
@@ -65,7 +65,7 @@ def main(
 
 def run(ctx: typer.Context, action: Any) -> None:
     """Run an action; print its result; turn failures into a message and an exit code."""
-    from rollout.kube import RolloutError
+    from mlscale.rollout.kube import RolloutError
 
     c: Ctx = ctx.obj
     try:
@@ -99,7 +99,7 @@ def run(ctx: typer.Context, action: Any) -> None:
 @app.command()
 def status(ctx: typer.Context) -> None:
     """Versions served, replicas per track, HPA state, and the node of every pod."""
-    from rollout.status import status as get
+    from mlscale.rollout.status import status as get
 
     run(ctx, lambda c: get(c.release()))
 
@@ -131,7 +131,7 @@ def deploy(
     Examples:  mlscale rollout deploy --version 2
                mlscale rollout deploy --model-image mlscale-model/flowers:2
     """
-    from rollout.deploy import deploy as do
+    from mlscale.rollout.deploy import deploy as do
 
     run(
         ctx,
@@ -173,7 +173,7 @@ def canary(
 
     Example:  mlscale rollout canary --version 2 --steps 10,50,100 --interval 60
     """
-    from rollout.canary import CanaryPolicy, run_canary
+    from mlscale.rollout.canary import CanaryPolicy, run_canary
 
     try:
         percents = tuple(int(s) for s in steps.split(","))
@@ -193,7 +193,7 @@ def canary(
 @app.command()
 def history(ctx: typer.Context) -> None:
     """Versions deployed, when, how, and how it ended (kept on the cluster)."""
-    from rollout.history import History
+    from mlscale.rollout.history import History
 
     run(ctx, lambda c: [asdict(e) for e in History(c.release().kube, c.release_name).read()])
 
@@ -207,7 +207,7 @@ def rollback(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the rollout.")] = 600,
 ) -> None:
     """Roll back to the previous version in the history, or to --to VERSION."""
-    from rollout.deploy import rollback as do
+    from mlscale.rollout.deploy import rollback as do
 
     run(ctx, lambda c: do(c.release(), to, say=c.say, timeout=timeout))
 

@@ -6,11 +6,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rollout.history import History, entry
-from rollout.kube import Refused, RolloutError
-from rollout.modelimage import Candidate, candidate
-from rollout.progress import Restarts, State, crash_looping, restart_counts, rollout_progress
-from rollout.release import Release, model_image_of, pod_ready, version_of, version_patch
+from mlscale.rollout.history import History, entry
+from mlscale.rollout.kube import Refused, RolloutError
+from mlscale.rollout.modelimage import Candidate, candidate
+from mlscale.rollout.progress import (
+    Restarts,
+    State,
+    crash_looping,
+    restart_counts,
+    rollout_progress,
+)
+from mlscale.rollout.release import Release, model_image_of, pod_ready, version_of, version_patch
 
 Say = Callable[[str], None]
 # Offline metrics where smaller is better; any other metric (r2, accuracy, ...) is the reverse.

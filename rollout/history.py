@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from kubernetes import client
 
-from rollout.kube import Kube, NotFound
+from mlscale.rollout.kube import Kube, NotFound
 
 KEY = "history.json"
 KEEP = 50

@@ -6,10 +6,10 @@ import json
 import subprocess
 from dataclasses import dataclass
 
-from rollout.kube import Refused
-from service.contract import MANIFEST_LABEL
-from service.package import engine
-from service.store import Manifest
+from mlscale.rollout.kube import Refused
+from mlscale.service.contract import MANIFEST_LABEL
+from mlscale.service.package import engine
+from mlscale.service.store import Manifest
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rollout.kube import ClusterError, Kube, Refused
-from service.contract import (
+from mlscale.rollout.kube import ClusterError, Kube, Refused
+from mlscale.service.contract import (
     COMPONENT_LABEL,
     INSTANCE_LABEL,
     MODEL_CONTAINER,
@@ -16,11 +16,11 @@ from service.contract import (
     SERVER_PORT,
     STORE_VERSIONS,
 )
-from service.contract import MODEL_IMAGE_ANNOTATION as MODEL_IMAGE
-from service.contract import MODEL_METADATA as METADATA
-from service.contract import MODEL_VERSION_ENV as VERSION_ENV
-from service.contract import TRACK_LABEL as TRACK
-from service.contract import VERSION_LABEL as VERSION
+from mlscale.service.contract import MODEL_IMAGE_ANNOTATION as MODEL_IMAGE
+from mlscale.service.contract import MODEL_METADATA as METADATA
+from mlscale.service.contract import MODEL_VERSION_ENV as VERSION_ENV
+from mlscale.service.contract import TRACK_LABEL as TRACK
+from mlscale.service.contract import VERSION_LABEL as VERSION
 
 
 def env(deployment: Any, name: str) -> str | None:

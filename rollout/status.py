@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from rollout.progress import rollout_progress
-from rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready, version_of
+from mlscale.rollout.progress import rollout_progress
+from mlscale.rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready, version_of
 
 
 def _track(release: Release, deployment: Any, track: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ URL="http://127.0.0.1:$PORT"
 "$BIN/mlscale" models
 
 MLSCALE_PORT=$PORT MLSCALE_MODEL_NAME=iris MLSCALE_MODEL_VERSION=2 MLSCALE_EXTRA_VERSIONS=1 \
-  MLSCALE_LOG_LEVEL=warning "$BIN/python" -m service &
+  MLSCALE_LOG_LEVEL=warning "$BIN/python" -m mlscale.service &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 
@@ -33,7 +33,7 @@ PY
 if [ -n "${WITH_LOADTEST:-}" ]; then
   echo
   echo "== a stepped load test against it (about 45 s), with a report"
-  "$BIN/python" -m loadtest --url "$URL" --model iris --users 20 --steps 4 --step-seconds 6 \
+  "$BIN/python" -m mlscale.loadtest --url "$URL" --model iris --users 20 --steps 4 --step-seconds 6 \
     --hold-seconds 15 --down-seconds 5 --sample-seconds 1
 fi
 echo

@@ -1,7 +1,7 @@
-"""`python -m service`: serve the configured model (see `mlscale serve --help`)."""
+"""`python -m mlscale.service`: serve the configured model (see `mlscale serve --help`)."""
 
 import sys
 
-from service.cli import app
+from mlscale.service.cli import app
 
 app(["serve", *sys.argv[1:]])

@@ -18,15 +18,15 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from service import __version__, contract, protocol
-from service.contract import SETTINGS_ENV
-from service.dataplane import DataPlane
-from service.errors import MLScaleError
-from service.fastpath import AnsweredBy, FastPath, model_headers, read_body
-from service.metrics import Metrics
-from service.runtime import LoadedModel
-from service.settings import Settings
-from service.shutdown import DrainOnSigterm
+from mlscale.service import __version__, contract, protocol
+from mlscale.service.contract import SETTINGS_ENV
+from mlscale.service.dataplane import DataPlane
+from mlscale.service.errors import MLScaleError
+from mlscale.service.fastpath import AnsweredBy, FastPath, model_headers, read_body
+from mlscale.service.metrics import Metrics
+from mlscale.service.runtime import LoadedModel
+from mlscale.service.settings import Settings
+from mlscale.service.shutdown import DrainOnSigterm
 
 log = logging.getLogger("mlscale")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime import Outputs
+from mlscale.service.runtime import Outputs
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.errors import InvalidInput
+from mlscale.service.errors import InvalidInput
 
 HEADER = b"inference-header-content-length"
 DTYPES = {

@@ -1,9 +1,8 @@
-"""`mlscale`: train example models, list the store, serve, and send predictions."""
+"""The server's commands: train examples, publish and package models, list the store, serve,
+and send predictions. `mlscale/cli.py` composes them with the operator's and the load test's."""
 
-import importlib.util
 import json
 import math
-import os
 import sys
 import time
 import urllib.error
@@ -15,47 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(
-    help="Serve versioned scikit-learn models over the Open Inference Protocol.",
-    no_args_is_help=True,
-    add_completion=False,
-)
+app = typer.Typer()
 console = Console()
 
 if TYPE_CHECKING:
-    from service.publish import Plan
+    from mlscale.service.publish import Plan
 
-# Command groups that need an extra the image does not install: present where their extra is,
-# and otherwise a stub that says which extra to install.
-EXTRAS = {"rollout": ("kubernetes", "rollout"), "loadtest": ("locust", "loadtest")}
-
-
-def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def missing_extra(name: str, extra: str) -> None:
-    @app.command(
-        name,
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        add_help_option=False,
-        help=f"(not installed: pip install 'mlscale[{extra}]')",
-    )
-    def stub(ctx: typer.Context) -> None:
-        console.print(
-            f"mlscale {name} is not installed here. It needs the {extra} extra: "
-            f"pip install 'mlscale[{extra}]'",
-            style="red", markup=False, soft_wrap=True,
-        )  # fmt: skip
-        raise typer.Exit(2)
-
-
-if installed(EXTRAS["rollout"][0]):
-    from rollout.cli import app as rollout_app
-
-    app.add_typer(rollout_app, name="rollout")
-else:
-    missing_extra("rollout", EXTRAS["rollout"][1])
 ModelDir = Annotated[
     Path, typer.Option("--model-dir", envvar="MLSCALE_MODEL_DIR", help="Root of the model store.")
 ]
@@ -78,9 +42,9 @@ def train(
                mlscale train iris      (one new version of iris)
                mlscale train --ensure 2  (versions 1 and 2 of each, if missing)
     """
-    from service.errors import StoreError
-    from service.store import ModelStore
-    from service.train import EXAMPLES, ensure_versions, train_version
+    from mlscale.service.errors import StoreError
+    from mlscale.service.store import ModelStore
+    from mlscale.service.train import EXAMPLES, ensure_versions, train_version
 
     names = models or list(EXAMPLES)
     unknown = sorted(set(names) - set(EXAMPLES))
@@ -132,9 +96,9 @@ def publish(
     Example:  mlscale publish churn.joblib --name churn --sample train.csv \\
                   --holdout test.csv --target churned
     """
-    from service.errors import MLScaleError
-    from service.publish import load_file, plan, read_csv, split_target
-    from service.store import ModelStore
+    from mlscale.service.errors import MLScaleError
+    from mlscale.service.publish import load_file, plan, read_csv, split_target
+    from mlscale.service.store import ModelStore
 
     if (holdout is None) != (target is None):
         raise typer.BadParameter("--holdout and --target go together")
@@ -179,9 +143,9 @@ def package(
 
     Example:  mlscale package flowers:2 && kind load docker-image mlscale-model/flowers:2
     """
-    from service.errors import MLScaleError
-    from service.package import package as build
-    from service.store import ModelStore
+    from mlscale.service.errors import MLScaleError
+    from mlscale.service.package import package as build
+    from mlscale.service.store import ModelStore
 
     name, _, version = model.partition(":")
     if not name or not version:
@@ -214,7 +178,7 @@ def manifest_table(checked: "Plan") -> Table:
 @app.command("models")
 def list_models(model_dir: ModelDir = Path("models")) -> None:
     """List the models and versions in the store, with their offline metrics."""
-    from service.store import ModelStore
+    from mlscale.service.store import ModelStore
 
     store = ModelStore(model_dir)
     table = Table("model", "version", "estimator", "metrics", "sha256", "created")
@@ -249,8 +213,8 @@ def serve(
 
     Example:  mlscale serve --model iris --version 2 --extra-versions 1
     """
-    from service.server import run
-    from service.settings import ModelSettings, ServerSettings, Settings
+    from mlscale.service.server import run
+    from mlscale.service.settings import ModelSettings, ServerSettings, Settings
 
     def given(**options: object) -> dict[str, object]:  # options win over MLSCALE_* variables
         return {k: v for k, v in options.items() if v is not None}
@@ -311,21 +275,6 @@ def infer(
         raise typer.Exit(1) from None
     json.dump(answer, sys.stdout)
     sys.stdout.write("\n")
-
-
-def loadtest(ctx: typer.Context) -> None:
-    """Load test with a report (`python -m loadtest --help` for the options)."""
-    # Locust patches the standard library when imported: it runs in a process of its own.
-    os.execv(sys.executable, [sys.executable, "-m", "loadtest", *ctx.args])
-
-
-if installed(EXTRAS["loadtest"][0]):
-    app.command(
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        add_help_option=False,
-    )(loadtest)
-else:
-    missing_extra("loadtest", EXTRAS["loadtest"][1])
 
 
 @app.command()

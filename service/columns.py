@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.errors import InvalidInput
-from service.store import Columns, Manifest
+from mlscale.service.errors import InvalidInput
+from mlscale.service.store import Columns, Manifest
 
 _NUMERIC_DATATYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)} | {
     "FP16", "FP32", "FP64",

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from service.batching import Batcher
-from service.errors import InferenceFailed, ModelNotFound, ModelNotReady
-from service.metrics import Metrics
-from service.runtime import LoadedModel, Outputs, RowOutputs
-from service.settings import BatchingSettings, ModelSettings
-from service.store import ModelStore
+from mlscale.service.batching import Batcher
+from mlscale.service.errors import InferenceFailed, ModelNotFound, ModelNotReady
+from mlscale.service.metrics import Metrics
+from mlscale.service.runtime import LoadedModel, Outputs, RowOutputs
+from mlscale.service.settings import BatchingSettings, ModelSettings
+from mlscale.service.store import ModelStore
 
 log = logging.getLogger("mlscale")
 

@@ -15,11 +15,16 @@ from typing import NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import binary, contract, protocol
-from service.contract import INFER, INFER_VERSION, LIVE, READY
-from service.dataplane import DataPlane
-from service.errors import MethodNotAllowed, MLScaleError, PayloadTooLarge, UnsupportedMediaType
-from service.metrics import Metrics
+from mlscale.service import binary, contract, protocol
+from mlscale.service.contract import INFER, INFER_VERSION, LIVE, READY
+from mlscale.service.dataplane import DataPlane
+from mlscale.service.errors import (
+    MethodNotAllowed,
+    MLScaleError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from mlscale.service.metrics import Metrics
 
 log = logging.getLogger("mlscale")
 

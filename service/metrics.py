@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from service import contract
-from service.batching import BatchObserver
+from mlscale.service import contract
+from mlscale.service.batching import BatchObserver
 
 # Sub-millisecond buckets too: a linear model answers in well under a millisecond.
 LATENCY_BUCKETS = (

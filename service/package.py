@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.contract import DOCKER_ENV, MANIFEST_LABEL
-from service.errors import StoreError
-from service.store import Manifest, ModelStore
+from mlscale.service.contract import DOCKER_ENV, MANIFEST_LABEL
+from mlscale.service.errors import StoreError
+from mlscale.service.store import Manifest, ModelStore
 
 # The public base users pull; where no registry is reachable, scripts/model-base.sh builds the
 # local one from Debian's busybox-static package.

@@ -12,10 +12,10 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, Field
 
-from service import binary
-from service.errors import InvalidInput
-from service.runtime import Outputs, RowOutputs, Rows
-from service.store import Manifest, TensorSpec
+from mlscale.service import binary
+from mlscale.service.errors import InvalidInput
+from mlscale.service.runtime import Outputs, RowOutputs, Rows
+from mlscale.service.store import Manifest, TensorSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,7 +95,7 @@ def decode_infer_request(
     if type(inputs) is not list or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     if manifest.columns is not None:
-        from service import columns  # pandas, only for models that take DataFrames
+        from mlscale.service import columns  # pandas, only for models that take DataFrames
 
         frame = columns.decode_tensors(inputs, manifest)
         return InferRequest(
@@ -215,7 +215,7 @@ def decode_instances(body: bytes, manifest: Manifest) -> "np.ndarray | pd.DataFr
     if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
         raise InvalidInput("request body must be a JSON object with an 'instances' list")
     if manifest.columns is not None:
-        from service import columns
+        from mlscale.service import columns
 
         return columns.decode_instances(payload["instances"], manifest)
     spec = manifest.inputs[0]

@@ -2,7 +2,7 @@
 
 One call after `fit` in a training script:
 
-    from service.publish import publish
+    from mlscale.service.publish import publish
     publish(pipeline, "churn", sample=X_train.head(), holdout=(X_test, y_test))
 
 `mlscale publish FILE` does the same from a joblib or pickle file. The manifest is inferred
@@ -21,9 +21,9 @@ import pandas as pd
 from sklearn.base import is_classifier
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 
-from service import signature
-from service.errors import InvalidModel
-from service.store import Columns, Manifest, ModelStore, check_label
+from mlscale.service import signature
+from mlscale.service.errors import InvalidModel
+from mlscale.service.store import Columns, Manifest, ModelStore, check_label
 
 
 def load_file(path: Path) -> Any:

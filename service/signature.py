@@ -15,8 +15,8 @@ import pandas as pd
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-from service.errors import InvalidModel
-from service.store import TensorSpec
+from mlscale.service.errors import InvalidModel
+from mlscale.service.store import TensorSpec
 
 OUTPUT_METHODS = ("predict", "predict_proba", "decision_function")
 # numpy kind -> V2 datatype; strings and objects travel as BYTES.

@@ -22,7 +22,7 @@ import numpy
 import sklearn
 from pydantic import BaseModel, Field
 
-from service.errors import ModelNotFound, StoreError
+from mlscale.service.errors import ModelNotFound, StoreError
 
 ARTIFACT = "model.joblib"
 MANIFEST = "manifest.json"

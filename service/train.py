@@ -1,6 +1,6 @@
 """Train the example models and write them into the store as new versions.
 
-`python -m service.train` (or `mlscale train`) adds one version of each example model.
+`python -m mlscale.service.train` (or `mlscale train`) adds one version of each example model.
 Each version's data comes from a seed derived from its version number, so versions differ
 and a rebuild gives the same models.
 """
@@ -16,7 +16,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
 
-from service.store import Manifest, ModelStore, TensorSpec
+from mlscale.service.store import Manifest, ModelStore, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,6 @@ def ensure_versions(store: ModelStore, name: str, count: int) -> list[Manifest]:
 
 
 if __name__ == "__main__":
-    from service.cli import app
+    from mlscale.service.cli import app
 
     app(["train", *sys.argv[1:]])

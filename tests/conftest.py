@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.store import ModelStore
-from service.train import EXAMPLES, ensure_versions
+from mlscale.service.store import ModelStore
+from mlscale.service.train import EXAMPLES, ensure_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def wait_ready(server: Server, timeout: float = 30) -> None:
 
 @contextmanager
 def run_server(model_dir: Path, ready: bool = True, **env: str) -> Iterator[Server]:
-    """Start `python -m service` with MLSCALE_* settings; stop it on exit."""
+    """Start `python -m mlscale.service` with MLSCALE_* settings; stop it on exit."""
     port = free_port()
     environ = {
         **os.environ,
@@ -91,7 +91,7 @@ def run_server(model_dir: Path, ready: bool = True, **env: str) -> Iterator[Serv
     log_path = model_dir.parent / f"server-{port}.log"
     with log_path.open("wb") as log:  # a file, not a pipe: a full pipe would block the server
         process = subprocess.Popen(
-            [sys.executable, "-m", "service"], env=environ, cwd=ROOT, stdout=log, stderr=log
+            [sys.executable, "-m", "mlscale.service"], env=environ, cwd=ROOT, stdout=log, stderr=log
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:

@@ -3,7 +3,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.batching import Batcher, BatchObserver
+from mlscale.service.batching import Batcher, BatchObserver
 
 
 class Recorder(BatchObserver):

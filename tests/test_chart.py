@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from service.settings import BatchingSettings, ModelSettings, ServerSettings, Settings
+from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings, Settings
 from tests.conftest import ROOT
 
 CHART = ROOT / "charts" / "mlscale"

@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 from kubernetes import client
 
-from rollout.analysis import Snapshot
-from rollout.release import Release, model_image_of, version_of
-from service import contract
+from mlscale.rollout.analysis import Snapshot
+from mlscale.rollout.release import Release, model_image_of, version_of
+from mlscale.service import contract
 from tests.test_chart import VALUE_SETS, by_kind, render
 from tests.test_server import v2
 

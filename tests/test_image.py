@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from examples import flowers
-from rollout.modelimage import read_manifest
-from service.package import package
-from service.publish import publish
-from service.store import ModelStore
+from mlscale.rollout.modelimage import read_manifest
+from mlscale.service.package import package
+from mlscale.service.publish import publish
+from mlscale.service.store import ModelStore
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker
@@ -185,3 +185,17 @@ def test_a_model_image_carries_one_version_into_a_pod_store(
     assert copied.versions("flowers") == ["3"] and copied.models() == ["flowers"]
     _, model = copied.load("flowers", "3")  # sha256 verified
     assert model.predict(x_test).tolist() == pipe.predict(x_test).tolist()
+
+
+def test_the_image_installs_one_namespace_and_says_which_extra_a_command_needs(
+    docker: str, image: str
+):
+    """Only the `serve` extra is installed: `mlscale rollout` names its extra instead of failing
+    on an import, and no generic top-level package (`service`) lands in site-packages."""
+    run = [docker, "run", "--rm", *HARDENED, image]
+    rollout = subprocess.run([*run, "mlscale", "rollout", "status"], capture_output=True, text=True)
+    assert rollout.returncode == 2, rollout.stderr
+    assert "pip install 'mlscale[rollout]'" in rollout.stdout
+    probe = "import importlib.util as u; print(u.find_spec('service'), u.find_spec('mlscale'))"
+    found = sh(*run, "python", "-c", probe)
+    assert found.startswith("None ModuleSpec(name='mlscale'"), found

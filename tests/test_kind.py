@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-import service
 from examples import flowers
-from rollout.analysis import Snapshot
-from service.publish import publish
+from mlscale import service
+from mlscale.rollout.analysis import Snapshot
+from mlscale.service.publish import publish
 from tests.conftest import ROOT
 from tests.test_publish import by_column
 
@@ -148,7 +148,7 @@ def steady_load(
 
 
 def rollout(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "rollout", "--context", CONTEXT, *args]
+    cmd = [sys.executable, "-m", "mlscale.rollout", "--context", CONTEXT, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 
@@ -308,8 +308,8 @@ def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
 ):
     scale(1, exact=True)
     before = {p["metadata"]["name"] for p in server_pods()}
-    cmd = [sys.executable, "-m", "loadtest", "--url", NODE_PORT, "--model", "iris", "--cluster",
-           "--release", RELEASE, "--namespace", cluster, "--context", CONTEXT,
+    cmd = [sys.executable, "-m", "mlscale.loadtest", "--url", NODE_PORT, "--model", "iris",
+           "--cluster", "--release", RELEASE, "--namespace", cluster, "--context", CONTEXT,
            "--users", "60", "--steps", "4", "--step-seconds", "30", "--hold-seconds", "120",
            "--rollout-version", "2", "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)

@@ -9,17 +9,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from loadtest.report import DPI, FIGSIZE
-from loadtest.sampler import ClusterSampler
-from rollout.kube import Kube, Target
-from rollout.release import Release
+from mlscale.loadtest.report import DPI, FIGSIZE
+from mlscale.loadtest.sampler import ClusterSampler
+from mlscale.rollout.kube import Kube, Target
+from mlscale.rollout.release import Release
 from tests.conftest import ROOT, run_server
 from tests.kube_emulator import Emulator
 
 
 def test_runner_against_a_local_server_writes_a_real_report(model_dir: Path, tmp_path: Path):
     with run_server(model_dir, model_name="iris") as server:
-        cmd = [sys.executable, "-m", "loadtest", "--url", server.url, "--model", "iris",
+        cmd = [sys.executable, "-m", "mlscale.loadtest", "--url", server.url, "--model", "iris",
                "--users", "8", "--steps", "2", "--step-seconds", "4", "--hold-seconds", "8",
                "--down-seconds", "2", "--sample-seconds", "1", "--out", str(tmp_path)]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=ROOT)

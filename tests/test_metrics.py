@@ -4,7 +4,7 @@ import random
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from service.metrics import LATENCY_BUCKETS, Metrics
+from mlscale.service.metrics import LATENCY_BUCKETS, Metrics
 
 
 def samples(exposition: bytes, prefix: str) -> set[str]:

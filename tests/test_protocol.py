@@ -6,14 +6,14 @@ import numpy as np
 import orjson
 import pytest
 
-from service.errors import InvalidInput
-from service.protocol import (
+from mlscale.service.errors import InvalidInput
+from mlscale.service.protocol import (
     SMALL_REQUEST_VALUES,
     decode_infer_request,
     decode_instances,
     encode_infer_response,
 )
-from service.store import Manifest, ModelStore
+from mlscale.service.store import Manifest, ModelStore
 
 
 @pytest.fixture(scope="module")

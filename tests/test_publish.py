@@ -22,10 +22,10 @@ from sklearn.pipeline import Pipeline
 from typer.testing import CliRunner
 
 from examples import flowers
-from service.cli import app
-from service.errors import StoreError
-from service.publish import publish
-from service.store import ModelStore
+from mlscale.cli import app
+from mlscale.service.errors import StoreError
+from mlscale.service.publish import publish
+from mlscale.service.store import ModelStore
 from tests.conftest import Server, run_server
 
 

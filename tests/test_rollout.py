@@ -18,14 +18,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rollout.canary import CanaryPolicy, run_canary
-from rollout.deploy import deploy, rollback, set_version
-from rollout.history import History
-from rollout.kube import Kube, NotFound, Refused, RolloutError, Target
-from rollout.release import Release
-from service.cli import app as mlscale
-from service.contract import MANIFEST_LABEL
-from service.store import Manifest
+from mlscale.cli import app as mlscale
+from mlscale.rollout.canary import CanaryPolicy, run_canary
+from mlscale.rollout.deploy import deploy, rollback, set_version
+from mlscale.rollout.history import History
+from mlscale.rollout.kube import Kube, NotFound, Refused, RolloutError, Target
+from mlscale.rollout.release import Release
+from mlscale.service.contract import MANIFEST_LABEL
+from mlscale.service.store import Manifest
 from tests.conftest import ROOT
 from tests.kube_controller import DeploymentController, pod_version
 from tests.kube_emulator import Emulator
@@ -251,7 +251,7 @@ def test_the_watch_survives_a_dropped_connection(cluster: Cluster):
 
 
 def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluster):
-    cmd = [sys.executable, "-m", "rollout", "--server", cluster.url, "-n", NS, "-r", "demo",
+    cmd = [sys.executable, "-m", "mlscale.rollout", "--server", cluster.url, "-n", NS, "-r", "demo",
            "canary", "--version", "2", "--steps", "34,100", "--interval", "30"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
@@ -377,7 +377,7 @@ def test_a_failed_promotion_removes_the_canary_and_says_so(cluster: Cluster, mon
     def promotion_fails(*args, **kwargs):
         raise RolloutError("rollout of version 2 failed (injected); rolled back to 1")
 
-    monkeypatch.setattr("rollout.canary.deploy", promotion_fails)
+    monkeypatch.setattr("mlscale.rollout.canary.deploy", promotion_fails)
     with pytest.raises(RolloutError, match="passed its analysis, but promoting it failed"):
         run_canary(cluster.release(), "2", FAST, say=cluster.say)
     assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None

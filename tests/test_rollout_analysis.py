@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rollout.analysis import Snapshot, judge
+from mlscale.rollout.analysis import Snapshot, judge
 
 INFER = 'endpoint="/v2/models/{name}/infer",model="iris",version="2"'
 HEALTH = 'endpoint="/v2/health/ready",model="",version=""'

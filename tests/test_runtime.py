@@ -8,8 +8,8 @@ import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.tree import DecisionTreeRegressor
 
-from service.runtime import LoadedModel, pairwise_sum
-from service.store import Manifest, ModelStore
+from mlscale.service.runtime import LoadedModel, pairwise_sum
+from mlscale.service.store import Manifest, ModelStore
 
 
 @pytest.mark.parametrize("name", ["linear", "multilinear", "iris"])

@@ -1,4 +1,4 @@
-"""Protocol conformance over real HTTP, against `python -m service` in a subprocess."""
+"""Protocol conformance over real HTTP, against `python -m mlscale.service` in a subprocess."""
 
 import asyncio
 import shutil
@@ -11,7 +11,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from service.store import ARTIFACT, ModelStore
+from mlscale.service.store import ARTIFACT, ModelStore
 from tests.conftest import Server, run_server
 
 ROW = [5.1, 3.5, 1.4, 0.2]

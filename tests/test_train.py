@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
-from service.errors import StoreError
-from service.store import ModelStore
-from service.train import train_version
+from mlscale.cli import app
+from mlscale.service.errors import StoreError
+from mlscale.service.store import ModelStore
+from mlscale.service.train import train_version
 
 
 def test_examples_have_good_holdout_metrics(model_dir: Path):
@@ -58,7 +58,7 @@ def test_command_groups_of_missing_extras_say_which_extra_to_install(monkeypatch
     """The image installs only the `serve` extra: `mlscale rollout` there names its extra."""
     import importlib
 
-    import service.cli
+    import mlscale.cli
 
     real = importlib.util.find_spec
 
@@ -67,7 +67,7 @@ def test_command_groups_of_missing_extras_say_which_extra_to_install(monkeypatch
 
     monkeypatch.setattr(importlib.util, "find_spec", without_extras)
     try:
-        serve_only = importlib.reload(service.cli).app
+        serve_only = importlib.reload(mlscale.cli).app
         for group, extra in (("rollout", "rollout"), ("loadtest", "loadtest")):
             result = CliRunner().invoke(serve_only, [group, "status"])
             assert result.exit_code == 2, result.output
@@ -75,4 +75,4 @@ def test_command_groups_of_missing_extras_say_which_extra_to_install(monkeypatch
             assert result.exception is None or isinstance(result.exception, SystemExit)
     finally:
         monkeypatch.undo()
-        importlib.reload(service.cli)
+        importlib.reload(mlscale.cli)
