@@ -149,25 +149,8 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
         )
 
     def metadata(name: str, version: str | None) -> Response:
-        model = plane.model(name, version)
-        m = model.manifest
-        body = {
-            "name": m.name,
-            "versions": list(plane.models),
-            "platform": f"sklearn_{m.sklearn_version}",
-            "inputs": [spec.model_dump() for spec in m.inputs],
-            "outputs": [spec.model_dump() for spec in m.outputs],
-            "parameters": {
-                "version": m.version,
-                "default_version": plane.default_version,
-                "estimator": m.estimator,
-                "sha256": m.sha256,
-                "metrics": m.metrics,
-                "labels": m.labels,
-                "created": m.created.isoformat(),
-            },
-        }
-        return json_response(body, answered=model.identity)
+        body, answered = plane.metadata(name, version)
+        return json_response(body, answered=answered)
 
     @api.get(
         contract.MODEL_METADATA, response_model=protocol.ModelMetadata, responses=ERRORS,
@@ -184,9 +167,8 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
         return metadata(name, version)
 
     def readiness(name: str, version: str | None) -> Response:
-        model = plane.model(name, version)
-        body = {"name": name, "version": model.version, "ready": plane.ready}
-        return json_response(body, 200 if plane.ready else 503, answered=model.identity)
+        body, answered = plane.model_ready(name, version)
+        return json_response(body, 200 if body["ready"] else 503, answered=answered)
 
     @api.get(
         contract.MODEL_READY, response_model=protocol.ModelReadyResponse, responses=ERRORS,
@@ -226,7 +208,7 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
         openapi_extra=_body_doc(protocol.InstancesRequest), tags=["inference"],
     )  # fmt: skip
     async def simple_predict(request: Request) -> Response:
-        return await predict_instances(request, plane.model(plane.name))
+        return await predict_instances(request, plane.model(None))
 
     @api.get(
         contract.STORE_VERSIONS, response_model=protocol.StoreVersions,
@@ -235,12 +217,7 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
     async def store_versions(name: str) -> Response:
         """mlscale extension: every version of the model in this server's store (loaded or
         not), with offline metrics; the rollout operator's quality gate reads it."""
-        plane.model(name)  # 404 for a model this server does not serve
-        manifests = [plane.store.manifest(name, v) for v in plane.store.versions(name)]
-        versions = [{"version": m.version, "metrics": m.metrics, "sha256": m.sha256,
-                     "created": m.created.isoformat(), "loaded": m.version in plane.models}
-                    for m in manifests]  # fmt: skip
-        return json_response({"name": name, "versions": versions})
+        return json_response(plane.store_versions(name))
 
     @api.get("/metrics", tags=["metrics"], response_class=Response)
     async def prometheus() -> Response:

@@ -72,8 +72,53 @@ class DataPlane:
         for batcher in self._batchers.values():
             await batcher.close()
 
-    def model(self, name: str, version: str | None = None) -> LoadedModel:
-        """The loaded version that answers a path; 404 names what is served instead."""
+    def drain(self) -> bool:
+        """Stop being ready (SIGTERM); False when already draining."""
+        if self.draining:
+            return False
+        self.draining = True
+        return True
+
+    def metadata(self, name: str, version: str | None) -> tuple[dict[str, Any], tuple[str, str]]:
+        """The V2 model metadata of the version that answers, and who answered."""
+        model = self.model(name, version)
+        m = model.manifest
+        body = {
+            "name": m.name,
+            "versions": list(self.models),
+            "platform": f"sklearn_{m.sklearn_version}",
+            "inputs": [spec.model_dump() for spec in m.inputs],
+            "outputs": [spec.model_dump() for spec in m.outputs],
+            "parameters": {
+                "version": m.version,
+                "default_version": self.default_version,
+                "estimator": m.estimator,
+                "sha256": m.sha256,
+                "metrics": m.metrics,
+                "labels": m.labels,
+                "created": m.created.isoformat(),
+            },
+        }
+        return body, model.identity
+
+    def model_ready(self, name: str, version: str | None) -> tuple[dict[str, Any], tuple[str, str]]:
+        model = self.model(name, version)
+        return {"name": name, "version": model.version, "ready": self.ready}, model.identity
+
+    def store_versions(self, name: str) -> dict[str, Any]:
+        """Every version of the served model in the store (loaded or not), with offline
+        metrics: what the rollout operator's quality gate compares."""
+        self.model(name)  # 404 for a model this server does not serve
+        manifests = [self.store.manifest(name, v) for v in self.store.versions(name)]
+        versions = [{"version": m.version, "metrics": m.metrics, "sha256": m.sha256,
+                     "created": m.created.isoformat(), "loaded": m.version in self.models}
+                    for m in manifests]  # fmt: skip
+        return {"name": name, "versions": versions}
+
+    def model(self, name: str | None, version: str | None = None) -> LoadedModel:
+        """The loaded version that answers a path (None: the served model); 404 names what
+        is served instead."""
+        name = self.name if name is None else name
         if name != self.name:
             raise ModelNotFound(f"model '{name}' not found; this server serves '{self.name}'")
         if not self.loaded:

@@ -41,11 +41,10 @@ class DrainOnSigterm:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         assert self._loop is not None
-        if self._plane.draining:
+        if not self._plane.drain():
             log.info("second SIGTERM: stopping now")
             self._loop.call_soon_threadsafe(self._hand_over)
             return
-        self._plane.draining = True
         log.info("SIGTERM: not ready; serving %.1fs more before stopping", self._delay_s)
         self._loop.call_soon_threadsafe(self._loop.call_later, self._delay_s, self._hand_over)
 
