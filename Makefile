@@ -52,9 +52,10 @@ deploy: tools ## helm upgrade --install --wait with k8s/values-kind.yaml
 kind-down: ## Delete the kind cluster
 	scripts/kind.sh down
 
-lint: install ## ruff, and hadolint for the Dockerfile
+lint: install ## ruff, mypy, and hadolint for the Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
 test: install tools lint ## Lint, then every test, the kind cluster end to end included (skips only without Docker)

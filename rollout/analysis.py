@@ -6,7 +6,7 @@ histogram bucket deltas, interpolated inside a bucket the way PromQL's histogram
 """
 
 import math
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,7 +20,8 @@ class Snapshot:
 
     requests: float = 0.0
     errors: float = 0.0  # 5xx: the server's fault (4xx is the client's)
-    buckets: Counter[float] = field(default_factory=Counter)  # upper bound -> cumulative count
+    # upper bound -> cumulative count
+    buckets: defaultdict[float, float] = field(default_factory=lambda: defaultdict(float))
 
     def add_scrape(self, text: str) -> None:
         for family in text_string_to_metric_families(text):
@@ -43,10 +44,18 @@ class Snapshot:
         return Snapshot(
             requests=delta(self.requests, earlier.requests),
             errors=delta(self.errors, earlier.errors),
-            buckets=Counter(
-                {le: delta(n, earlier.buckets.get(le, 0.0)) for le, n in self.buckets.items()}
+            buckets=defaultdict(
+                float,
+                {le: delta(n, earlier.buckets.get(le, 0.0)) for le, n in self.buckets.items()},
             ),
         )
+
+    def __add__(self, other: "Snapshot") -> "Snapshot":
+        """Two pods' (or tracks') traffic together."""
+        buckets = defaultdict(float, self.buckets)
+        for le, n in other.buckets.items():
+            buckets[le] += n
+        return Snapshot(self.requests + other.requests, self.errors + other.errors, buckets)
 
     @property
     def error_rate(self) -> float:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client import V1Deployment
 
 from mlscale.rollout.analysis import Snapshot, judge
 from mlscale.rollout.deploy import Outcome, Say, deploy, follow, quality_gate, wrong_versions
@@ -19,6 +20,7 @@ from mlscale.rollout.release import (
     Release,
     canary_name,
     model_image_of,
+    name_of,
     pod_ready,
     version_of,
     version_patch,
@@ -38,7 +40,7 @@ class CanaryPolicy:
 
 
 def canary_body(
-    stable: Any, name: str, version: str, replicas: int, model_image: str | None = None
+    stable: V1Deployment, name: str, version: str, replicas: int, model_image: str | None = None
 ) -> dict[str, Any]:
     """The stable Deployment, renamed, relabelled track=canary and moved to `version` (and
     the model image holding it)."""
@@ -70,12 +72,12 @@ def scrape(release: Release, track: str) -> dict[str, Snapshot]:
         if not pod_ready(pod):
             continue
         try:
-            text = release.proxy_get(pod.metadata.name, "/metrics")
+            text = release.proxy_get(name_of(pod), "/metrics")
         except (NotFound, Unavailable):
             continue
         snapshot = Snapshot()
         snapshot.add_scrape(text)
-        snapshots[pod.metadata.name] = snapshot
+        snapshots[name_of(pod)] = snapshot
     return snapshots
 
 
@@ -83,10 +85,7 @@ def traffic(before: dict[str, Snapshot], after: dict[str, Snapshot]) -> Snapshot
     """What every pod of a track served between two scrapes (new pods count from zero)."""
     total = Snapshot()
     for pod, now in after.items():
-        delta = now - before.get(pod, Snapshot())
-        total.requests += delta.requests
-        total.errors += delta.errors
-        total.buckets.update(delta.buckets)
+        total += now - before.get(pod, Snapshot())
     return total
 
 
@@ -113,7 +112,7 @@ def run_canary(
         raise Refused(f"stable already serves version {version}")
     if (running := release.canary()) is not None:
         raise Refused(
-            f"a canary is already running ({running.metadata.name}); finish or delete it first"
+            f"a canary is already running ({name_of(running)}); finish or delete it first"
         )
     if not force:
         quality_gate(release, current, to, max_regression)
@@ -211,7 +210,7 @@ def remove(release: Release, say: Say) -> None:
     kube = release.kube
     try:
         if (canary := release.canary()) is not None:
-            kube.call(kube.apps.delete_namespaced_deployment, canary.metadata.name, kube.namespace)
-            say(f"removed canary {canary.metadata.name}")
+            kube.call(kube.apps.delete_namespaced_deployment, name_of(canary), kube.namespace)
+            say(f"removed canary {name_of(canary)}")
     except RolloutError as exc:  # never hide the reason the canary ended behind this one
         say(f"could not remove the canary ({exc}); delete it: mlscale rollout status shows it")

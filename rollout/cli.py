@@ -7,12 +7,16 @@ Exit codes: 0 done (or nothing to do), 1 the rollout failed and was rolled back 
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from mlscale.rollout.release import Release
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -32,7 +36,7 @@ class Ctx:
         self.release_name, self.output = release, output
         self.target = (namespace, context, kubeconfig, server)
 
-    def release(self) -> Any:
+    def release(self) -> "Release":
         from mlscale.rollout.kube import Kube, Target
         from mlscale.rollout.release import Release
 
@@ -63,7 +67,7 @@ def main(
     ctx.obj = Ctx(release, namespace, context, kubeconfig, server, output)
 
 
-def run(ctx: typer.Context, action: Any) -> None:
+def run(ctx: typer.Context, action: Callable[[Ctx], Any]) -> None:
     """Run an action; print its result; turn failures into a message and an exit code."""
     from mlscale.rollout.kube import RolloutError
 

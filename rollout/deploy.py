@@ -16,7 +16,14 @@ from mlscale.rollout.progress import (
     restart_counts,
     rollout_progress,
 )
-from mlscale.rollout.release import Release, model_image_of, pod_ready, version_of, version_patch
+from mlscale.rollout.release import (
+    Release,
+    model_image_of,
+    name_of,
+    pod_ready,
+    version_of,
+    version_patch,
+)
 
 Say = Callable[[str], None]
 # Offline metrics where smaller is better; any other metric (r2, accuracy, ...) is the reverse.
@@ -128,9 +135,9 @@ def wrong_versions(release: Release, version: str, track: str) -> str | None:
     for pod in release.pods(track):
         if not pod_ready(pod):
             continue
-        served = release.served_version(pod.metadata.name, model)
+        served = release.served_version(name_of(pod), model)
         if served != version:
-            return f"pod {pod.metadata.name} serves version {served!r}, not {version!r}"
+            return f"pod {name_of(pod)} serves version {served!r}, not {version!r}"
     return None
 
 
@@ -150,7 +157,7 @@ def deploy(
     """Move the stable Deployment to `version` (and to `model_image`, the image holding it,
     for a release installed with one); follow it; roll back by itself when it fails."""
     stable = release.stable()
-    name, current, current_image = stable.metadata.name, version_of(stable), model_image_of(stable)
+    name, current, current_image = name_of(stable), version_of(stable), model_image_of(stable)
     if model_image and current_image is None:
         raise Refused(
             f"{name} serves the models of its server image (installed without model.image); "

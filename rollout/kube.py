@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client, config, watch
+from kubernetes.client import V1Deployment
 from kubernetes.client.exceptions import ApiException
 
 T = TypeVar("T")
@@ -145,7 +146,7 @@ class Kube:
                 time.sleep(0.05 * 2**n)
         raise AssertionError("unreachable")
 
-    def watch_deployment(self, name: str, timeout: float) -> Iterator[Any]:
+    def watch_deployment(self, name: str, timeout: float) -> Iterator[V1Deployment | None]:
         """The Deployment now, then every change to it, until `timeout` seconds have passed.
 
         Lists first and watches from the list's resourceVersion; a 410 Gone (history
@@ -162,7 +163,7 @@ class Kube:
                 if not listed.items:
                     raise NotFound(f"deployment {name} not found in {self.namespace}")
                 yield listed.items[0]
-                version = listed.metadata.resource_version
+                version = listed.metadata.resource_version if listed.metadata else None
                 while time.monotonic() < deadline:
                     window = max(1, min(5, int(deadline - time.monotonic())))
                     for event in watch.Watch().stream(

@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client import V1Deployment, V1Pod, V1PodSpec, V2HorizontalPodAutoscaler
+
 from mlscale.rollout.kube import ClusterError, Kube, Refused
 from mlscale.service.contract import (
     COMPONENT_LABEL,
@@ -23,24 +25,36 @@ from mlscale.service.contract import TRACK_LABEL as TRACK
 from mlscale.service.contract import VERSION_LABEL as VERSION
 
 
-def env(deployment: Any, name: str) -> str | None:
-    container = deployment.spec.template.spec.containers[0]
+def name_of(obj: V1Deployment | V1Pod) -> str:
+    """An object's name. The client types every field optional; objects read from the API
+    server always have one."""
+    assert obj.metadata is not None and obj.metadata.name is not None
+    return obj.metadata.name
+
+
+def pod_spec(deployment: V1Deployment) -> V1PodSpec:
+    assert deployment.spec is not None and deployment.spec.template.spec is not None
+    return deployment.spec.template.spec
+
+
+def env(deployment: V1Deployment, name: str) -> str | None:
+    container = pod_spec(deployment).containers[0]
     return next((e.value for e in container.env or [] if e.name == name), None)
 
 
-def version_of(deployment: Any) -> str:
+def version_of(deployment: V1Deployment) -> str:
     return env(deployment, VERSION_ENV) or ""
 
 
-def model_image_of(deployment: Any) -> str | None:
+def model_image_of(deployment: V1Deployment) -> str | None:
     """The model image a Deployment's pods copy their version from; None without one."""
-    init = deployment.spec.template.spec.init_containers or []
+    init = pod_spec(deployment).init_containers or []
     return next((c.image for c in init if c.name == MODEL_CONTAINER), None)
 
 
-def canary_name(stable: Any) -> str:
+def canary_name(stable: V1Deployment) -> str:
     """The canary Deployment's name, derived from the stable one's."""
-    return f"{stable.metadata.name}-canary"
+    return f"{name_of(stable)}-canary"
 
 
 def strategic_merge(target: Any, patch: Any) -> Any:
@@ -60,12 +74,12 @@ def strategic_merge(target: Any, patch: Any) -> Any:
     return patch
 
 
-def pod_ready(pod: Any) -> bool:
+def pod_ready(pod: V1Pod) -> bool:
     statuses = (pod.status.container_statuses or []) if pod.status else []
     return bool(statuses) and all(s.ready for s in statuses)
 
 
-def hpa_cpu_percent(hpa: Any) -> int | None:
+def hpa_cpu_percent(hpa: V2HorizontalPodAutoscaler) -> int | None:
     """Average CPU utilisation (% of the request) the HPA last saw, if it has a CPU metric."""
     for m in (hpa.status.current_metrics or []) if hpa.status else []:
         if m.type == "Resource" and m.resource and m.resource.name == "cpu":
@@ -114,7 +128,7 @@ class Release:
         base = f"{INSTANCE_LABEL}={self.name},{COMPONENT_LABEL}={SERVER_COMPONENT}"
         return f"{base},{TRACK}={track}" if track else base
 
-    def stable(self) -> Any:
+    def stable(self) -> V1Deployment:
         found = self.kube.call(
             self.kube.apps.list_namespaced_deployment,
             self.namespace,
@@ -127,7 +141,7 @@ class Release:
             )
         return found[0]
 
-    def canary(self) -> Any | None:
+    def canary(self) -> V1Deployment | None:
         found = self.kube.call(
             self.kube.apps.list_namespaced_deployment,
             self.namespace,
@@ -135,9 +149,9 @@ class Release:
         ).items
         return found[0] if found else None
 
-    def hpa(self) -> Any | None:
+    def hpa(self) -> V2HorizontalPodAutoscaler | None:
         """The HorizontalPodAutoscaler that drives the stable Deployment, if there is one."""
-        stable = self.stable().metadata.name
+        stable = name_of(self.stable())
         found = self.kube.call(
             self.kube.autoscaling.list_namespaced_horizontal_pod_autoscaler, self.namespace
         ).items
@@ -146,7 +160,7 @@ class Release:
     def model_name(self) -> str:
         return env(self.stable(), MODEL_NAME_ENV) or ""
 
-    def pods(self, track: str | None = None, version: str | None = None) -> list[Any]:
+    def pods(self, track: str | None = None, version: str | None = None) -> list[V1Pod]:
         selector = self.selector(track) + (f",{VERSION}={version}" if version else "")
         pods = self.kube.call(
             self.kube.core.list_namespaced_pod, self.namespace, label_selector=selector
@@ -174,7 +188,7 @@ class Release:
         """Versions in the image's model store, with their offline metrics, asked of a pod."""
         model = self.model_name()
         for pod in self.pods("stable"):
-            if pod.status.phase == "Running":
-                text = self.proxy_get(pod.metadata.name, STORE_VERSIONS.format(name=model))
+            if pod.status is not None and pod.status.phase == "Running":
+                text = self.proxy_get(name_of(pod), STORE_VERSIONS.format(name=model))
                 return {v["version"]: v["metrics"] for v in json.loads(text)["versions"]}
         raise ClusterError("no running pod to ask which versions the image holds")

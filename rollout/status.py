@@ -2,15 +2,24 @@
 
 from typing import Any
 
+from kubernetes.client import V1Deployment, V1DeploymentStatus
+
 from mlscale.rollout.progress import rollout_progress
-from mlscale.rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready, version_of
+from mlscale.rollout.release import (
+    VERSION,
+    Release,
+    hpa_cpu_percent,
+    name_of,
+    pod_ready,
+    version_of,
+)
 
 
-def _track(release: Release, deployment: Any, track: str) -> dict[str, Any]:
-    s = deployment.status
+def _track(release: Release, deployment: V1Deployment, track: str) -> dict[str, Any]:
+    s = deployment.status or V1DeploymentStatus()
     return {
         "track": track,
-        "deployment": deployment.metadata.name,
+        "deployment": name_of(deployment),
         "version": version_of(deployment),
         "desired": deployment.spec.replicas,
         "updated": s.updated_replicas or 0,
@@ -19,7 +28,7 @@ def _track(release: Release, deployment: Any, track: str) -> dict[str, Any]:
         "rollout": rollout_progress(deployment).message,
         "pods": [
             {
-                "name": p.metadata.name,
+                "name": name_of(p),
                 "node": p.spec.node_name,
                 "version": (p.metadata.labels or {}).get(VERSION),
                 "ready": pod_ready(p),
@@ -37,7 +46,7 @@ def status(release: Release) -> dict[str, Any]:
         tracks.append(_track(release, canary, "canary"))
     h = release.hpa()
     hpa = h and {
-        "name": h.metadata.name,
+        "name": name_of(h),
         "min": h.spec.min_replicas,
         "max": h.spec.max_replicas,
         "current": h.status.current_replicas if h.status else None,

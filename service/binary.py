@@ -126,7 +126,7 @@ def encode(value: np.ndarray | list[Any], datatype: str) -> bytes:
     """One output tensor's raw bytes."""
     if datatype == "BYTES":
         items = value.ravel().tolist() if isinstance(value, np.ndarray) else value
-        parts = []
+        parts: list[bytes] = []
         for item in items:
             data = item if isinstance(item, bytes) else str(item).encode()
             parts += (len(data).to_bytes(4, "little"), data)

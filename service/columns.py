@@ -127,7 +127,7 @@ def _storage_kind(dtype: Any) -> str:
     return np.dtype(dtype).kind
 
 
-def _fields(tensor: Any) -> tuple[str, list[int], str, Any]:
+def _fields(tensor: Any) -> tuple[str, list[int], Any, Any]:
     if type(tensor) is not dict:
         raise InvalidInput("each input must be an object with name, shape, datatype and data")
     name, shape = tensor.get("name"), tensor.get("shape")

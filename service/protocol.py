@@ -267,7 +267,7 @@ def encode_binary_response(
 
 def _output_tensor(manifest: Manifest, name: str, value: np.ndarray | list[Any]) -> dict[str, Any]:
     datatype = manifest.output_types[name]
-    if type(value) is list:  # one value per row
+    if isinstance(value, list):  # one value per row
         return {"name": name, "datatype": datatype, "shape": [len(value)], "data": value}
     shape = list(value.shape)
     return {"name": name, "datatype": datatype, "shape": shape, "data": _json_data(value)}
