@@ -261,7 +261,10 @@ def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluste
                   for p in cluster.api.list("pods", NS)):  # fmt: skip
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
         time.sleep(0.05)
-    time.sleep(0.5)  # inside the step's traffic window now
+    # Inside the step's traffic window once the operator has taken its first scrape of the canary.
+    while not any("canary" in pod for pod in cluster.served):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
