@@ -218,11 +218,14 @@ def rollback(
 
 def _print_status(s: dict[str, Any]) -> None:
     out.print(f"release [bold]{s['release']}[/] in {s['namespace']}, model {s['model']}")
-    table = Table("track", "version", "desired", "updated", "ready", "available", "rollout")
+    images = any(t["model_image"] for t in s["tracks"])
+    columns = ["track", "version", *(["model image"] if images else [])]
+    table = Table(*columns, "desired", "updated", "ready", "available", "rollout")
     for t in s["tracks"]:
         table.add_row(
             t["track"],
             t["version"],
+            *([t["model_image"] or ""] if images else []),
             str(t["desired"]),
             str(t["updated"]),
             str(t["ready"]),

@@ -582,6 +582,9 @@ def test_a_model_image_moves_with_its_version_and_back(image_cluster: Cluster):
     assert c.stable_version() == "2" and model_image(c) == (f"{IMAGE}:2", f"{IMAGE}:2")
     (entry,) = History(c.release().kube, "demo").read()
     assert (entry.image, entry.previous_image) == (f"{IMAGE}:2", f"{IMAGE}:1")
+    base = ["rollout", "--server", c.url, "-n", NS, "-r", "demo"]
+    status = json.loads(CliRunner().invoke(mlscale, [*base, "-o", "json", "status"]).stdout)
+    assert [(t["version"], t["model_image"]) for t in status["tracks"]] == [("2", f"{IMAGE}:2")]
     rollback(c.release(), None, say=c.say, timeout=20)
     assert c.stable_version() == "1" and model_image(c) == (f"{IMAGE}:1", f"{IMAGE}:1")
 
