@@ -6,18 +6,25 @@ ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-# The installed `mlscale.*` packages; the image installs only the `serve` extra's dependencies,
-# and `mlscale rollout` / `mlscale loadtest` there say which extra they need.
-COPY mlscale ./mlscale
-COPY service ./service
-COPY rollout ./rollout
-COPY loadtest ./loadtest
+COPY pyproject.toml ./
+# Dependencies first, from the pins in pyproject.toml: this layer is rebuilt only when they
+# change, not on every change to the code.
 # The CA bundle, where one is passed as a build secret, is used by pip and never stored.
 RUN --mount=type=secret,id=pipcert \
     python3 -m venv /opt/venv \
  && if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
- && /opt/venv/bin/pip install --no-cache-dir '.[serve]' \
+ && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["serve"]))' > /tmp/serve.txt \
+ && /opt/venv/bin/pip install --no-cache-dir -r /tmp/serve.txt
+# The installed `mlscale.*` packages; the image installs only the `serve` extra's dependencies,
+# and `mlscale rollout` / `mlscale loadtest` there say which extra they need.
+COPY README.md ./
+COPY mlscale ./mlscale
+COPY service ./service
+COPY rollout ./rollout
+COPY loadtest ./loadtest
+RUN --mount=type=secret,id=pipcert \
+    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
  && find /opt/venv -depth -type d -name tests -path '*site-packages/*' -exec rm -rf {} + \
  && /opt/venv/bin/python -m compileall -q /opt/venv
