@@ -1,5 +1,5 @@
-"""The domain errors. Each carries its HTTP status; `app.py` turns them into
-`{"error": "..."}` in one place, the Open Inference Protocol's error shape."""
+"""The domain errors. Each carries its HTTP status; `answer.error_answer` turns them into
+`{"error": "..."}`, the Open Inference Protocol's error shape, in one place."""
 
 
 class MLScaleError(Exception):
@@ -8,9 +8,6 @@ class MLScaleError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        # (model, version) once a request has been routed to a version, so that error
-        # responses name the version that answered, like successful ones.
-        self.answered_by: tuple[str, str] | None = None
 
 
 class InvalidInput(MLScaleError):

@@ -7,15 +7,22 @@ probes — are answered directly at the ASGI level, and everything else goes to 
 Each route has exactly one implementation: here, or in `app.py`.
 """
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import NamedTuple
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlscale.service import binary, contract, protocol
+from mlscale.service import binary, openapi, protocol
+from mlscale.service.answer import (
+    ANSWERED,
+    NOBODY,
+    Answer,
+    error_answer,
+    error_body,
+    response_headers,
+)
 from mlscale.service.contract import INFER, INFER_VERSION, LIVE, READY
 from mlscale.service.dataplane import DataPlane
 from mlscale.service.errors import (
@@ -28,40 +35,7 @@ from mlscale.service.metrics import Metrics
 
 log = logging.getLogger("mlscale")
 
-AnsweredBy = tuple[str, str]  # (model, version); ("", "") where no model answered
-NOBODY: AnsweredBy = ("", "")
 CLOSE_HEADER = (b"connection", b"close")
-JSON_HEADER = (b"content-type", b"application/json")
-BINARY_HEADER = (b"content-type", b"application/octet-stream")
-
-
-class Answer(NamedTuple):
-    status: int
-    body: bytes
-    answered: AnsweredBy  # who answered
-    json_length: int | None = None  # set when binary tensor data follows the JSON
-
-
-MODEL_HEADER = contract.MODEL_HEADER.encode()
-VERSION_HEADER = contract.VERSION_HEADER.encode()
-
-
-@functools.cache
-def model_headers(answered: AnsweredBy) -> tuple[tuple[bytes, bytes], ...]:
-    if answered == NOBODY:
-        return ()
-    return ((MODEL_HEADER, answered[0].encode()), (VERSION_HEADER, answered[1].encode()))
-
-
-def answered_by(headers: Iterable[tuple[bytes, bytes]]) -> AnsweredBy:
-    """(model, version) from response headers, for the metrics labels."""
-    model = version = ""
-    for key, value in headers:
-        if key == MODEL_HEADER:
-            model = value.decode()
-        elif key == VERSION_HEADER:
-            version = value.decode()
-    return model, version
 
 
 def _media(content_type: bytes) -> bytes:
@@ -113,6 +87,28 @@ def _closing(send: Send) -> Send:
         await send(message)
 
     return closing
+
+
+def route_docs() -> dict[str, Any]:
+    """OpenAPI paths of the routes `fastpath.py` answers (FastAPI never sees them)."""
+    infer_errors = [400, 404, 413, 415, 500, 503]
+    infer = openapi.operation(
+        "Infer", "inference", protocol.InferenceResponse, infer_errors, protocol.InferenceRequest
+    )
+    return {
+        LIVE: {"get": openapi.operation("Server live", "health", protocol.LiveResponse, [], None)},
+        READY: {
+            "get": openapi.operation("Server ready", "health", protocol.ReadyResponse, [503], None)
+        },
+        INFER: {"post": {**infer, "parameters": openapi.name_params("name")}},
+        INFER_VERSION: {
+            "post": {
+                **infer,
+                "summary": "Infer with a version",
+                "parameters": openapi.name_params("name", "version"),
+            }
+        },
+    }
 
 
 class FastPath:
@@ -167,41 +163,31 @@ class FastPath:
         receive: Receive,
         send: Send,
     ) -> tuple[str, str, str, str]:
-        json_length = None
         try:
-            status, body, answered, json_length = await handler(scope, receive)
-        except MLScaleError as exc:
-            status, body = exc.status_code, protocol.error_body(exc.message)
-            answered = exc.answered_by or NOBODY
+            answer = await handler(scope, receive)
+        except MLScaleError as exc:  # before a version was chosen: unknown model, 405, ...
+            answer = error_answer(exc)
         except Exception:
             log.exception("unexpected error on %s", scope["path"])
-            status, body, answered = 500, protocol.error_body("internal server error"), NOBODY
-        headers = [
-            JSON_HEADER if json_length is None else BINARY_HEADER,
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if json_length is not None:
-            headers.append((binary.HEADER, str(json_length).encode()))
-        headers += model_headers(answered)
-        if status == 405:
-            headers.append((b"allow", b"POST"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return endpoint, answered[0], answered[1], str(status)
+            answer = Answer(500, error_body("internal server error"))
+        headers = response_headers(answer)
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+        return endpoint, answer.answered[0], answer.answered[1], str(answer.status)
 
     async def _delegate(
         self, scope: Scope, receive: Receive, send: Send
     ) -> tuple[str, str, str, str]:
-        status, model, version = "500", "", ""
+        status = "500"
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, model, version
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = str(message["status"])
-                model, version = answered_by(message.get("headers", ()))
             await send(message)
 
         await self.api(scope, receive, send_wrapper)
+        model, version = scope.get(ANSWERED, NOBODY)  # left there by `app.respond`
         route = scope.get("route")
         if route is not None:
             endpoint = route.path
@@ -213,12 +199,12 @@ class FastPath:
         raise MethodNotAllowed(f"{scope['method']} is not allowed here; send a POST")
 
     async def _live(self, scope: Scope, receive: Receive) -> Answer:
-        return Answer(200, b'{"live":true}', NOBODY)
+        return Answer(200, b'{"live":true}')
 
     async def _ready(self, scope: Scope, receive: Receive) -> Answer:
         if self.plane.ready:
-            return Answer(200, b'{"ready":true}', NOBODY)
-        return Answer(503, b'{"ready":false}', NOBODY)
+            return Answer(200, b'{"ready":true}')
+        return Answer(503, b'{"ready":false}')
 
     async def _infer(self, scope: Scope, receive: Receive) -> Answer:
         parts = scope["path"].split("/")
@@ -229,8 +215,7 @@ class FastPath:
             request = protocol.decode_infer_request(body, model.manifest, json_length)
             outputs = await self.plane.infer(model, request.x, request.outputs)
         except MLScaleError as exc:
-            exc.answered_by = model.identity
-            raise
+            return error_answer(exc, model.identity)
         if request.binary:
             body, length = protocol.encode_binary_response(
                 model.manifest, outputs, request.outputs, request.id, request.binary

@@ -278,10 +278,6 @@ def _json_data(value: np.ndarray) -> np.ndarray | list[Any]:
     return value.ravel().tolist() if value.dtype.kind in "OUS" else value.ravel()
 
 
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
-
-
 def encode_predictions(manifest: Manifest, predictions: np.ndarray) -> bytes:
     return orjson.dumps(
         {

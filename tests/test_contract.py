@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlscale.rollout.analysis import Snapshot
 from mlscale.rollout.release import Release, model_image_of, version_of
@@ -32,8 +33,19 @@ def test_the_operator_reads_the_servers_real_metrics_and_headers(iris):
         c.get(contract.MODEL_METADATA.format(name="iris"))  # not inference: not counted
         after = Snapshot()
         after.add_scrape(c.get("/metrics").text)
+        text = c.get("/metrics").text
     served = after - before
     assert (served.requests, served.errors) == (9, 0)
+    # Requests FastAPI answered (v1) are labelled with the version that answered, like hot ones.
+    labels = {
+        (s.labels["endpoint"], s.labels["model"], s.labels["version"], s.labels["code"])
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == contract.REQUESTS + "_total"
+    }
+    assert (contract.V1_PREDICT, "iris", "2", "200") in labels
+    assert (contract.MODEL_METADATA, "iris", "2", "200") in labels
+    assert (contract.INFER, "iris", "2", "400") in labels  # an error names the version too
     assert sum(served.buckets.values()) > 0 and served.quantile(0.99) > 0
 
 
