@@ -1,0 +1,76 @@
+"""`python -m bench.ab REV`: the server at git revision REV against the working tree, in one run.
+
+Both servers run at once, pinned to core 0, and wrk (core 1) alternates between them round by
+round, so the machine's drift hits both alike; the ratio is taken within each round, and the
+median and range over rounds are reported. REV is checked out into a temporary git worktree and
+served from there (`python -m mlscale.service`, or `python -m service` for revisions from before
+the `mlscale.*` namespace).
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.run import ROOT, server, v2_body, wrk
+from mlscale.service.store import ModelStore
+from mlscale.service.train import ensure_versions
+
+MODEL = "multilinear"
+console = Console()
+
+
+def worktree(rev: str, into: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(into), rev],
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def serve_command(tree: Path) -> list[str]:
+    module = "mlscale.service" if (tree / "mlscale").is_dir() else "service"
+    return ["sh", "-c", f'cd "{tree}" && exec "{sys.executable}" -m {module}']
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("rev", help="the git revision to compare with the working tree")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mlscale-ab-") as tmp, ExitStack() as stack:
+        store, before = Path(tmp) / "models", Path(tmp) / "before"
+        ensure_versions(ModelStore(store), MODEL, 1)
+        worktree(args.rev, before)
+        stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                                        str(before)], capture_output=True)  # fmt: skip
+        env = {"MLSCALE_MODEL_DIR": str(store), "MLSCALE_MODEL_NAME": MODEL,
+               "MLSCALE_LOG_LEVEL": "warning"}  # fmt: skip
+        configs = {args.rev: serve_command(before), "working tree": serve_command(ROOT)}
+        running = {name: stack.enter_context(server(cmd, env, "/v2/health/ready"))
+                   for name, cmd in configs.items()}  # fmt: skip
+        path = f"/v2/models/{MODEL}/infer"
+        runs: dict[tuple[str, str], list[float]] = {}
+        for round_ in range(1, args.rounds + 1):
+            for scenario, body in (("1 row", v2_body(1)), ("64 rows", v2_body(64))):
+                for name in configs:
+                    console.print(f"[dim]round {round_}/{args.rounds} · {name} · {scenario}[/]")
+                    rps = wrk(running[name], path, body, 64, args.seconds)["rps"]
+                    runs.setdefault((name, scenario), []).append(rps)
+    table = Table("request (c=64)", f"{args.rev} req/s", "working tree req/s",
+                  "after/before", "range over rounds", title="medians over rounds")  # fmt: skip
+    for scenario in ("1 row", "64 rows"):
+        b, a = runs[(args.rev, scenario)], runs[("working tree", scenario)]
+        ratios = [y / x for x, y in zip(b, a, strict=True)]
+        table.add_row(scenario, f"{statistics.median(b):,.0f}", f"{statistics.median(a):,.0f}",
+                      f"{statistics.median(ratios):.2f}x",
+                      f"{min(ratios):.2f}-{max(ratios):.2f}")  # fmt: skip
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
