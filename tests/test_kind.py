@@ -245,7 +245,7 @@ def test_a_version_that_never_becomes_ready_is_rolled_back(cluster: str):
 
 def test_a_canary_is_promoted(cluster: str):
     with steady_load() as failures:
-        done = rollout("canary", "--version", "2", "--steps", "50,100", "--interval", "20",
+        done = rollout("canary", "--version", "2", "--steps", "50,100", "--interval", "12",
                        "--min-requests", "10", "--force")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert failures == []
@@ -257,7 +257,7 @@ def test_a_canary_is_promoted(cluster: str):
 def test_a_canary_failing_its_analysis_is_aborted(cluster: str):
     with steady_load() as failures:
         # No real server answers within 0.001 ms at p99: the analysis must reject the canary.
-        done = rollout("canary", "--version", "1", "--steps", "50,100", "--interval", "20",
+        done = rollout("canary", "--version", "1", "--steps", "50,100", "--interval", "12",
                        "--min-requests", "10", "--max-p99-ms", "0.001", "--force")  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     assert failures == []
@@ -377,7 +377,7 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
         assert first["outputs"][0]["data"] == trained["1"].predict(rows).tolist()
         with steady_load(url=url, body=body) as failures:
             done = rollout("-n", "flowers", "-r", "flowers", "canary",
-                           "--model-image", images[1], "--steps", "50,100", "--interval", "20",
+                           "--model-image", images[1], "--steps", "100", "--interval", "12",
                            "--min-requests", "10")  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert failures == []
