@@ -14,11 +14,8 @@ import numpy as np
 import pandas as pd
 
 from mlscale.service.errors import InvalidInput
+from mlscale.service.protocol import NUMERIC_TYPES
 from mlscale.service.store import Columns, Manifest
-
-_NUMERIC_DATATYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)} | {
-    "FP16", "FP32", "FP64",
-}  # fmt: skip
 
 
 def dtype_of(columns: Columns, name: str) -> Any:
@@ -152,7 +149,7 @@ def _flat(data: Any, where: str) -> list[Any] | np.ndarray:
 
 def _check_datatype(datatype: Any, manifest: Manifest, name: str, where: str) -> None:
     want = next(spec.datatype for spec in manifest.inputs if spec.name == name)
-    if datatype == want or (want in _NUMERIC_DATATYPES and datatype in _NUMERIC_DATATYPES):
+    if datatype == want or (want in NUMERIC_TYPES and datatype in NUMERIC_TYPES):
         return
     raise InvalidInput(f"{where}: datatype {datatype!r} does not fit the column; send {want}")
 

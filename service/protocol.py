@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 # V2 datatypes that can carry numbers, with the numpy kinds their data may hold.
 _INTEGER_TYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)}
 _FLOAT_TYPES = {"FP16", "FP32", "FP64"}
-_NUMERIC_TYPES = _INTEGER_TYPES | _FLOAT_TYPES
-DATATYPES = _NUMERIC_TYPES | {"BOOL", "BYTES"}
+NUMERIC_TYPES = _INTEGER_TYPES | _FLOAT_TYPES
+DATATYPES = NUMERIC_TYPES | {"BOOL", "BYTES"}
 # Requests up to this many numbers stay Python lists (see runtime.py); bigger ones, where
 # numpy's per-call cost pays off, become arrays. Python was faster in-process up to ~40
 # values for the 4-feature regressor and ~60 for the iris classifier.
@@ -117,7 +117,7 @@ def decode_infer_request(
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
-    if datatype not in _NUMERIC_TYPES:
+    if datatype not in NUMERIC_TYPES:
         if datatype in DATATYPES:
             raise InvalidInput(f"{where}: datatype {datatype} is not numeric; send {spec.datatype}")
         raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
