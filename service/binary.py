@@ -19,6 +19,7 @@ import orjson
 from mlscale.service.errors import InvalidInput
 
 HEADER = b"inference-header-content-length"
+NONE: frozenset[str] = frozenset()
 DTYPES = {
     "BOOL": np.dtype("?"),
     **{f"INT{b}": np.dtype(f"<i{b // 8}") for b in (8, 16, 32, 64)},
@@ -107,12 +108,14 @@ def _decode_bytes(chunk: memoryview, count: int, where: str) -> list[str]:
 
 def wanted(payload: dict[str, Any]) -> frozenset[str] | bool:
     """Which outputs the client wants in binary: True for all of them."""
+    if "parameters" not in payload and "outputs" not in payload:
+        return NONE  # the common request: nothing to look at (this runs for every inference)
     params = payload.get("parameters")
     if type(params) is dict and params.get("binary_data_output") is True:
         return True
     requested = payload.get("outputs")
     if type(requested) is not list:
-        return frozenset()
+        return NONE
     return frozenset(
         o["name"]
         for o in requested
