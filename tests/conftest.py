@@ -1,4 +1,5 @@
-"""Shared fixtures: a trained model store and real server processes on free ports."""
+"""Shared fixtures: a trained model store, real server processes on free ports, and a real
+Kubernetes control plane with simulated nodes."""
 
 import os
 import shutil
@@ -11,11 +12,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from mlscale.service.store import ModelStore
+
+if TYPE_CHECKING:
+    from tests.control_plane import ControlPlane
+    from tests.kubelet import Kubelet
 from mlscale.service.train import EXAMPLES, ensure_versions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +43,37 @@ def helm() -> str:
     if found is None:
         pytest.fail("helm not found: run scripts/install-tools.sh (`make test` does)")
     return found
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Envtest"]:
+    """etcd, kube-apiserver and kube-controller-manager, and the simulated nodes; each test
+    takes a namespace of its own. Needs the binaries `make test` builds (with Go) and root
+    (the pod network is a local route)."""
+    from tests.control_plane import ControlPlane, binaries
+    from tests.kubelet import Kubelet, route_pod_network, unroute_pod_network
+
+    bins = binaries()
+    if bins is None:
+        pytest.skip("no control plane binaries: run k8s/nodeimage/build.sh control-plane "
+                    "(needs Go; `make test` runs it)")  # fmt: skip
+    try:
+        route_pod_network()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"the simulated pod network is a local route, and `ip route` failed ({exc}):"
+                    " run as root, with iproute2")  # fmt: skip
+    try:
+        with ControlPlane(bins, tmp_path_factory.mktemp("control-plane")) as plane, \
+                Kubelet(plane.admin) as kubelet:  # fmt: skip
+            yield Envtest(plane, kubelet)
+    finally:
+        unroute_pod_network()
+
+
+@dataclass
+class Envtest:
+    plane: "ControlPlane"
+    kubelet: "Kubelet"
 
 
 def free_port() -> int:

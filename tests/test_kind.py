@@ -241,6 +241,8 @@ def test_a_version_that_never_becomes_ready_is_rolled_back(cluster: str):
     failed = rollout("deploy", "--version", "9", "--force", "--timeout", "300")
     assert failed.returncode == 1 and "rolled back" in failed.stderr, failed.stderr
     assert live_version() == before
+    last = json.loads(rollout("-o", "json", "history").stdout)[-1]
+    assert (last["version"], last["outcome"]) == ("9", "rolled-back")  # recorded as it happened
 
 
 def test_a_canary_is_promoted(cluster: str):

@@ -1,20 +1,33 @@
-"""The load-test runner against a really started server, and the cluster sampler against the
-Kubernetes API emulator. Locust runs in a subprocess: it patches the standard library."""
+"""The load-test runner against a really started server, and the cluster sampler against a
+real API server (tests/control_plane.py). Locust runs in a subprocess: it patches the standard
+library."""
 
 import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from kubernetes.client import (
+    V2CrossVersionObjectReference,
+    V2HorizontalPodAutoscaler,
+    V2HorizontalPodAutoscalerSpec,
+    V2HorizontalPodAutoscalerStatus,
+    V2MetricStatus,
+    V2MetricValueStatus,
+    V2ResourceMetricStatus,
+)
 from PIL import Image
 
 from mlscale.loadtest.report import DPI, FIGSIZE
 from mlscale.loadtest.sampler import ClusterSampler
 from mlscale.rollout.kube import Kube, Target
-from mlscale.rollout.release import Release
-from tests.conftest import ROOT, run_server
-from tests.kube_emulator import Emulator
+from mlscale.rollout.release import Release, hpa_cpu_percent
+from tests.apiproxy import FaultProxy
+from tests.conftest import ROOT, Envtest, run_server
+from tests.control_plane import ADMIN_TOKEN
+from tests.kubelet import Tenant
 
 
 def test_runner_against_a_local_server_writes_a_real_report(model_dir: Path, tmp_path: Path):
@@ -40,44 +53,69 @@ def test_runner_against_a_local_server_writes_a_real_report(model_dir: Path, tmp
     assert "![timeline](report.png)" in (folder / "report.md").read_text()
 
 
-def pod(name: str, node: str, version: str, ready: bool = True) -> dict:
+LABELS = {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "model-server",
+          "mlscale.dev/track": "stable"}  # fmt: skip
+
+
+def pod(name: str, node: str, version: str) -> dict:
     return {
-        "metadata": {"name": name, "labels": {
-            "app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "model-server",
-            "mlscale.dev/track": "stable", "mlscale.dev/model-version": version}},
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {**LABELS, "mlscale.dev/model-version": version}},
         "spec": {"nodeName": node, "containers": [{"name": "server", "image": "mlscale"}]},
-        "status": {"phase": "Running", "containerStatuses": [{
-            "name": "server", "ready": ready, "restartCount": 0, "image": "mlscale",
-            "imageID": "x"}]},
     }  # fmt: skip
 
 
-def test_cluster_sampler_reads_replicas_and_pods_per_node():
-    api = Emulator()
-    labels = {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "model-server",
-              "mlscale.dev/track": "stable"}  # fmt: skip
-    api.put("deployments", "ml", {
-        "metadata": {"name": "demo-mlscale", "labels": labels},
-        "spec": {"replicas": 4, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "server", "image": "mlscale"}]}}}})  # fmt: skip
-    api.put("horizontalpodautoscalers", "ml", {
+def test_cluster_sampler_reads_replicas_and_pods_per_node(control_plane: Envtest):
+    """On the real API server and HPA controller: pods placed on nodes by hand, one never
+    ready, and a paused Deployment of 4 replicas that the HPA watches."""
+    plane = control_plane.plane
+    ns = plane.namespace("sampler")
+    control_plane.kubelet.tenants[ns] = Tenant(
+        lambda p: "never" if p["metadata"]["name"] == "d" else "ready", lambda p, path: None
+    )
+    plane.admin.create({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "demo-mlscale", "labels": LABELS},
+        "spec": {"replicas": 4, "paused": True, "selector": {"matchLabels": LABELS},
+                 "template": {"metadata": {"labels": LABELS}, "spec": {
+                     "containers": [{"name": "server", "image": "mlscale"}]}}}}, ns)  # fmt: skip
+    plane.admin.create({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "demo-mlscale"},
         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                    "name": "demo-mlscale"}, "maxReplicas": 6},
-        "status": {"currentReplicas": 4, "desiredReplicas": 5, "currentMetrics": [
-            {"type": "Resource", "resource": {"name": "cpu", "current": {
-                "averageUtilization": 83}}}]}})  # fmt: skip
-    for name, node, version, ready in [
-        ("a", "worker-1", "1", True),
-        ("b", "worker-2", "1", True),
-        ("c", "worker-2", "2", True),
-        ("d", "worker-3", "2", False),
-    ]:
-        api.put("pods", "ml", pod(name, node, version, ready))
-    with api.serve() as url:
-        sample = ClusterSampler(Release(Kube(Target(namespace="ml", host=url)), "demo")).sample()
-    assert (sample.hpa_current, sample.hpa_desired, sample.cpu_percent) == (4, 5, 83)
-    assert sample.ready_pods == 3
+                                    "name": "demo-mlscale"}, "minReplicas": 1, "maxReplicas": 6,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                     "type": "Utilization", "averageUtilization": 70}}}]}}, ns)  # fmt: skip
+    for name, node, version in [("a", "worker-1", "1"), ("b", "worker-2", "1"),
+                                ("c", "worker-2", "2"), ("d", "worker-3", "2")]:  # fmt: skip
+        plane.admin.create(pod(name, node, version), ns)
+    faults = FaultProxy(plane.url, ADMIN_TOKEN, str(plane.ca))
+    try:
+        with faults.serve() as url:
+            sampler = ClusterSampler(Release(Kube(Target(namespace=ns, host=url)), "demo"))
+            deadline = time.monotonic() + 20
+            while (sample := sampler.sample()).hpa_current != 4 or sample.ready_pods != 3:
+                assert time.monotonic() < deadline, sample
+                time.sleep(0.1)
+    finally:
+        control_plane.kubelet.tenants.pop(ns)
+    assert sample.cpu_percent is None  # no metrics API here: the HPA has no reading
     assert sample.pods_per_node == {"worker-1": 1, "worker-2": 2}
     assert sample.versions == {"1": 2, "2": 1}
+
+
+def test_the_hpa_cpu_reading_is_its_current_cpu_utilisation():
+    def hpa(*metrics: V2MetricStatus) -> V2HorizontalPodAutoscaler:
+        status = V2HorizontalPodAutoscalerStatus(desired_replicas=5, current_metrics=list(metrics))
+        target = V2CrossVersionObjectReference(kind="Deployment", name="demo-mlscale")
+        spec = V2HorizontalPodAutoscalerSpec(max_replicas=6, scale_target_ref=target)
+        return V2HorizontalPodAutoscaler(spec=spec, status=status)
+
+    def resource(name: str, utilization: int) -> V2MetricStatus:
+        current = V2MetricValueStatus(average_utilization=utilization)
+        metric = V2ResourceMetricStatus(name=name, current=current)
+        return V2MetricStatus(type="Resource", resource=metric)
+
+    assert hpa_cpu_percent(hpa(resource("memory", 40), resource("cpu", 83))) == 83
+    assert hpa_cpu_percent(hpa(resource("memory", 40))) is None
+    assert hpa_cpu_percent(hpa()) is None

@@ -1,5 +1,8 @@
-"""The rollout operator against the Kubernetes API emulator, over real HTTP, through the
-official client. The release is the real chart, rendered by helm."""
+"""The rollout operator against a real kube-apiserver, etcd and kube-controller-manager
+(`tests/control_plane.py`), over real HTTP, through the official client, as the service account
+of k8s/rollout-rbac.yaml (RBAC on: a call the Role does not allow fails the test). Nodes and pods
+are simulated (`tests/kubelet.py`); failures are injected in front of the real server
+(`tests/apiproxy.py`). The release is the real chart, rendered by helm and created as is."""
 
 import json
 import signal
@@ -8,7 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,52 +25,76 @@ from mlscale.cli import app as mlscale
 from mlscale.rollout.canary import CanaryPolicy, run_canary
 from mlscale.rollout.deploy import deploy, rollback, set_version
 from mlscale.rollout.history import History
-from mlscale.rollout.kube import Kube, NotFound, Refused, RolloutError, Target
+from mlscale.rollout.kube import Forbidden, Kube, NotFound, Refused, RolloutError, Target
 from mlscale.rollout.release import Release
 from mlscale.service.contract import MANIFEST_LABEL
 from mlscale.service.store import Manifest
-from tests.conftest import ROOT
-from tests.kube_controller import DeploymentController, pod_version
-from tests.kube_emulator import Emulator
+from tests.apiproxy import FaultProxy
+from tests.conftest import ROOT, Envtest
+from tests.control_plane import Admin
+from tests.kubelet import Tenant
 from tests.test_chart import render
 
-NS = "ml"
 # Version 4 was published without holdout data: no offline metrics.
 STORE = {"1": {"accuracy": 0.95}, "2": {"accuracy": 0.97}, "3": {"accuracy": 0.80}, "4": {}}
+PodAnswer = Callable[[dict, str], tuple[int, str] | None]
+
+
+def ready(pod: dict) -> bool:
+    return bool((pod["status"].get("containerStatuses") or [{}])[0].get("ready"))
+
+
+def pod_version(pod: dict) -> str:
+    env = pod["spec"]["containers"][0].get("env", [])
+    return next((e["value"] for e in env if e["name"] == "MLSCALE_MODEL_VERSION"), "")
 
 
 @dataclass
 class Cluster:
-    api: Emulator
-    url: str
+    admin: Admin
+    faults: FaultProxy
+    ns: str
+    url: str = ""
     fates: dict[str, str] = field(default_factory=lambda: defaultdict(lambda: "ready"))
     reported: dict[str, str] = field(default_factory=dict)  # version -> what its pods claim
     error_rate: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     slow: set[str] = field(default_factory=set)
     served: Counter[str] = field(default_factory=Counter)  # pod -> requests so far
     said: list[str] = field(default_factory=list)
+    respond: PodAnswer | None = None  # how the pods answer HTTP; `pod_answers` unless replaced
+
+    def tenant(self) -> Tenant:
+        return Tenant(lambda pod: self.fates[pod_version(pod)],
+                      lambda pod, path: (self.respond or self.pod_answers)(pod, path))  # fmt: skip
 
     def release(self) -> Release:
-        return Release(Kube(Target(namespace=NS, host=self.url)), "demo")
+        return Release(Kube(Target(namespace=self.ns, host=self.url)), "demo")
 
     def say(self, message: str) -> None:
         self.said.append(message)
 
+    def pods(self) -> list[dict]:
+        """The pods that are not going away."""
+        return [p for p in self.admin.list("pods", self.ns)
+                if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+
     def versions(self) -> list[str]:
-        return sorted(pod_version(p) for p in self.api.list("pods", NS))
+        return sorted(pod_version(p) for p in self.pods())
+
+    def deployment(self, name: str = "demo-mlscale") -> dict | None:
+        return self.admin.get("deployments", self.ns, name)
 
     def stable_version(self) -> str:
-        d = self.api.get("deployments", NS, "demo-mlscale")
+        d = self.deployment()
+        assert d is not None
         return next(
             e["value"]
             for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
             if e["name"] == "MLSCALE_MODEL_VERSION"
         )
 
-    def proxy(self, pod: dict, path: str) -> tuple[int, str] | None:
+    def pod_answers(self, pod: dict, path: str) -> tuple[int, str] | None:
         version = pod_version(pod)
-        if pod["status"]["phase"] != "Running":
-            return None
         if path == "/v2/models/iris":
             claimed = self.reported.get(version, version)
             return 200, json.dumps({"name": "iris", "parameters": {"version": claimed}})
@@ -96,56 +123,52 @@ class Cluster:
         return 404, "{}"
 
 
-def allowed_calls() -> set[tuple[str, str]]:
-    role = next(
-        d
-        for d in yaml.safe_load_all((ROOT / "k8s" / "rollout-rbac.yaml").read_text())
-        if d["kind"] == "Role"
-    )
-    return {
-        (verb, resource)
-        for rule in role["rules"]
-        for verb in rule["verbs"]
-        for resource in rule["resources"]
-    }
+def operator_identity(admin: Admin, ns: str) -> str:
+    """The operator's service account, Role and RoleBinding from k8s/rollout-rbac.yaml, in `ns`;
+    a token for it."""
+    for doc in yaml.safe_load_all((ROOT / "k8s" / "rollout-rbac.yaml").read_text()):
+        doc["metadata"]["namespace"] = ns
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = ns
+        admin.create(doc, ns)
+    return admin.token(ns, "mlscale-rollout")
 
 
 @contextmanager
-def start_cluster(helm: str, tmp_path: Path, model: dict) -> Iterator[Cluster]:
-    """The chart rendered with these model values, served by the emulator and its controller."""
+def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict) -> Iterator[Cluster]:
+    """The chart rendered with these model values and created in a namespace of its own, its
+    pods run by the simulated nodes; the operator reaches the server through a FaultProxy."""
+    plane, admin = envtest.plane, envtest.plane.admin
+    ns = plane.namespace()
     docs = render(helm, tmp_path, {"model": model, "progressDeadlineSeconds": 2})
-    api = Emulator()
-    plural = {
-        "Deployment": "deployments",
-        "Service": "services",
-        "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-    }
+    faults = FaultProxy(plane.url, operator_identity(admin, ns), str(plane.ca))
+    c = Cluster(admin, faults, ns)
+    envtest.kubelet.tenants[ns] = c.tenant()
     for doc in docs:
-        if doc["kind"] in plural:
-            if doc["kind"] == "Deployment":
-                doc["spec"]["replicas"] = 3  # what the HPA would have set
-            if doc["kind"] == "HorizontalPodAutoscaler":
-                doc["status"] = {"currentReplicas": 3, "desiredReplicas": 3}
-            api.put(plural[doc["kind"]], NS, doc)
-    c = Cluster(api, "")
-    api.proxy = c.proxy
-    with api.serve() as url, DeploymentController(api, NS, lambda v: c.fates[v]):
-        c.url = url
-        deadline = time.monotonic() + 10
-        while c.versions() != ["1", "1", "1"] or any(
-            not p["status"]["containerStatuses"][0]["ready"] for p in api.list("pods", NS)
-        ):
-            assert time.monotonic() < deadline, "the simulated cluster never settled"
-            time.sleep(0.02)
-        yield c
-    allowed = allowed_calls()
-    for verb, resource, namespace in api.calls:
-        assert namespace == NS and (verb, resource) in allowed, f"RBAC lacks {verb} {resource}"
+        if "helm.sh/hook" in doc["metadata"].get("annotations", {}):
+            continue  # helm test's pod: not part of the release
+        if doc["kind"] == "Deployment":
+            doc["spec"]["replicas"] = 3  # what the HPA would have set
+        doc["metadata"]["namespace"] = ns
+        admin.create(doc, ns)
+    try:
+        with faults.serve() as url:
+            c.url = url
+            deadline = time.monotonic() + 30
+            while c.versions() != ["1", "1", "1"] or not all(ready(p) for p in c.pods()):
+                assert time.monotonic() < deadline, "the cluster never settled"
+                time.sleep(0.05)
+            yield c
+        assert all(call[2] == ns for call in faults.calls), "a call outside the release's namespace"
+    finally:
+        for d in admin.list("deployments", ns):  # the garbage collector takes the rest
+            admin.delete("deployments", ns, d["metadata"]["name"])
+        envtest.kubelet.tenants.pop(ns, None)
 
 
 @pytest.fixture
-def cluster(helm: str, tmp_path: Path) -> Iterator[Cluster]:
-    with start_cluster(helm, tmp_path, {"name": "iris", "version": "1"}) as c:
+def cluster(control_plane: Envtest, helm: str, tmp_path: Path) -> Iterator[Cluster]:
+    with start_cluster(control_plane, helm, tmp_path, {"name": "iris", "version": "1"}) as c:
         yield c
 
 
@@ -153,7 +176,8 @@ def test_rolling_deploy_moves_every_pod_and_records_history(cluster: Cluster):
     outcome = deploy(cluster.release(), "2", say=cluster.say, timeout=20)
     assert outcome.outcome == "succeeded" and outcome.previous == "1"
     assert cluster.versions() == ["2", "2", "2"]
-    d = cluster.api.get("deployments", NS, "demo-mlscale")
+    d = cluster.deployment()
+    assert d is not None
     assert d["spec"]["template"]["metadata"]["annotations"]["mlscale.dev/model-version"] == "2"
     assert d["spec"]["template"]["metadata"]["labels"]["mlscale.dev/model-version"] == "2"
     assert d["metadata"]["generation"] == 2  # one spec change
@@ -164,9 +188,9 @@ def test_rolling_deploy_moves_every_pod_and_records_history(cluster: Cluster):
 
 def test_deploying_the_current_version_changes_nothing(cluster: Cluster):
     assert deploy(cluster.release(), "1", say=cluster.say).outcome == "unchanged"
-    verbs = {v for v, _, _ in cluster.api.calls}
+    verbs = {v for v, _, _ in cluster.faults.calls}
     assert verbs <= {"get", "list", "watch"}, verbs  # the operator wrote nothing at all
-    assert cluster.api.get("deployments", NS, "demo-mlscale")["metadata"]["generation"] == 1
+    assert cluster.deployment()["metadata"]["generation"] == 1
 
 
 def test_dry_run_prints_the_patch_and_changes_nothing(cluster: Cluster):
@@ -210,12 +234,12 @@ def test_quality_gate_and_unknown_versions_are_refused(cluster: Cluster):
 
 
 def test_conflicting_writes_are_retried_on_a_fresh_read(cluster: Cluster):
-    cluster.api.conflicts_to_inject = 2
+    cluster.faults.conflicts_to_inject = 2
     assert deploy(cluster.release(), "2", say=cluster.say, timeout=20).outcome == "succeeded"
-    assert cluster.api.conflicts_to_inject == 0
-    # Each attempt reads the Deployment afresh before its patch; the emulator records only the
-    # calls it answered, so: three reads, and the one patch that went through.
-    calls = [v for v, r, _ in cluster.api.calls if r == "deployments" and v in ("get", "patch")]
+    assert cluster.faults.conflicts_to_inject == 0
+    # Each attempt reads the Deployment afresh before its patch; the proxy records only the
+    # calls the server answered, so: three reads, and the one patch that went through.
+    calls = [v for v, r, _ in cluster.faults.calls if r == "deployments" and v in ("get", "patch")]
     assert calls == ["get", "get", "get", "patch"], calls
 
 
@@ -223,22 +247,23 @@ def test_the_watch_resumes_after_410_gone(cluster: Cluster):
     kube = cluster.release().kube
     stream = kube.watch_deployment("demo-mlscale", timeout=6)
     assert next(stream).metadata.name == "demo-mlscale"  # the list
-    cluster.api.expire_history()  # compaction: the list's resourceVersion is now too old
-    objects = [o for o in (next(stream) for _ in range(3)) if o is not None]
-    assert objects and objects[0].metadata.name == "demo-mlscale"  # listed again
-    lists = [c for c in cluster.api.calls if c[:2] == ("list", "deployments")]
-    assert len(lists) >= 2
+    cluster.faults.expire()  # compaction: the list's resourceVersion is now too old
+    again = next(stream)
+    assert again is not None and again.metadata.name == "demo-mlscale"  # listed again
+    lists = [c for c in cluster.faults.calls if c[:2] == ("list", "deployments")]
+    watches = [c for c in cluster.faults.calls if c[:2] == ("watch", "deployments")]
+    assert len(lists) == 2 and not watches  # the expired watch was answered by the proxy
 
 
 def test_the_watch_survives_a_dropped_connection(cluster: Cluster):
     # New pods stay unready until a watch stream has been cut, so the rollout can only be
     # seen to finish by a watch that recovered from the drop.
     cluster.fates["2"] = "never"
-    cluster.api.watches_to_drop = 1
+    cluster.faults.watches_to_drop = 1
 
     def release_pods_after_the_drop() -> None:
         deadline = time.monotonic() + 10
-        while cluster.api.watches_to_drop and time.monotonic() < deadline:
+        while cluster.faults.watches_to_drop and time.monotonic() < deadline:
             time.sleep(0.01)
         cluster.fates["2"] = "ready"
 
@@ -246,19 +271,19 @@ def test_the_watch_survives_a_dropped_connection(cluster: Cluster):
     helper.start()
     assert deploy(cluster.release(), "2", say=cluster.say, timeout=20).outcome == "succeeded"
     helper.join()
-    assert cluster.api.watches_to_drop == 0
+    assert cluster.faults.watches_to_drop == 0
     assert cluster.versions() == ["2", "2", "2"]
 
 
 def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluster):
-    cmd = [sys.executable, "-m", "mlscale.rollout", "--server", cluster.url, "-n", NS, "-r", "demo",
-           "canary", "--version", "2", "--steps", "34,100", "--interval", "30"]  # fmt: skip
+    cmd = [sys.executable, "-m", "mlscale.rollout", "--server", cluster.url, "-n", cluster.ns,
+           "-r", "demo", "canary", "--version", "2", "--steps", "34,100",
+           "--interval", "30"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     deadline = time.monotonic() + 20
-    while not any(p["metadata"]["labels"].get("mlscale.dev/track") == "canary"
-                  and p["status"]["containerStatuses"][0]["ready"]
-                  for p in cluster.api.list("pods", NS)):  # fmt: skip
+    while not any(p["metadata"]["labels"].get("mlscale.dev/track") == "canary" and ready(p)
+                  for p in cluster.pods()):  # fmt: skip
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
         time.sleep(0.05)
     # Inside the step's traffic window once the operator has taken its first scrape of the canary.
@@ -269,7 +294,7 @@ def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluste
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "mlscale rollout status" in err
-    assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None
+    assert cluster.deployment("demo-mlscale-canary") is None
     assert cluster.stable_version() == "1"
 
 
@@ -289,7 +314,7 @@ FAST = CanaryPolicy(
 def test_a_healthy_canary_is_promoted(cluster: Cluster):
     outcome = run_canary(cluster.release(), "2", FAST, say=cluster.say)
     assert outcome.outcome == "succeeded" and cluster.stable_version() == "2"
-    assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None
+    assert cluster.deployment("demo-mlscale-canary") is None
     deadline = time.monotonic() + 5
     while cluster.versions() != ["2", "2", "2"]:  # the canary's pods are collected
         assert time.monotonic() < deadline, cluster.versions()
@@ -304,7 +329,7 @@ def test_a_failing_canary_is_aborted_and_stable_is_untouched(cluster: Cluster):
     with pytest.raises(RolloutError, match=r"canary error rate 30\.00% > 5\.00%"):
         run_canary(cluster.release(), "2", FAST, say=cluster.say)
     assert cluster.stable_version() == "1"
-    assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None
+    assert cluster.deployment("demo-mlscale-canary") is None
     deadline = time.monotonic() + 5
     while cluster.versions() != ["1", "1", "1"]:
         assert time.monotonic() < deadline
@@ -322,7 +347,7 @@ def test_a_slow_canary_is_aborted(cluster: Cluster):
 
 def test_cli_status_history_and_exit_codes(cluster: Cluster):
     runner = CliRunner()
-    base = ["rollout", "--server", cluster.url, "-n", NS, "-r", "demo", "-o", "json"]
+    base = ["rollout", "--server", cluster.url, "-n", cluster.ns, "-r", "demo", "-o", "json"]
     result = runner.invoke(mlscale, [*base, "deploy", "--version", "2", "--timeout", "20"])
     assert result.exit_code == 0, result.output
     status = json.loads(runner.invoke(mlscale, [*base, "status"]).stdout)
@@ -383,7 +408,7 @@ def test_a_failed_promotion_removes_the_canary_and_says_so(cluster: Cluster, mon
     monkeypatch.setattr("mlscale.rollout.canary.deploy", promotion_fails)
     with pytest.raises(RolloutError, match="passed its analysis, but promoting it failed"):
         run_canary(cluster.release(), "2", FAST, say=cluster.say)
-    assert cluster.api.get("deployments", NS, "demo-mlscale-canary") is None
+    assert cluster.deployment("demo-mlscale-canary") is None
     assert cluster.stable_version() == "1"
     assert cluster.release().canary() is None  # the next canary is not blocked
 
@@ -396,7 +421,7 @@ def test_canary_steps_follow_the_live_stable_replica_count(cluster: Cluster):
         cluster.say(message)
         if message.startswith("step 34%:") and "->" in message:  # the HPA scales out
             release.kube.apps.patch_namespaced_deployment(
-                "demo-mlscale", NS, {"spec": {"replicas": 6}}
+                "demo-mlscale", cluster.ns, {"spec": {"replicas": 6}}
             )
 
     run_canary(release, "2", FAST, say=say)
@@ -406,9 +431,11 @@ def test_canary_steps_follow_the_live_stable_replica_count(cluster: Cluster):
 
 def test_restarts_before_the_rollout_do_not_fail_its_rollback(cluster: Cluster):
     """Old, healthy pods that restarted long ago are not crash-looping now."""
-    for pod in cluster.api.list("pods", NS):
-        pod["status"]["containerStatuses"][0]["restartCount"] = 7  # e.g. a node reboot last week
-        cluster.api.put("pods", NS, pod)
+    for pod in cluster.pods():
+        status = pod["status"]
+        status["containerStatuses"][0]["restartCount"] = 7  # e.g. a node reboot last week
+        cluster.admin.patch("pods", cluster.ns, pod["metadata"]["name"], {"status": status},
+                            sub="status")  # fmt: skip
     cluster.fates["2"] = "never"
     with pytest.raises(RolloutError) as failed:
         deploy(cluster.release(), "2", say=cluster.say, timeout=20)
@@ -419,14 +446,14 @@ def test_restarts_before_the_rollout_do_not_fail_its_rollback(cluster: Cluster):
 
 def test_a_pod_proxy_failure_after_the_patch_still_rolls_back_and_records(cluster: Cluster):
     """Once the version is patched, failing to confirm it is a failed rollout, not a crash."""
-    answers = cluster.proxy
+    answers = cluster.pod_answers
 
     def broken(pod: dict, path: str) -> tuple[int, str] | None:
         if pod_version(pod) == "2" and path == "/v2/models/iris":
             return 503, "{}"  # runs but does not listen yet, or the proxy fails
         return answers(pod, path)
 
-    cluster.api.proxy = broken
+    cluster.respond = broken
     with pytest.raises(RolloutError, match="rolled back to 1"):
         deploy(cluster.release(), "2", say=cluster.say, timeout=20)
     assert cluster.stable_version() == "1"
@@ -435,7 +462,7 @@ def test_a_pod_proxy_failure_after_the_patch_still_rolls_back_and_records(cluste
 
 
 def test_a_hung_pod_proxy_call_times_out_and_the_rollout_rolls_back(cluster: Cluster):
-    answers = cluster.proxy
+    answers = cluster.pod_answers
     hung = threading.Event()
 
     def hangs(pod: dict, path: str) -> tuple[int, str] | None:
@@ -443,8 +470,8 @@ def test_a_hung_pod_proxy_call_times_out_and_the_rollout_rolls_back(cluster: Clu
             hung.wait(10)  # a pod that accepted the connection and never answers
         return answers(pod, path)
 
-    cluster.api.proxy = hangs
-    release = Release(Kube(Target(namespace=NS, host=cluster.url, timeout=1)), "demo")
+    cluster.respond = hangs
+    release = Release(Kube(Target(namespace=cluster.ns, host=cluster.url, timeout=1)), "demo")
     started = time.monotonic()
     try:
         with pytest.raises(RolloutError, match=r"could not confirm the rollout.*rolled back to 1"):
@@ -458,12 +485,12 @@ def test_a_hung_pod_proxy_call_times_out_and_the_rollout_rolls_back(cluster: Clu
 def test_api_errors_are_typed_and_only_conflicts_are_retried(cluster: Cluster):
     kube = cluster.release().kube
     with pytest.raises(NotFound, match="404"):
-        kube.call(kube.apps.read_namespaced_deployment, "nope", NS)
+        kube.call(kube.apps.read_namespaced_deployment, "nope", cluster.ns)
     attempts = []
 
     def missing() -> None:
         attempts.append(1)
-        kube.call(kube.apps.read_namespaced_deployment, "nope", NS)
+        kube.call(kube.apps.read_namespaced_deployment, "nope", cluster.ns)
 
     with pytest.raises(NotFound):
         kube.retry_on_conflict(missing)
@@ -472,14 +499,27 @@ def test_api_errors_are_typed_and_only_conflicts_are_retried(cluster: Cluster):
         set_version(cluster.release(), "nope", "2", expected="1")
 
 
+def test_rbac_holds_the_operator_to_its_role(cluster: Cluster):
+    """The API server checks every call against k8s/rollout-rbac.yaml: outside it, 403."""
+    kube = cluster.release().kube
+    pod = cluster.pods()[0]["metadata"]["name"]
+    with pytest.raises(Forbidden, match="403"):
+        kube.call(kube.core.delete_namespaced_pod, pod, cluster.ns)
+    with pytest.raises(Forbidden, match="403"):
+        kube.call(kube.apps.list_namespaced_deployment, "default")
+    assert len(cluster.pods()) == 3
+    assert cluster.faults.refused == [("delete", "pods", cluster.ns),
+                                      ("list", "deployments", "default")]  # fmt: skip
+
+
 def test_the_cli_says_what_went_wrong_and_exits_3_on_api_errors(cluster: Cluster):
-    cluster.api.delete("deployments", NS, "demo-mlscale")
+    cluster.admin.delete("deployments", cluster.ns, "demo-mlscale")
     runner = CliRunner()
-    base = ["rollout", "--server", cluster.url, "-n", NS, "-r", "demo"]
+    base = ["rollout", "--server", cluster.url, "-n", cluster.ns, "-r", "demo"]
     result = runner.invoke(mlscale, [*base, "deploy", "--version", "2", "--force"])
     said = " ".join(result.output.split())  # as one line: the console wraps at its width
     assert result.exit_code == 2 and "not found" in said  # refused: no release
-    unreachable = ["rollout", "--server", "http://127.0.0.1:9", "-n", NS, "-r", "demo"]
+    unreachable = ["rollout", "--server", "http://127.0.0.1:9", "-n", cluster.ns, "-r", "demo"]
     result = runner.invoke(mlscale, [*unreachable, "status"])
     said = " ".join(result.output.split())
     assert result.exit_code == 3 and "cannot reach the API server" in said, said
@@ -510,15 +550,15 @@ def test_explicit_flags_win_over_in_cluster_config_and_the_context_namespace_is_
 def test_a_stable_pod_that_stops_answering_does_not_abort_a_healthy_canary(cluster: Cluster):
     """The HPA scales stable pods away while the canary is judged: one that no longer answers
     its scrape is left out of the sample, not taken for a failed analysis."""
-    answers = cluster.proxy
-    gone = sorted(p["metadata"]["name"] for p in cluster.api.list("pods", NS))[0]
+    answers = cluster.pod_answers
+    gone = sorted(p["metadata"]["name"] for p in cluster.pods())[0]
 
     def scaled_away(pod: dict, path: str) -> tuple[int, str] | None:
         if pod["metadata"]["name"] == gone and path == "/metrics":
             return 503, "{}"
         return answers(pod, path)
 
-    cluster.api.proxy = scaled_away
+    cluster.respond = scaled_away
     assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
 
 
@@ -563,14 +603,16 @@ def engine(tmp_path: Path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def image_cluster(helm: str, tmp_path: Path, engine: Path) -> Iterator[Cluster]:
+def image_cluster(control_plane: Envtest, helm: str, tmp_path: Path, engine: Path
+                  ) -> Iterator[Cluster]:  # fmt: skip
     model = {"name": "iris", "version": "1", "image": {"repository": IMAGE, "tag": "1"}}
-    with start_cluster(helm, tmp_path, model) as c:
+    with start_cluster(control_plane, helm, tmp_path, model) as c:
         yield c
 
 
 def model_image(cluster: Cluster, deployment: str = "demo-mlscale") -> tuple[str, str]:
-    d = cluster.api.get("deployments", NS, deployment)
+    d = cluster.deployment(deployment)
+    assert d is not None
     (init,) = d["spec"]["template"]["spec"]["initContainers"]
     return init["image"], d["metadata"]["annotations"]["mlscale.dev/model-image"]
 
@@ -582,7 +624,7 @@ def test_a_model_image_moves_with_its_version_and_back(image_cluster: Cluster):
     assert c.stable_version() == "2" and model_image(c) == (f"{IMAGE}:2", f"{IMAGE}:2")
     (entry,) = History(c.release().kube, "demo").read()
     assert (entry.image, entry.previous_image) == (f"{IMAGE}:2", f"{IMAGE}:1")
-    base = ["rollout", "--server", c.url, "-n", NS, "-r", "demo"]
+    base = ["rollout", "--server", c.url, "-n", c.ns, "-r", "demo"]
     status = json.loads(CliRunner().invoke(mlscale, [*base, "-o", "json", "status"]).stdout)
     assert [(t["version"], t["model_image"]) for t in status["tracks"]] == [("2", f"{IMAGE}:2")]
     rollback(c.release(), None, say=c.say, timeout=20)
