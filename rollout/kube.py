@@ -173,9 +173,10 @@ class Kube:
                         resource_version=version,
                         timeout_seconds=window,
                         allow_watch_bookmarks=True,
-                        # The server ends the watch after `window`; silence much past that
-                        # is a half-open connection: give up on it and list again.
-                        _request_timeout=(self.timeout, window + 10),
+                        # The server ends the watch after `window`; silence past that, by
+                        # a call's timeout (at most 10 s), is a half-open connection: give
+                        # up on it and list again.
+                        _request_timeout=(self.timeout, window + min(10, self.timeout)),
                     ):
                         if event["type"] == "BOOKMARK":  # progress only, and a plain dict
                             version = event["raw_object"]["metadata"]["resourceVersion"]

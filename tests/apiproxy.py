@@ -7,9 +7,11 @@ let through, in `refused` those it refused with 401/403. It injects, when a test
 the failures a busy server and a real network produce; the server itself is never faked:
 - `conflicts_to_inject`: the next N writes to a Deployment get 409 Conflict;
 - `watches_to_drop`: the next N watch streams are cut mid-stream;
+- `watches_to_stall`: the next N watch streams go silent, the connection left open (half-open);
 - `expire()`: watches get 410 Gone ("too old resource version", as after etcd compaction)
   until the next list, the way a real server answers a watch from a compacted revision;
-- `fail(status, match)`: the next call whose path contains `match` gets `status` (429, 503...).
+- `fail(status, match, times)`: the next `times` calls whose path contains `match` get `status`
+  (429, 503...), or with status None have their connection reset without an answer.
 """
 
 import http.client
@@ -63,24 +65,27 @@ class FaultProxy:
         self.refused: list[tuple[str, str, str]] = []
         self.conflicts_to_inject = 0
         self.watches_to_drop = 0
+        self.watches_to_stall = 0
+        self.closed = threading.Event()
         self.expired = False
-        self.failures: list[tuple[int, str]] = []
+        self.failures: list[list[Any]] = []  # [status or None, match, times left]
         self.lock = threading.Lock()
 
     def expire(self) -> None:
         self.expired = True
 
-    def fail(self, code: int, match: str) -> None:
+    def fail(self, code: int | None, match: str, times: int = 1) -> None:
         with self.lock:
-            self.failures.append((code, match))
+            self.failures.append([code, match, times])
 
-    def injected(self, method: str, url: str, verb: str, resource: str) -> tuple[int, dict] | None:
+    def injected(self, url: str, verb: str, resource: str) -> tuple[int | None, dict] | None:
         """The failure to answer this call with, if the test asked for one."""
         with self.lock:
-            for i, (code, match) in enumerate(self.failures):
-                if match in url:
-                    del self.failures[i]
-                    return code, status(code, "Injected", f"injected {code}")
+            for failure in self.failures:
+                code, match, times = failure
+                if match in url and times:
+                    failure[2] -= 1
+                    return code, status(code or 0, "Injected", f"injected {code}")
             if (
                 self.conflicts_to_inject
                 and resource == "deployments"
@@ -120,6 +125,7 @@ class FaultProxy:
         try:
             yield f"http://127.0.0.1:{server.server_address[1]}"
         finally:
+            self.closed.set()
             server.shutdown()
             server.server_close()
 
@@ -127,9 +133,13 @@ class FaultProxy:
         verb, resource, ns = call_of(req.command, req.path)
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length) if length else None
-        injected = self.injected(req.command, req.path, verb, resource)
+        injected = self.injected(req.path, verb, resource)
         if injected:
-            self._send(req, *injected)
+            code, payload = injected
+            if code is None:  # reset: no answer at all
+                req.close_connection = True
+            else:
+                self._send(req, code, payload)
             return
         if verb == "watch" and self.expired:
             self._stream_start(req)
@@ -162,9 +172,14 @@ class FaultProxy:
                       ) -> None:  # fmt: skip
         self._stream_start(req)
         with self.lock:
-            drop = self.watches_to_drop > 0
+            drop, stall = self.watches_to_drop > 0, self.watches_to_stall > 0
             self.watches_to_drop -= drop
+            self.watches_to_stall -= stall
         if drop:  # the network fails mid-stream: no last chunk, the connection just ends
+            req.close_connection = True
+            return
+        if stall:  # the peer is gone without a word: nothing arrives, nothing closes
+            self.closed.wait(60)
             req.close_connection = True
             return
         while line := response.readline():

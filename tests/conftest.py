@@ -58,16 +58,16 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Envtest
         pytest.skip("no control plane binaries: run k8s/nodeimage/build.sh control-plane "
                     "(needs Go; `make test` runs it)")  # fmt: skip
     try:
-        route_pod_network()
+        network = route_pod_network()
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"the simulated pod network is a local route, and `ip route` failed ({exc}):"
                     " run as root, with iproute2")  # fmt: skip
     try:
         with ControlPlane(bins, tmp_path_factory.mktemp("control-plane")) as plane, \
-                Kubelet(plane.admin) as kubelet:  # fmt: skip
+                Kubelet(plane.admin, network) as kubelet:  # fmt: skip
             yield Envtest(plane, kubelet)
     finally:
-        unroute_pod_network()
+        unroute_pod_network(network)
 
 
 @dataclass

@@ -2,10 +2,10 @@
 real API server (`tests/control_plane.py`). This is the only simulated part, and it does only:
 
 - binds each new pod to one of three nodes, worker-1..3, in turn;
-- gives it an address in POD_NETWORK (routed to this machine's loopback, so nothing leaves the
-  machine) and a container status that follows the test's `fate` for the pod:
-  "ready" (Ready after READY_AFTER seconds), "never" (running, never Ready) or "crash"
-  (restarting in CrashLoopBackOff);
+- gives it an address in its pod network, a /24 of 10.213.0.0/16 routed to this machine's
+  loopback (nothing leaves the machine; each test session takes its own /24), and a container
+  status that follows the test's `fate` for the pod: "ready" (Ready after READY_AFTER
+  seconds), "never" (running, never Ready) or "crash" (restarting in CrashLoopBackOff);
 - answers HTTP on the pod's address and SERVER_PORT with the test's `answer`, so the API
   server's real pod proxy reaches "the pod" (a pod whose answer is None accepts and closes);
 - finishes graceful deletions at once, as a kubelet does once the containers have stopped.
@@ -15,6 +15,7 @@ The Deployment, ReplicaSet, HPA and garbage-collector controllers are the real o
 
 import ipaddress
 import itertools
+import os
 import subprocess
 import threading
 import time
@@ -29,7 +30,7 @@ import urllib3
 from mlscale.service.contract import SERVER_PORT
 from tests.control_plane import Admin, ApiServerError
 
-POD_NETWORK = ipaddress.ip_network("10.213.0.0/16")
+PodNetwork = ipaddress.IPv4Network
 NODES = ("worker-1", "worker-2", "worker-3")
 READY_AFTER = 0.05  # seconds from start to Ready
 CRASH_EVERY = 0.2  # seconds between restarts of a crash-looping container
@@ -37,14 +38,17 @@ Fate = Callable[[dict], str]  # pod -> "ready" | "never" | "crash"
 Answer = Callable[[dict, str], tuple[int, str] | None]  # (pod, path) -> (status, body)
 
 
-def route_pod_network() -> None:
-    """Every address of POD_NETWORK local to this machine (root: an `ip route` local route)."""
-    subprocess.run(["ip", "route", "replace", "local", str(POD_NETWORK), "dev", "lo"],
+def route_pod_network() -> PodNetwork:
+    """A /24 whose every address is local to this machine (root: an `ip route` local route),
+    picked by process id so that test sessions side by side do not share one."""
+    network = ipaddress.ip_network(f"10.213.{os.getpid() % 256}.0/24")
+    subprocess.run(["ip", "route", "replace", "local", str(network), "dev", "lo"],
                    check=True, capture_output=True)  # fmt: skip
+    return network
 
 
-def unroute_pod_network() -> None:
-    subprocess.run(["ip", "route", "del", "local", str(POD_NETWORK), "dev", "lo"],
+def unroute_pod_network(network: PodNetwork) -> None:
+    subprocess.run(["ip", "route", "del", "local", str(network), "dev", "lo"],
                    capture_output=True)  # fmt: skip
 
 
@@ -93,12 +97,12 @@ NOBODY = Tenant(lambda pod: "ready", lambda pod, path: None)
 class Kubelet:
     """The nodes of one control plane, shared by tests that each own a namespace (`tenants`)."""
 
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, network: PodNetwork) -> None:
         self.admin = admin
         self.tenants: dict[str, Tenant] = {}
         self._pods: dict[str, dict] = {}  # address -> the pod there, as last listed
         self._address: dict[str, str] = {}  # pod uid -> its address
-        self._free = (str(ip) for ip in POD_NETWORK.hosts())
+        self._free = (str(ip) for ip in network.hosts())
         self._released: list[str] = []
         self._servers: dict[str, _PodServer] = {}
         self._started: dict[str, float] = {}  # pod uid -> when its container started
@@ -175,7 +179,7 @@ class Kubelet:
                  else {"running": {"startedAt": stamp()}})  # fmt: skip
         status = {
             "phase": "Running",
-            "hostIP": "10.213.255.254",
+            "hostIP": "10.213.255.254",  # outside every pod network
             "podIP": address,
             "podIPs": [{"ip": address}],
             "startTime": pod["status"].get("startTime") or stamp(),

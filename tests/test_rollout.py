@@ -5,6 +5,7 @@ are simulated (`tests/kubelet.py`); failures are injected in front of the real s
 (`tests/apiproxy.py`). The release is the real chart, rendered by helm and created as is."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -275,12 +276,41 @@ def test_the_watch_survives_a_dropped_connection(cluster: Cluster):
     assert cluster.versions() == ["2", "2", "2"]
 
 
+def test_a_half_open_watch_is_given_up_and_the_rollout_followed_to_its_end(cluster: Cluster):
+    """The watch's connection stays up and nothing arrives: past its window plus the call
+    timeout it is taken for dead, and the operator lists again instead of waiting forever."""
+    cluster.faults.watches_to_stall = 1
+    release = Release(Kube(Target(namespace=cluster.ns, host=cluster.url, timeout=1)), "demo")
+    started = time.monotonic()
+    assert deploy(release, "2", say=cluster.say, timeout=20).outcome == "succeeded"
+    assert cluster.faults.watches_to_stall == 0
+    assert time.monotonic() - started < 15  # well inside the deadline: the window (5 s) + 1 s
+
+
+@pytest.mark.parametrize("fault", [429, 503, None], ids=["429", "503", "reset"])
+def test_api_failures_after_the_patch_roll_back_and_are_recorded(cluster: Cluster, fault):
+    """The server throttles, fails or drops the connection once the version is patched: the
+    rollout cannot be confirmed, so it is rolled back, and the history says so."""
+
+    def say(message: str) -> None:
+        cluster.say(message)
+        if "version 1 -> 2" in message:  # said just before the patch
+            # Enough times that the client's own retries of a reset connection run out.
+            cluster.faults.fail(fault, f"/namespaces/{cluster.ns}/pods?", 4 if fault is None else 1)
+
+    with pytest.raises(RolloutError, match=r"could not confirm the rollout.*rolled back to 1"):
+        deploy(cluster.release(), "2", say=say, timeout=20)
+    assert cluster.stable_version() == "1"
+    (entry,) = History(cluster.release().kube, "demo").read()
+    assert entry.outcome == "rolled-back" and entry.version == "2"
+
+
 def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluster):
     cmd = [sys.executable, "-m", "mlscale.rollout", "--server", cluster.url, "-n", cluster.ns,
            "-r", "demo", "canary", "--version", "2", "--steps", "34,100",
            "--interval", "30"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
     deadline = time.monotonic() + 20
     while not any(p["metadata"]["labels"].get("mlscale.dev/track") == "canary" and ready(p)
                   for p in cluster.pods()):  # fmt: skip
@@ -291,7 +321,11 @@ def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluste
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler: where every thread is stuck
+        pytest.fail(f"the operator did not stop on Ctrl-C:\n{proc.communicate(timeout=10)[1]}")
     assert proc.returncode == 130, err
     assert "interrupted" in err and "mlscale rollout status" in err
     assert cluster.deployment("demo-mlscale-canary") is None
