@@ -1,10 +1,8 @@
-"""One way out. Every route, hot (`fastpath.py`) or in FastAPI (`app.py`), ends in an `Answer`:
-status, body, and which model version answered. `error_answer` is the one translation of a
-domain error into the protocol's `{"error": ...}` body, and `response_headers` the one place
-response headers are written, the `x-model-*` headers included.
-
-A FastAPI route leaves who answered in the ASGI scope (`ANSWERED`), where the request metrics
-read it: the identity travels as data, never parsed back out of the headers.
+"""One way out. Every handler (`endpoints.py`) returns an `Answer`: status, body, and which
+model version answered. `error_answer` is the one translation of a domain error into the
+protocol's `{"error": ...}` body, and `response_headers` the one place response headers are
+written, the `x-model-*` headers included. Who answered travels as data to the request
+metrics, never parsed back out of the headers.
 """
 
 import functools
@@ -17,8 +15,8 @@ from mlscale.service.errors import MLScaleError
 
 AnsweredBy = tuple[str, str]  # (model, version); ("", "") where no model answered
 NOBODY: AnsweredBy = ("", "")
-ANSWERED = "mlscale.answered"  # scope key: who answered a request FastAPI served
-JSON_HEADER = (b"content-type", b"application/json")
+JSON = b"application/json"
+JSON_HEADER = (b"content-type", JSON)
 BINARY_HEADER = (b"content-type", b"application/octet-stream")
 
 
@@ -27,6 +25,7 @@ class Answer(NamedTuple):
     body: bytes
     answered: AnsweredBy = NOBODY
     json_length: int | None = None  # set when binary tensor data follows the JSON
+    media: bytes = JSON  # the content type, unless binary data follows
 
 
 def json_answer(body: Any, status: int = 200, answered: AnsweredBy = NOBODY) -> Answer:
@@ -54,13 +53,13 @@ def model_headers(answered: AnsweredBy) -> tuple[tuple[bytes, bytes], ...]:
 
 
 def response_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
-    headers = [
-        JSON_HEADER if answer.json_length is None else BINARY_HEADER,
-        (b"content-length", str(len(answer.body)).encode()),
-    ]
-    if answer.json_length is not None:
-        headers.append((binary.HEADER, str(answer.json_length).encode()))
-    headers += model_headers(answer.answered)
-    if answer.status == 405:
-        headers.append((b"allow", b"POST"))  # the only routes answering 405 take POST
+    length = str(len(answer.body)).encode()
+    if answer.json_length is None:
+        media = JSON_HEADER if answer.media is JSON else (b"content-type", answer.media)
+        headers = [media, (b"content-length", length)]
+    else:
+        headers = [BINARY_HEADER, (b"content-length", length),
+                   (binary.HEADER, str(answer.json_length).encode())]  # fmt: skip
+    if answer.answered is not NOBODY:
+        headers += model_headers(answer.answered)
     return headers

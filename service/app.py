@@ -1,6 +1,7 @@
-"""The app: cold routes in FastAPI, hot routes in `fastpath.py`, assembled by `create_app`.
+"""The app, assembled by `create_app(settings)`: the route table's handlers over one data plane,
+answered by `fastpath.py`, with FastAPI behind it for the lifespan and the docs pages.
 
-`create_app(settings)` builds everything from explicit settings; nothing is read from globals.
+Everything is built from explicit settings; nothing is read from globals.
 """
 
 import gc
@@ -11,38 +12,28 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from mlscale.service import __version__, contract, fastpath, protocol
-from mlscale.service.answer import ANSWERED, Answer, error_answer, json_answer, response_headers
+from mlscale.service import __version__, openapi
+from mlscale.service.answer import error_body
 from mlscale.service.contract import SETTINGS_ENV
 from mlscale.service.dataplane import DataPlane
+from mlscale.service.endpoints import Endpoints
 from mlscale.service.errors import MLScaleError
-from mlscale.service.fastpath import FastPath, read_body
+from mlscale.service.fastpath import FastPath
 from mlscale.service.metrics import Metrics
-from mlscale.service.openapi import ERRORS, body_doc
-from mlscale.service.runtime import LoadedModel
+from mlscale.service.routes import Router, table
 from mlscale.service.settings import Settings
 from mlscale.service.shutdown import DrainOnSigterm
 
 log = logging.getLogger("mlscale")
 
 
-def respond(request: Request, answer: Answer) -> Response:
-    """A FastAPI route's answer as a response; who answered goes into the scope, where the
-    request metrics (`fastpath.py`) read it."""
-    request.scope[ANSWERED] = answer.answered
-    response = Response(answer.body, status_code=answer.status)
-    response.raw_headers = response_headers(answer)
-    return response
-
-
-def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI:
-    """The FastAPI app: metadata, model readiness, v1 and simple predict, metrics, docs."""
-    limit = settings.server.max_body_bytes
+def build_api(settings: Settings, plane: DataPlane, router: Router) -> FastAPI:
+    """The FastAPI app: loading at startup, draining on SIGTERM, and the docs pages, which
+    describe the route table."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,123 +56,31 @@ def build_api(settings: Settings, plane: DataPlane, metrics: Metrics) -> FastAPI
         lifespan=lifespan,
     )
 
-    @api.exception_handler(MLScaleError)
-    async def domain_error(request: Request, exc: MLScaleError) -> Response:
-        return respond(request, error_answer(exc))
-
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return respond(request, json_answer({"error": str(exc.detail)}, exc.status_code))
+        """Paths outside the table: 404 in the protocol's error shape."""
+        return Response(error_body(str(exc.detail)), exc.status_code,
+                        media_type="application/json")  # fmt: skip
 
-    @api.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return respond(request, json_answer({"error": str(exc.errors())}, 400))
-
-    @api.get("/v2", response_model=protocol.ServerMetadata, tags=["metadata"])
-    async def server_metadata(request: Request) -> Response:
-        body = {"name": "mlscale", "version": __version__, "extensions": ["binary_tensor_data"]}
-        return respond(request, json_answer(body))
-
-    # Each versioned path and its unversioned twin share one handler.
-    def metadata(request: Request, name: str, version: str | None) -> Response:
-        body, answered = plane.metadata(name, version)
-        return respond(request, json_answer(body, answered=answered))
-
-    @api.get(
-        contract.MODEL_METADATA, response_model=protocol.ModelMetadata, responses=ERRORS,
-        tags=["metadata"],
-    )  # fmt: skip
-    async def model_metadata(request: Request, name: str) -> Response:
-        return metadata(request, name, None)
-
-    @api.get(
-        contract.VERSION_METADATA, response_model=protocol.ModelMetadata,
-        responses=ERRORS, tags=["metadata"],
-    )  # fmt: skip
-    async def version_metadata(request: Request, name: str, version: str) -> Response:
-        return metadata(request, name, version)
-
-    def readiness(request: Request, name: str, version: str | None) -> Response:
-        body, answered = plane.model_ready(name, version)
-        return respond(request, json_answer(body, 200 if body["ready"] else 503, answered))
-
-    @api.get(
-        contract.MODEL_READY, response_model=protocol.ModelReadyResponse, responses=ERRORS,
-        tags=["health"],
-    )  # fmt: skip
-    async def model_ready(request: Request, name: str) -> Response:
-        return readiness(request, name, None)
-
-    @api.get(
-        contract.VERSION_READY, response_model=protocol.ModelReadyResponse,
-        responses=ERRORS, tags=["health"],
-    )  # fmt: skip
-    async def version_ready(request: Request, name: str, version: str) -> Response:
-        return readiness(request, name, version)
-
-    async def predict_instances(request: Request, model: LoadedModel) -> Response:
-        try:
-            x = protocol.decode_instances(
-                await read_body(request.scope, request.receive, limit), model.manifest
-            )
-            outputs = await plane.predict(model, x, ["predict"])
-        except MLScaleError as exc:
-            return respond(request, error_answer(exc, model.identity))
-        body = protocol.encode_predictions(model.manifest, outputs["predict"])
-        return respond(request, json_answer(body, answered=model.identity))
-
-    @api.post(
-        contract.V1_PREDICT, response_model=protocol.PredictionsResponse,
-        responses=ERRORS, openapi_extra=body_doc(protocol.InstancesRequest), tags=["inference"],
-    )  # fmt: skip
-    async def v1_predict(request: Request, name: str) -> Response:
-        return await predict_instances(request, plane.model(name))
-
-    @api.post(
-        contract.SIMPLE_PREDICT, response_model=protocol.PredictionsResponse, responses=ERRORS,
-        openapi_extra=body_doc(protocol.InstancesRequest), tags=["inference"],
-    )  # fmt: skip
-    async def simple_predict(request: Request) -> Response:
-        return await predict_instances(request, plane.model(None))
-
-    @api.get(
-        contract.STORE_VERSIONS, response_model=protocol.StoreVersions,
-        responses=ERRORS, tags=["metadata"],
-    )  # fmt: skip
-    async def store_versions(request: Request, name: str) -> Response:
-        """mlscale extension: every version of the model in this server's store (loaded or
-        not), with offline metrics; the rollout operator's quality gate reads it."""
-        return respond(request, json_answer(plane.store_versions(name)))
-
-    @api.get("/metrics", tags=["metrics"], response_class=Response)
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
-
-    def openapi() -> dict[str, Any]:
+    def schema() -> dict[str, Any]:
         if api.openapi_schema is None:
-            schema = get_openapi(title=api.title, version=api.version, routes=api.routes,
-                                 summary=api.summary)  # fmt: skip
-            schema["paths"] = {**fastpath.route_docs(), **schema["paths"]}
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (
-                protocol.InferenceRequest, protocol.InferenceResponse, protocol.InstancesRequest,
-                protocol.LiveResponse, protocol.ReadyResponse, protocol.ErrorResponse,
-            ):  # fmt: skip
-                doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(doc.pop("$defs", {}))
-                components[model.__name__] = doc
-            api.openapi_schema = schema
+            doc = get_openapi(title=api.title, version=api.version, routes=[],
+                              summary=api.summary)  # fmt: skip
+            described = router.docs()
+            doc["paths"] = described["paths"]
+            doc["components"] = {"schemas": openapi.components(described["models"])}
+            api.openapi_schema = doc
         return api.openapi_schema
 
-    api.openapi = openapi  # type: ignore[method-assign]
+    api.openapi = schema  # type: ignore[method-assign]
     return api
 
 
 def create_app(settings: Settings) -> FastPath:
     metrics = Metrics()
     plane = DataPlane(settings.model, settings.batching, metrics)
-    api = build_api(settings, plane, metrics)
-    return FastPath(api, plane, metrics, settings.server.max_body_bytes)
+    router = Router(table(Endpoints(plane, metrics, settings.server.max_body_bytes)))
+    return FastPath(build_api(settings, plane, router), plane, metrics, router)
 
 
 def app_from_settings_env() -> FastPath:

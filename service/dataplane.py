@@ -1,6 +1,6 @@
 """The data plane: the loaded versions of one model, readiness, and inference.
 
-Transport-free: `app.py` translates HTTP to calls here, and back.
+Transport-free: `endpoints.py` translates requests to calls here, and answers back.
 """
 
 import logging

@@ -1,5 +1,5 @@
-"""OpenAPI descriptions of the routes, for the ones FastAPI documents itself and the hot routes
-it never sees (their descriptions live beside their code, in `fastpath.py`)."""
+"""OpenAPI building blocks for the route table (`routes.py`), whose handlers parse their own
+bodies, so FastAPI never sees the routes to describe them."""
 
 from typing import Any
 
@@ -8,12 +8,9 @@ from pydantic import BaseModel
 from mlscale.service import protocol
 
 JSON = "application/json"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": protocol.ErrorResponse, "description": text}
-    for code, text in [
-        (400, "Invalid input"), (404, "Unknown model or version"), (413, "Body too large"),
-        (415, "Not JSON"), (500, "The model failed"), (503, "Not ready"),
-    ]
+ERRORS = {
+    400: "Invalid input", 404: "Unknown model or version", 413: "Body too large",
+    415: "Not JSON", 500: "The model failed", 503: "Not ready",
 }  # fmt: skip
 
 
@@ -21,25 +18,24 @@ def ref(model: type[BaseModel]) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI request body for a handler that parses the raw body itself."""
-    return {"requestBody": {"required": True, "content": {JSON: {"schema": ref(model)}}}}
-
-
 def operation(
-    summary: str, tag: str, ok: type[BaseModel], errors: list[int], body: type[BaseModel] | None
+    summary: str,
+    tag: str,
+    ok: type[BaseModel] | None,
+    errors: list[int],
+    body: type[BaseModel] | None,
 ) -> dict[str, Any]:
-    responses = {"200": {"description": "OK", "content": {JSON: {"schema": ref(ok)}}}}
+    """One operation; `ok` None: the 200 body is plain text."""
+    content = {JSON: {"schema": ref(ok)}} if ok else {"text/plain": {"schema": {"type": "string"}}}
+    responses = {"200": {"description": "OK", "content": content}}
     for code in errors:
-        doc = ERRORS[code]
-        schema = ref(protocol.ErrorResponse)
         responses[str(code)] = {
-            "description": doc["description"],
-            "content": {JSON: {"schema": schema}},
+            "description": ERRORS[code],
+            "content": {JSON: {"schema": ref(protocol.ErrorResponse)}},
         }
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if body is not None:
-        op.update(body_doc(body))
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
     return op
 
 
@@ -47,3 +43,13 @@ def name_params(*names: str) -> list[dict[str, Any]]:
     return [
         {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
     ]
+
+
+def components(models: set[type[BaseModel]]) -> dict[str, Any]:
+    """The schemas of these models and of the models they refer to, by name."""
+    schemas: dict[str, Any] = {}
+    for model in sorted(models, key=lambda m: m.__name__):
+        doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(doc.pop("$defs", {}))
+        schemas[model.__name__] = doc
+    return schemas

@@ -36,7 +36,7 @@ def test_the_operator_reads_the_servers_real_metrics_and_headers(iris):
         text = c.get("/metrics").text
     served = after - before
     assert (served.requests, served.errors) == (9, 0)
-    # Requests FastAPI answered (v1) are labelled with the version that answered, like hot ones.
+    # Every route in the table labels its requests with the version that answered.
     labels = {
         (s.labels["endpoint"], s.labels["model"], s.labels["version"], s.labels["code"])
         for family in text_string_to_metric_families(text)

@@ -145,7 +145,7 @@ def test_v1_and_simple_predict(iris: Server):
         ("post", "/v1/models/iris:predict", {"json": {"instances": [[1]]}}, 400, "does not match"),
         ("post", "/predict", {"json": {"rows": []}}, 400, "'instances' list"),
         ("get", "/no/such/path", {}, 404, "Not Found"),
-        ("put", "/v2", {}, 405, "Method Not Allowed"),
+        ("put", "/v2", {}, 405, "send a GET"),
         ("get", "/v2/models/iris/infer", {}, 405, "send a POST"),
         ("delete", "/v2/models/iris/versions/1/infer", {}, 405, "send a POST"),
     ],
@@ -158,6 +158,8 @@ def test_errors_have_the_protocol_shape(iris: Server, method, path, kwargs, stat
 def test_405_says_which_method_is_allowed(iris: Server):
     r = httpx.get(iris.url + "/v2/models/iris/infer")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = httpx.post(iris.url + "/v2/models/iris/versions/2/ready")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
 
 
 def test_errors_after_routing_still_name_the_version(iris: Server):
