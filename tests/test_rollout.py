@@ -306,7 +306,12 @@ def test_api_failures_after_the_patch_roll_back_and_are_recorded(cluster: Cluste
 
 
 def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluster):
-    cmd = [sys.executable, "-m", "mlscale.rollout", "--server", cluster.url, "-n", cluster.ns,
+    # Started as from a terminal, where Ctrl-C reaches it: a test session run as a background
+    # job ignores SIGINT, and its children would inherit that.
+    as_from_a_terminal = ("import runpy, signal; signal.signal(signal.SIGINT, "
+                          "signal.default_int_handler); runpy.run_module('mlscale.rollout', "
+                          "run_name='__main__', alter_sys=True)")  # fmt: skip
+    cmd = [sys.executable, "-c", as_from_a_terminal, "--server", cluster.url, "-n", cluster.ns,
            "-r", "demo", "canary", "--version", "2", "--steps", "34,100",
            "--interval", "30"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
