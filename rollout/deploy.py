@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlscale.rollout.history import History, entry
-from mlscale.rollout.kube import Refused, RolloutError
+from mlscale.rollout.kube import ClusterError, Refused, RolloutError
 from mlscale.rollout.modelimage import Candidate, candidate
 from mlscale.rollout.progress import (
     Restarts,
@@ -194,8 +194,11 @@ def deploy(
         return Outcome(version, current, "succeeded", "")
     say(f"{name}: {failure}; rolling back to {current}")
     back_image = current_image if model_image else None  # unless someone moved it since:
-    set_version(release, name, current, expected=version, model_image=back_image)
-    back = follow(release, name, current, timeout, say, before)
+    try:
+        set_version(release, name, current, expected=version, model_image=back_image)
+        back = follow(release, name, current, timeout, say, before)
+    except ClusterError as exc:  # the API fails the rollback too: still record what happened
+        back = f"could not be confirmed: {exc}"
     detail = failure + ("" if back is None else f"; the rollback did not finish either: {back}")
     history.append(
         entry(

@@ -305,6 +305,22 @@ def test_api_failures_after_the_patch_roll_back_and_are_recorded(cluster: Cluste
     assert entry.outcome == "rolled-back" and entry.version == "2"
 
 
+def test_a_rollback_the_api_keeps_failing_is_still_recorded(cluster: Cluster):
+    """The server fails every pod list from the patch on: the rollout cannot be confirmed,
+    nor can its rollback; the version goes back all the same, and the history says so."""
+
+    def say(message: str) -> None:
+        cluster.say(message)
+        if "version 1 -> 2" in message:
+            cluster.faults.fail(503, f"/namespaces/{cluster.ns}/pods?", times=100)
+
+    with pytest.raises(RolloutError, match=r"rolled back to 1, which did not finish: could not"):
+        deploy(cluster.release(), "2", say=say, timeout=20)
+    assert cluster.stable_version() == "1"
+    (entry,) = History(cluster.release().kube, "demo").read()
+    assert entry.outcome == "rolled-back" and "could not be confirmed" in entry.detail
+
+
 def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluster):
     # Started as from a terminal, where Ctrl-C reaches it: a test session run as a background
     # job ignores SIGINT, and its children would inherit that.
