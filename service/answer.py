@@ -16,7 +16,6 @@ from mlscale.service.errors import MLScaleError
 AnsweredBy = tuple[str, str]  # (model, version); ("", "") where no model answered
 NOBODY: AnsweredBy = ("", "")
 JSON = b"application/json"
-JSON_HEADER = (b"content-type", JSON)
 BINARY_HEADER = (b"content-type", b"application/octet-stream")
 
 
@@ -53,13 +52,11 @@ def model_headers(answered: AnsweredBy) -> tuple[tuple[bytes, bytes], ...]:
 
 
 def response_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
-    length = str(len(answer.body)).encode()
-    if answer.json_length is None:
-        media = JSON_HEADER if answer.media is JSON else (b"content-type", answer.media)
-        headers = [media, (b"content-length", length)]
-    else:
-        headers = [BINARY_HEADER, (b"content-length", length),
-                   (binary.HEADER, str(answer.json_length).encode())]  # fmt: skip
-    if answer.answered is not NOBODY:
-        headers += model_headers(answer.answered)
+    headers = [
+        (b"content-type", answer.media) if answer.json_length is None else BINARY_HEADER,
+        (b"content-length", str(len(answer.body)).encode()),
+    ]
+    if answer.json_length is not None:
+        headers.append((binary.HEADER, str(answer.json_length).encode()))
+    headers += model_headers(answer.answered)
     return headers

@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from mlscale.service import __version__, openapi
+from mlscale.service import __version__
 from mlscale.service.answer import error_body
 from mlscale.service.contract import SETTINGS_ENV
 from mlscale.service.dataplane import DataPlane
@@ -66,10 +66,7 @@ def build_api(settings: Settings, plane: DataPlane, router: Router) -> FastAPI:
         if api.openapi_schema is None:
             doc = get_openapi(title=api.title, version=api.version, routes=[],
                               summary=api.summary)  # fmt: skip
-            described = router.docs()
-            doc["paths"] = described["paths"]
-            doc["components"] = {"schemas": openapi.components(described["models"])}
-            api.openapi_schema = doc
+            api.openapi_schema = {**doc, **router.docs()}
         return api.openapi_schema
 
     api.openapi = schema  # type: ignore[method-assign]

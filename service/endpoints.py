@@ -17,13 +17,17 @@ READY = Answer(200, b'{"ready":true}')
 NOT_READY = Answer(503, b'{"ready":false}')
 
 
+def _media(content_type: bytes) -> bytes:
+    return content_type.split(b";")[0].strip().lower()
+
+
 def _is_json(content_type: bytes) -> bool:
-    media = content_type.split(b";")[0].strip().lower()  # inline: this runs on every request
+    media = _media(content_type)
     return media == b"application/json" or media.endswith(b"+json")
 
 
 def _is_binary(content_type: bytes) -> bool:
-    return content_type.split(b";")[0].strip().lower() == b"application/octet-stream"
+    return _media(content_type) == b"application/octet-stream"
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int, binary_data: bool = False) -> bytes:

@@ -137,7 +137,7 @@ class Router:
         return None
 
     def docs(self) -> dict[str, Any]:
-        """OpenAPI paths and component schemas of every route."""
+        """The OpenAPI `paths` and `components` of every route."""
         paths: dict[str, Any] = {}
         models: set[type[BaseModel]] = {protocol.ErrorResponse}
         for r in self.routes:
@@ -151,4 +151,4 @@ class Router:
                 if template == r.twin:
                     op = {**op, "summary": f"{r.summary}, of one version"}
                 paths[template] = {r.method.lower(): op}
-        return {"paths": paths, "models": models}
+        return {"paths": paths, "components": {"schemas": openapi.components(models)}}
