@@ -98,8 +98,6 @@ class FaultProxy:
                     "the object has been modified; please "
                     "apply your changes to the latest version and try again",
                 )
-            if verb == "list":
-                self.expired = False
         return None
 
     @contextmanager
@@ -141,7 +139,9 @@ class FaultProxy:
             else:
                 self._send(req, code, payload)
             return
-        if verb == "watch" and self.expired:
+        if verb == "list":  # a fresh list: its resourceVersion is current again
+            self.expired = False
+        elif verb == "watch" and self.expired:
             self._stream_start(req)
             error = status(410, "Expired", "too old resource version")
             self._chunk(req, json.dumps({"type": "ERROR", "object": error}).encode() + b"\n")

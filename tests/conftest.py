@@ -76,6 +76,15 @@ class Envtest:
     kubelet: "Kubelet"
 
 
+def pins() -> dict[str, str]:
+    """The pinned versions of everything in the offline kind node image."""
+    return dict(
+        line.split("#")[0].strip().split("=", 1)
+        for line in (ROOT / "k8s" / "nodeimage" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,6 +1,7 @@
 """A real Kubernetes control plane for the operator's tests, run the way controller-runtime's
 envtest runs one: etcd, kube-apiserver (RBAC on) and kube-controller-manager with the
-Deployment, ReplicaSet, HorizontalPodAutoscaler and garbage-collector controllers, from the
+Deployment, ReplicaSet, HorizontalPodAutoscaler, garbage-collector and service-account
+controllers, from the
 binaries `k8s/nodeimage/build.sh control-plane` builds (the kind node image uses the same ones).
 
 There is no scheduler, kubelet or container runtime: `tests/kubelet.py` plays the nodes.
@@ -11,16 +12,17 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import urllib3
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port, pins
 
-VERSIONS = ROOT / "k8s" / "nodeimage" / "versions.env"
 ADMIN_TOKEN = "mlscale-test-admin"  # a throwaway server's static token
 # The kinds the tests create: kind -> (apiVersion, plural).
 KINDS = {
@@ -42,16 +44,12 @@ API_VERSIONS = {plural: api for api, plural in KINDS.values()}
 
 def binaries() -> dict[str, Path] | None:
     """Where the pinned etcd and Kubernetes binaries are cached, or None if not built."""
-    pins = dict(
-        line.split("#")[0].strip().split("=", 1)
-        for line in VERSIONS.read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
+    pinned = pins()
     cache = Path(os.environ.get("MLSCALE_CACHE", Path.home() / ".cache" / "mlscale"))
     bin_dir = cache / "nodeimage" / "bin"
-    kube = bin_dir / f"kubernetes-{pins['KUBERNETES_VERSION']}"
+    kube = bin_dir / f"kubernetes-{pinned['KUBERNETES_VERSION']}"
     found = {
-        "etcd": bin_dir / f"etcd-{pins['ETCD_VERSION']}" / "etcd",
+        "etcd": bin_dir / f"etcd-{pinned['ETCD_VERSION']}" / "etcd",
         "kube-apiserver": kube / "kube-apiserver",
         "kube-controller-manager": kube / "kube-controller-manager",
     }
@@ -149,7 +147,8 @@ class ControlPlane:
         self._stack.callback(_stop, proc)
         return proc
 
-    def _wait(self, name: str, proc: subprocess.Popen, ready: Any, timeout: float = 60) -> None:
+    def _wait(self, name: str, proc: subprocess.Popen, ready: Callable[[], bool],
+              timeout: float = 60) -> None:  # fmt: skip
         deadline = time.monotonic() + timeout
         while not ready():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -179,7 +178,8 @@ class ControlPlane:
             f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
             "--unsafe-no-fsync",  # a test's data: speed over durability
         ])  # fmt: skip
-        self._wait("etcd", etcd, lambda: _answers(f"http://127.0.0.1:{etcd_port}/health"))
+        plain = urllib3.PoolManager()
+        self._wait("etcd", etcd, partial(_answers, plain, f"http://127.0.0.1:{etcd_port}/health"))
         self.url = f"https://127.0.0.1:{api_port}"
         apiserver = self._start("kube-apiserver", [
             f"--etcd-servers=http://127.0.0.1:{etcd_port}", f"--secure-port={api_port}",
@@ -192,7 +192,8 @@ class ControlPlane:
         ])  # fmt: skip
         self.ca = d / "certs" / "apiserver.crt"  # self-signed, with its CA, by the server
         self.admin = Admin(self.url, self.ca)
-        self._wait("kube-apiserver", apiserver, self._api_ready, timeout=120)
+        ready = partial(_answers, self.admin.http, f"{self.url}/readyz", self.admin.headers)
+        self._wait("kube-apiserver", apiserver, ready, timeout=120)
         kubeconfig = d / "admin.kubeconfig"
         kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "admin",
@@ -201,28 +202,21 @@ class ControlPlane:
             "users": [{"name": "admin", "user": {"token": ADMIN_TOKEN}}],
             "contexts": [{"name": "admin", "context": {"cluster": "test", "user": "admin"}}],
         }))  # fmt: skip
-        manager = self._start("kube-controller-manager", [
+        # No health endpoint without a serving port: the tests wait for what it does.
+        self._start("kube-controller-manager", [
             f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0",
             "--controllers=deployment,replicaset,horizontalpodautoscaling,garbagecollector,serviceaccount",
             "--horizontal-pod-autoscaler-sync-period=1s",
         ])  # fmt: skip
-        self._wait("kube-controller-manager", manager, lambda: manager.poll() is None, 1)
-
-    def _api_ready(self) -> bool:
-        try:
-            return self.admin.http.request("GET", self.url + "/readyz", headers=self.admin.headers,
-                                           timeout=2, retries=False).status == 200  # fmt: skip
-        except (urllib3.exceptions.HTTPError, OSError):  # OSError: no certificate yet
-            return False
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
 
-def _answers(url: str) -> bool:
+def _answers(http: urllib3.PoolManager, url: str, headers: dict[str, str] | None = None) -> bool:
     try:
-        return urllib3.request("GET", url, timeout=1, retries=False).status == 200
-    except urllib3.exceptions.HTTPError:
+        return http.request("GET", url, headers=headers, timeout=2, retries=False).status == 200
+    except (urllib3.exceptions.HTTPError, OSError):  # OSError: no certificate yet
         return False
 
 

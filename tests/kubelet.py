@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
@@ -84,6 +85,13 @@ class _PodServer(ThreadingHTTPServer):
     kubelet: "Kubelet"
 
 
+@dataclass
+class _Container:
+    address: str
+    started: float  # monotonic seconds
+    restarted: float  # when it last restarted (crash-looping ones)
+
+
 class Tenant(NamedTuple):
     """What one test's pods do: their fate, and their answers over HTTP."""
 
@@ -101,12 +109,10 @@ class Kubelet:
         self.admin = admin
         self.tenants: dict[str, Tenant] = {}
         self._pods: dict[str, dict] = {}  # address -> the pod there, as last listed
-        self._address: dict[str, str] = {}  # pod uid -> its address
+        self._containers: dict[str, _Container] = {}  # pod uid -> its running container
         self._free = (str(ip) for ip in network.hosts())
         self._released: list[str] = []
         self._servers: dict[str, _PodServer] = {}
-        self._started: dict[str, float] = {}  # pod uid -> when its container started
-        self._crashed: dict[str, float] = {}  # pod uid -> when it last restarted
         self._nodes = itertools.cycle(NODES)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -141,18 +147,16 @@ class Kubelet:
         pods = self.admin.request("GET", "/api/v1/pods")["items"]
         live = {p["metadata"]["uid"] for p in pods}
         with self._lock:
-            for uid in [u for u in self._address if u not in live]:
-                address = self._address.pop(uid)
+            for uid in [u for u in self._containers if u not in live]:
+                address = self._containers.pop(uid).address
                 self._pods.pop(address, None)
                 self._released.append(address)
-                self._started.pop(uid, None)
-                self._crashed.pop(uid, None)
         for pod in pods:
             self._sync_pod(pod)
 
     def _sync_pod(self, pod: dict) -> None:
         meta = pod["metadata"]
-        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        ns, name = meta["namespace"], meta["name"]
         if meta.get("deletionTimestamp"):
             self.admin.delete("pods", ns, name, grace=0)  # the containers have stopped
             return
@@ -162,16 +166,15 @@ class Kubelet:
                                   "name": next(self._nodes)}}  # fmt: skip
             self.admin.request("POST", f"/api/v1/namespaces/{ns}/pods/{name}/binding", binding)
             return
-        address = self._place(pod)
+        running = self._run(pod)
         now = time.monotonic()
-        started = self._started.setdefault(uid, now)
         fate = self.tenant(pod).fate(pod)
-        ready = fate == "ready" and now - started >= READY_AFTER
+        ready = fate == "ready" and now - running.started >= READY_AFTER
         current = (pod["status"].get("containerStatuses") or [{}])[0]
         restarts = current.get("restartCount", 0)  # a test may have set it (a past reboot)
-        if fate == "crash" and now - self._crashed.get(uid, started) >= CRASH_EVERY:
+        if fate == "crash" and now - running.restarted >= CRASH_EVERY:
             restarts += 1
-            self._crashed[uid] = now
+            running.restarted = now
         if current and (current.get("ready"), current.get("restartCount")) == (ready, restarts):
             return
         container = pod["spec"]["containers"][0]
@@ -180,8 +183,8 @@ class Kubelet:
         status = {
             "phase": "Running",
             "hostIP": "10.213.255.254",  # outside every pod network
-            "podIP": address,
-            "podIPs": [{"ip": address}],
+            "podIP": running.address,
+            "podIPs": [{"ip": running.address}],
             "startTime": pod["status"].get("startTime") or stamp(),
             "conditions": [{"type": "Ready", "status": str(ready), "lastTransitionTime": stamp()}],
             "containerStatuses": [{
@@ -192,18 +195,19 @@ class Kubelet:
         }  # fmt: skip
         self.admin.patch("pods", ns, name, {"status": status}, sub="status")
 
-    def _place(self, pod: dict) -> str:
-        """The pod's address, and a server listening there."""
+    def _run(self, pod: dict) -> "_Container":
+        """The pod's container: started once, with an address and a server listening there."""
         uid = pod["metadata"]["uid"]
         with self._lock:
-            address = self._address.get(uid)
-            if address is None:
+            running = self._containers.get(uid)
+            if running is None:
                 address = self._released.pop(0) if self._released else next(self._free)
-                self._address[uid] = address
-            self._pods[address] = pod
-        if address not in self._servers:
-            server = _PodServer((address, SERVER_PORT), _PodHandler)
+                now = time.monotonic()
+                running = self._containers[uid] = _Container(address, now, now)
+            self._pods[running.address] = pod
+        if running.address not in self._servers:
+            server = _PodServer((running.address, SERVER_PORT), _PodHandler)
             server.kubelet = self
             threading.Thread(target=server.serve_forever, daemon=True).start()
-            self._servers[address] = server
-        return address
+            self._servers[running.address] = server
+        return running

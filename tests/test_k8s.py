@@ -7,7 +7,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, pins
 from tests.test_chart import K8S_VERSION, by_kind, pod_specs, render
 
 K8S = ROOT / "k8s"
@@ -60,9 +60,4 @@ def test_metrics_server_trusts_kind_kubelets_and_needs_no_download():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "--kubelet-insecure-tls" in container["args"]
     # The tag the offline node image pre-imports (k8s/nodeimage/versions.env).
-    pins = dict(
-        line.split("#")[0].strip().split("=", 1)
-        for line in (K8S / "nodeimage" / "versions.env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-    assert container["image"].endswith(":" + pins["METRICS_SERVER_VERSION"])
+    assert container["image"].endswith(":" + pins()["METRICS_SERVER_VERSION"])
