@@ -84,6 +84,9 @@ class Snapshot:
 class Verdict:
     passed: bool
     reasons: list[str]
+    # Failed only for want of canary requests: more time may settle it (a few long-lived client
+    # connections can miss the canary for a while; see the server's connection lifetime).
+    inconclusive: bool = False
 
 
 def judge(
@@ -97,7 +100,8 @@ def judge(
 ) -> Verdict:
     """One step's canary traffic against absolute limits, and its p99 against stable's."""
     reasons = []
-    if canary.requests < min_requests:
+    too_few = canary.requests < min_requests
+    if too_few:
         reasons.append(f"canary saw {canary.requests:.0f} requests, fewer than {min_requests}")
     if canary.error_rate > max_error_rate:
         reasons.append(f"canary error rate {canary.error_rate:.2%} > {max_error_rate:.2%}")
@@ -108,4 +112,4 @@ def judge(
         reasons.append(
             f"canary p99 {p99:.1f} ms > {max_p99_ratio:g} x stable p99 {stable_p99:.1f} ms"
         )
-    return Verdict(passed=not reasons, reasons=reasons)
+    return Verdict(passed=not reasons, reasons=reasons, inconclusive=too_few and len(reasons) == 1)

@@ -4,7 +4,7 @@ split by replica ratio in steps, each step judged from the pods' own /metrics, t
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
@@ -27,6 +27,8 @@ from mlscale.rollout.release import (
 )
 from mlscale.rollout.release import strategic_merge as merge
 
+TRACKS = ("canary", "stable")
+
 
 @dataclass(frozen=True)
 class CanaryPolicy:
@@ -37,6 +39,9 @@ class CanaryPolicy:
     max_p99_ratio: float = 1.5  # canary p99 against stable p99
     min_requests: int = 20
     timeout: float = 600.0
+    # A step whose canary has seen fewer than min_requests (and nothing else wrong) is judged
+    # again over a longer window, up to this many intervals, before it fails.
+    max_intervals: int = 3
 
 
 def canary_body(
@@ -63,29 +68,53 @@ def canary_body(
     return body
 
 
-def scrape(release: Release, track: str) -> dict[str, Snapshot]:
+@dataclass
+class Scrape:
+    """One read of every Ready pod of a track: each pod's counters, and the pods that did not
+    answer (their counters are unknown, not zero)."""
+
+    pods: dict[str, Snapshot] = field(default_factory=dict)
+    unread: set[str] = field(default_factory=set)
+
+    def note(self) -> str:
+        """What a reader of the numbers should know about pods left out."""
+        if not self.unread:
+            return ""
+        return f" ({len(self.unread)} of {len(self.unread) + len(self.pods)} pods unreadable)"
+
+    def start_late(self, later: "Scrape") -> None:
+        """Pods unread here but read `later` count from that later read on."""
+        for pod in self.unread & later.pods.keys():
+            self.pods[pod] = later.pods[pod]
+        self.unread -= later.pods.keys()
+
+
+def scrape(release: Release, track: str) -> Scrape:
     """Every serving pod's counters. Pods that are not Ready take no traffic and may not listen
-    yet (the HPA keeps adding and removing stable pods); one that stops answering between the
-    listing and its scrape (scaled away) is left out of this sample."""
-    snapshots = {}
+    yet (the HPA keeps adding and removing stable pods); one that does not answer (scaled away
+    between the listing and its scrape, or a pod-proxy error) is recorded as unread."""
+    result = Scrape()
     for pod in release.pods(track):
         if not pod_ready(pod):
             continue
         try:
             text = release.proxy_get(name_of(pod), "/metrics")
         except (NotFound, Unavailable):
+            result.unread.add(name_of(pod))
             continue
         snapshot = Snapshot()
         snapshot.add_scrape(text)
-        snapshots[name_of(pod)] = snapshot
-    return snapshots
+        result.pods[name_of(pod)] = snapshot
+    return result
 
 
-def traffic(before: dict[str, Snapshot], after: dict[str, Snapshot]) -> Snapshot:
-    """What every pod of a track served between two scrapes (new pods count from zero)."""
+def traffic(before: Scrape, after: Scrape) -> Snapshot:
+    """What the pods of a track served between two scrapes. A pod new since the first counts
+    from zero; one that did not answer the first is left out, as its starting count is unknown."""
     total = Snapshot()
-    for pod, now in after.items():
-        total += now - before.get(pod, Snapshot())
+    for pod, now in after.pods.items():
+        if pod not in before.unread:
+            total += now - before.pods.get(pod, Snapshot())
     return total
 
 
@@ -162,7 +191,8 @@ def run_step(
     release: Release, name: str, version: str, pct: int, policy: CanaryPolicy, say: Say
 ) -> None:
     """Scale the canary to `pct`% of stable's replicas, then judge `policy.interval` seconds of
-    traffic; raise RolloutError if the canary does not pass."""
+    traffic (longer, interval by interval, while the canary has seen too few requests to judge);
+    raise RolloutError if the canary does not pass."""
     kube = release.kube
     # Read now: the HPA keeps moving the stable Deployment while the canary runs.
     stable_replicas = release.stable().spec.replicas or 1
@@ -183,27 +213,40 @@ def run_step(
     )
     if failure:
         raise RolloutError(failure)
-    before = {t: scrape(release, t) for t in ("canary", "stable")}
-    time.sleep(policy.interval)
-    canary_t = traffic(before["canary"], scrape(release, "canary"))
-    stable_t = traffic(before["stable"], scrape(release, "stable"))
-    verdict = judge(
-        canary_t,
-        stable_t,
-        max_error_rate=policy.max_error_rate,
-        max_p99_ms=policy.max_p99_ms,
-        max_p99_ratio=policy.max_p99_ratio,
-        min_requests=policy.min_requests,
-    )
+    before = {t: scrape(release, t) for t in TRACKS}
+    started, intervals = time.monotonic(), 0
+    while True:
+        time.sleep(policy.interval)
+        intervals += 1
+        after = {t: scrape(release, t) for t in TRACKS}
+        canary_t, stable_t = (traffic(before[t], after[t]) for t in TRACKS)
+        verdict = judge(
+            canary_t,
+            stable_t,
+            max_error_rate=policy.max_error_rate,
+            max_p99_ms=policy.max_p99_ms,
+            max_p99_ratio=policy.max_p99_ratio,
+            min_requests=policy.min_requests,
+        )
+        if not verdict.inconclusive or intervals >= policy.max_intervals:
+            break
+        for t in TRACKS:
+            before[t].start_late(after[t])
+        say(
+            f"step {pct}%: canary {canary_t.requests:.0f} req{after['canary'].note()} in "
+            f"{time.monotonic() - started:.0f} s, fewer than {policy.min_requests}: "
+            f"judging {policy.interval:g} s more"
+        )
     say(
-        f"step {pct}%: canary {canary_t.requests:.0f} req, "
+        f"step {pct}%: canary {canary_t.requests:.0f} req{after['canary'].note()} in "
+        f"{time.monotonic() - started:.0f} s, "
         f"errors {canary_t.error_rate:.2%}, p99 {canary_t.quantile(0.99) * 1000:.1f} ms"
-        f" | stable {stable_t.requests:.0f} req, errors {stable_t.error_rate:.2%}, "
-        f"p99 {stable_t.quantile(0.99) * 1000:.1f} ms -> "
+        f" | stable {stable_t.requests:.0f} req{after['stable'].note()}, "
+        f"errors {stable_t.error_rate:.2%}, p99 {stable_t.quantile(0.99) * 1000:.1f} ms -> "
         + ("pass" if verdict.passed else "FAIL: " + "; ".join(verdict.reasons))
     )
     if not verdict.passed:
-        raise RolloutError("; ".join(verdict.reasons))
+        raise RolloutError("; ".join(verdict.reasons) + after["canary"].note())
 
 
 def remove(release: Release, say: Say) -> None:

@@ -170,6 +170,10 @@ def canary(
     max_p99_ms: Annotated[float, typer.Option(help="Highest canary p99 latency.")] = 250,
     max_p99_ratio: Annotated[float, typer.Option(help="Highest canary/stable p99.")] = 1.5,
     min_requests: Annotated[int, typer.Option(help="Fewest canary requests per step.")] = 20,
+    max_intervals: Annotated[
+        int,
+        typer.Option(min=1, help="Intervals a step may take to see --min-requests requests."),
+    ] = 3,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each scaling.")] = 600,
     force: Annotated[bool, typer.Option(help="Skip the store and quality checks.")] = False,
 ) -> None:
@@ -184,8 +188,9 @@ def canary(
     except ValueError:
         raise typer.BadParameter("steps are percentages, e.g. 10,50,100") from None
     policy = CanaryPolicy(
-        percents, interval, max_error_rate, max_p99_ms, max_p99_ratio, min_requests, timeout
-    )
+        percents, interval, max_error_rate, max_p99_ms, max_p99_ratio, min_requests, timeout,
+        max_intervals,
+    )  # fmt: skip
     run(
         ctx,
         lambda c: run_canary(

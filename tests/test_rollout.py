@@ -28,7 +28,7 @@ from mlscale.rollout.deploy import deploy, rollback, set_version
 from mlscale.rollout.history import History
 from mlscale.rollout.kube import Forbidden, Kube, NotFound, Refused, RolloutError, Target
 from mlscale.rollout.release import Release
-from mlscale.service.contract import MANIFEST_LABEL
+from mlscale.service.contract import MANIFEST_LABEL, TRACK_LABEL
 from mlscale.service.store import Manifest
 from tests.apiproxy import FaultProxy
 from tests.conftest import ROOT, Envtest
@@ -615,6 +615,51 @@ def test_a_stable_pod_that_stops_answering_does_not_abort_a_healthy_canary(clust
 
     cluster.respond = scaled_away
     assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
+
+
+def canary_metrics(cluster: Cluster, answer: Callable[[int], tuple[int, str] | None]) -> None:
+    """Canary pods answer their n-th scrape of /metrics (n from 1) with `answer(n)`, or as usual
+    when that is None; everything else as usual."""
+    scrapes: Counter[str] = Counter()
+
+    def respond(pod: dict, path: str) -> tuple[int, str] | None:
+        if path == "/metrics" and pod["metadata"]["labels"].get(TRACK_LABEL) == "canary":
+            scrapes[pod["metadata"]["name"]] += 1
+            if (given := answer(scrapes[pod["metadata"]["name"]])) is not None:
+                return given
+        return cluster.pod_answers(pod, path)
+
+    cluster.respond = respond
+
+
+def test_a_canary_short_of_requests_is_judged_over_a_longer_window(cluster: Cluster):
+    """Few long-lived client connections can miss a new canary pod for a while: too few
+    requests is a reason to look longer, not to abort a healthy canary."""
+    canary_metrics(cluster, lambda n: (200, "") if n <= 2 else None)  # no requests, twice
+    assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
+    step = [line for line in cluster.said if line.startswith("step 34%: canary")]
+    assert len(step) == 2, cluster.said
+    assert step[0].startswith("step 34%: canary 0 req in ") and "fewer than 20: judging" in step[0]
+    assert step[1].endswith("pass"), step
+
+
+def test_a_canary_that_never_gets_traffic_fails_after_its_longest_window(cluster: Cluster):
+    canary_metrics(cluster, lambda n: (200, ""))
+    with pytest.raises(RolloutError, match="canary saw 0 requests, fewer than 20; stable still"):
+        run_canary(cluster.release(), "2", FAST, say=cluster.say)
+    judged = [line for line in cluster.said if line.startswith("step 34%: canary")]
+    assert len(judged) == FAST.max_intervals and "FAIL" in judged[-1], cluster.said
+    assert cluster.stable_version() == "1" and cluster.deployment("demo-mlscale-canary") is None
+
+
+def test_a_canary_whose_metrics_cannot_be_read_is_not_taken_for_one_without_traffic(
+    cluster: Cluster,
+):
+    """Unread is not zero: the message says the canary's counters could not be read."""
+    canary_metrics(cluster, lambda n: (503, "{}"))
+    with pytest.raises(RolloutError, match=r"fewer than 20 \(2 of 2 pods unreadable\)"):
+        run_canary(cluster.release(), "2", FAST, say=cluster.say)
+    assert cluster.stable_version() == "1"
 
 
 # --- model images -------------------------------------------------------------------------

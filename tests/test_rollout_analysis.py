@@ -5,6 +5,7 @@ import math
 import pytest
 
 from mlscale.rollout.analysis import Snapshot, judge
+from mlscale.rollout.canary import Scrape, traffic
 
 INFER = 'endpoint="/v2/models/{name}/infer",model="iris",version="2"'
 HEALTH = 'endpoint="/v2/health/ready",model="",version=""'
@@ -87,3 +88,15 @@ def test_judge_passes_and_fails_with_reasons():
     )
     # stable: rank 990 of 1000, 990/1000 of the way through (0, 10] ms -> 9.9 ms
     assert verdict.reasons == ["canary p99 495.1 ms > 1.5 x stable p99 9.9 ms"]
+
+
+def test_traffic_counts_new_pods_from_zero_and_leaves_out_pods_unread_at_the_start():
+    served = snap(scrape(90, 0, {"+Inf": 90}))
+    before = Scrape(pods={"old": snap(scrape(50, 0, {"+Inf": 50}))}, unread={"unread"})
+    after = Scrape(pods={"old": served, "new": served, "unread": served})
+    # old: 97 - 57 = 40; new: 97 from zero (its 7 client errors count); unread: unknown start
+    assert traffic(before, after).requests == 40 + 97
+    before.start_late(after)  # read at last: the unread pod counts from this read on
+    later = Scrape(pods={pod: snap(scrape(190, 0, {"+Inf": 190})) for pod in after.pods})
+    # the whole window for old (197 - 57) and new (from zero); unread since its first read
+    assert traffic(before, later).requests == 140 + 197 + (197 - 97)
