@@ -50,6 +50,11 @@ def pod_version(pod: dict) -> str:
     return next((e["value"] for e in env if e["name"] == "MLSCALE_MODEL_VERSION"), "")
 
 
+def settled(pods: list[dict], versions: list[str]) -> bool:
+    """Exactly these versions run, every pod Ready."""
+    return sorted(map(pod_version, pods)) == versions and all(map(ready, pods))
+
+
 @dataclass
 class Cluster:
     admin: Admin
@@ -156,7 +161,7 @@ def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict) -> I
         with faults.serve() as url:
             c.url = url
             deadline = time.monotonic() + 30
-            while c.versions() != ["1", "1", "1"] or not all(ready(p) for p in c.pods()):
+            while not settled(c.pods(), ["1", "1", "1"]):
                 assert time.monotonic() < deadline, "the cluster never settled"
                 time.sleep(0.05)
             yield c
