@@ -50,6 +50,10 @@ def pod_version(pod: dict) -> str:
     return next((e["value"] for e in env if e["name"] == "MLSCALE_MODEL_VERSION"), "")
 
 
+def canary_pod(pod: dict) -> bool:
+    return pod["metadata"]["labels"].get(TRACK_LABEL) == "canary"
+
+
 def settled(pods: list[dict], versions: list[str]) -> bool:
     """Exactly these versions run, every pod Ready."""
     return sorted(map(pod_version, pods)) == versions and all(map(ready, pods))
@@ -338,8 +342,7 @@ def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluste
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
     deadline = time.monotonic() + 20
-    while not any(p["metadata"]["labels"].get("mlscale.dev/track") == "canary" and ready(p)
-                  for p in cluster.pods()):  # fmt: skip
+    while not any(canary_pod(p) and ready(p) for p in cluster.pods()):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
         time.sleep(0.05)
     # Inside the step's traffic window once the operator has taken its first scrape of the canary.
@@ -607,28 +610,15 @@ def test_explicit_flags_win_over_in_cluster_config_and_the_context_namespace_is_
     assert Kube(Target(kubeconfig=str(kubeconfig), namespace="x")).namespace == "x"
 
 
-def test_a_stable_pod_that_stops_answering_does_not_abort_a_healthy_canary(cluster: Cluster):
-    """The HPA scales stable pods away while the canary is judged: one that no longer answers
-    its scrape is left out of the sample, not taken for a failed analysis."""
-    answers = cluster.pod_answers
-    gone = sorted(p["metadata"]["name"] for p in cluster.pods())[0]
-
-    def scaled_away(pod: dict, path: str) -> tuple[int, str] | None:
-        if pod["metadata"]["name"] == gone and path == "/metrics":
-            return 503, "{}"
-        return answers(pod, path)
-
-    cluster.respond = scaled_away
-    assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
-
-
-def canary_metrics(cluster: Cluster, answer: Callable[[int], tuple[int, str] | None]) -> None:
-    """Canary pods answer their n-th scrape of /metrics (n from 1) with `answer(n)`, or as usual
-    when that is None; everything else as usual."""
+def answer_metrics(
+    cluster: Cluster, which: Callable[[dict], bool], answer: Callable[[int], tuple[int, str] | None]
+) -> None:
+    """The pods `which` picks answer their n-th scrape of /metrics (n from 1) with `answer(n)`,
+    or as usual when that is None; everything else as usual."""
     scrapes: Counter[str] = Counter()
 
     def respond(pod: dict, path: str) -> tuple[int, str] | None:
-        if path == "/metrics" and pod["metadata"]["labels"].get(TRACK_LABEL) == "canary":
+        if path == "/metrics" and which(pod):
             scrapes[pod["metadata"]["name"]] += 1
             if (given := answer(scrapes[pod["metadata"]["name"]])) is not None:
                 return given
@@ -637,10 +627,19 @@ def canary_metrics(cluster: Cluster, answer: Callable[[int], tuple[int, str] | N
     cluster.respond = respond
 
 
+def test_a_stable_pod_that_stops_answering_does_not_abort_a_healthy_canary(cluster: Cluster):
+    """The HPA scales stable pods away while the canary is judged: one that no longer answers
+    its scrape is left out of the sample, not taken for a failed analysis."""
+    gone = sorted(p["metadata"]["name"] for p in cluster.pods())[0]
+    answer_metrics(cluster, lambda pod: pod["metadata"]["name"] == gone, lambda n: (503, "{}"))
+    assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
+
+
 def test_a_canary_short_of_requests_is_judged_over_a_longer_window(cluster: Cluster):
     """Few long-lived client connections can miss a new canary pod for a while: too few
     requests is a reason to look longer, not to abort a healthy canary."""
-    canary_metrics(cluster, lambda n: (200, "") if n <= 2 else None)  # no requests, twice
+    # The first two scrapes of each canary pod find no requests served.
+    answer_metrics(cluster, canary_pod, lambda n: (200, "") if n <= 2 else None)
     assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
     step = [line for line in cluster.said if line.startswith("step 34%: canary")]
     assert len(step) == 2, cluster.said
@@ -649,7 +648,7 @@ def test_a_canary_short_of_requests_is_judged_over_a_longer_window(cluster: Clus
 
 
 def test_a_canary_that_never_gets_traffic_fails_after_its_longest_window(cluster: Cluster):
-    canary_metrics(cluster, lambda n: (200, ""))
+    answer_metrics(cluster, canary_pod, lambda n: (200, ""))
     with pytest.raises(RolloutError, match="canary saw 0 requests, fewer than 20; stable still"):
         run_canary(cluster.release(), "2", FAST, say=cluster.say)
     judged = [line for line in cluster.said if line.startswith("step 34%: canary")]
@@ -661,7 +660,7 @@ def test_a_canary_whose_metrics_cannot_be_read_is_not_taken_for_one_without_traf
     cluster: Cluster,
 ):
     """Unread is not zero: the message says the canary's counters could not be read."""
-    canary_metrics(cluster, lambda n: (503, "{}"))
+    answer_metrics(cluster, canary_pod, lambda n: (503, "{}"))
     with pytest.raises(RolloutError, match=r"fewer than 20 \(2 of 2 pods unreadable\)"):
         run_canary(cluster.release(), "2", FAST, say=cluster.say)
     assert cluster.stable_version() == "1"
