@@ -21,6 +21,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +56,15 @@ def call_of(method: str, url: str) -> tuple[str, str, str]:
     return verb, resource, match["ns"] or ""
 
 
+@dataclass
+class Failure:
+    """Answer the next `times` calls whose path contains `match` with `code` (None: reset)."""
+
+    code: int | None
+    match: str
+    times: int
+
+
 class FaultProxy:
     def __init__(self, upstream: str, token: str, ca: str) -> None:
         parts = urlsplit(upstream)
@@ -68,7 +78,7 @@ class FaultProxy:
         self.watches_to_stall = 0
         self.closed = threading.Event()
         self.expired = False
-        self.failures: list[list[Any]] = []  # [status or None, match, times left]
+        self.failures: list[Failure] = []
         self.lock = threading.Lock()
 
     def expire(self) -> None:
@@ -76,15 +86,15 @@ class FaultProxy:
 
     def fail(self, code: int | None, match: str, times: int = 1) -> None:
         with self.lock:
-            self.failures.append([code, match, times])
+            self.failures.append(Failure(code, match, times))
 
     def injected(self, url: str, verb: str, resource: str) -> tuple[int | None, dict] | None:
         """The failure to answer this call with, if the test asked for one."""
         with self.lock:
             for failure in self.failures:
-                code, match, times = failure
-                if match in url and times:
-                    failure[2] -= 1
+                if failure.match in url and failure.times:
+                    failure.times -= 1
+                    code = failure.code
                     return code, status(code or 0, "Injected", f"injected {code}")
             if (
                 self.conflicts_to_inject

@@ -1,8 +1,8 @@
 """A real Kubernetes control plane for the operator's tests, run the way controller-runtime's
 envtest runs one: etcd, kube-apiserver (RBAC on) and kube-controller-manager with the
 Deployment, ReplicaSet, HorizontalPodAutoscaler, garbage-collector and service-account
-controllers, from the
-binaries `k8s/nodeimage/build.sh control-plane` builds (the kind node image uses the same ones).
+controllers, from the binaries `k8s/nodeimage/build.sh control-plane` builds (the kind node
+image uses the same ones).
 
 There is no scheduler, kubelet or container runtime: `tests/kubelet.py` plays the nodes.
 """
