@@ -1,19 +1,21 @@
-# mlscale model server. Build with `make image` (scripts/build-image.sh), or:
+# mlscale model server, and (target `operator`) the rollout controller. Build both with
+# `make image` (scripts/build-image.sh), or:
 #   DOCKER_BUILDKIT=1 docker build -t mlscale:0.1.0 .
+#   DOCKER_BUILDKIT=1 docker build --target operator -t mlscale-operator:0.1.0 .
 # BASE_IMAGE may be any Debian-like image with python3 (>= 3.11) and its venv module.
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml scripts/requirements.py ./
 # Dependencies first, from the pins in pyproject.toml: this layer is rebuilt only when they
 # change, not on every change to the code.
 # The CA bundle, where one is passed as a build secret, is used by pip and never stored.
 RUN --mount=type=secret,id=pipcert \
     python3 -m venv /opt/venv \
  && if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
- && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["serve"]))' > /tmp/serve.txt \
+ && python3 requirements.py serve > /tmp/serve.txt \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/serve.txt
 # The installed `mlscale.*` packages; the image installs only the `serve` extra's dependencies,
 # and `mlscale rollout` / `mlscale loadtest` there say which extra they need.
@@ -32,6 +34,42 @@ RUN --mount=type=secret,id=pipcert \
 RUN /opt/venv/bin/mlscale train --ensure 2 --model-dir /opt/models \
  && /opt/venv/bin/mlscale models --model-dir /opt/models
 
+# The rollout controller: the `operator` extra only (the Kubernetes client, no scikit-learn).
+FROM ${BASE_IMAGE} AS operator-builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml scripts/requirements.py ./
+RUN --mount=type=secret,id=pipcert \
+    python3 -m venv /opt/venv \
+ && if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+ && python3 requirements.py operator > /tmp/operator.txt \
+ && /opt/venv/bin/pip install --no-cache-dir -r /tmp/operator.txt
+COPY README.md ./
+COPY mlscale ./mlscale
+COPY service ./service
+COPY rollout ./rollout
+COPY loadtest ./loadtest
+RUN --mount=type=secret,id=pipcert \
+    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools \
+ && /opt/venv/bin/python -m compileall -q /opt/venv
+
+FROM ${BASE_IMAGE} AS operator
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="mlscale-operator" \
+      org.opencontainers.image.description="The mlscale rollout controller: reconciles ModelRollouts" \
+      org.opencontainers.image.source="https://github.com/mlscale/mlscale" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
+COPY --from=operator-builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8081
+ENTRYPOINT ["python", "-m", "mlscale.rollout.operator"]
+
+# The model server (the default target).
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="mlscale" \

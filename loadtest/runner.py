@@ -92,16 +92,15 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
             rows.append(row)
 
     def roll_out(window: RolloutWindow) -> None:
-        from mlscale.rollout.deploy import deploy
+        from mlscale.rollout.client import roll, spec_for
         from mlscale.rollout.kube import RolloutError
 
         at = plan.rollout_at if plan.rollout_at is not None else shape.ramp_end + 10
         gevent.sleep(at)
         window.start = round(time.monotonic() - started, 1)
         try:
-            window.outcome = deploy(
-                release, window.version, say=print, timeout=600, force=True
-            ).outcome
+            spec = spec_for(window.version, strategy={"type": "Rolling"}, force=True)
+            window.outcome = roll(release.kube, release.name, spec, say=print).outcome
         except RolloutError as exc:
             window.outcome = f"failed: {exc}"
         window.end = round(time.monotonic() - started, 1)

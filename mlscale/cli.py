@@ -52,10 +52,13 @@ def loadtest(ctx: typer.Context) -> None:
 
 if installed("kubernetes"):
     from mlscale.rollout.cli import app as rollout_app
+    from mlscale.rollout.operator import operator
 
     app.add_typer(rollout_app, name="rollout")
+    app.command("operator")(operator)
 else:
     missing_extra("rollout", "rollout")
+    missing_extra("operator", "rollout")
 
 if installed("locust"):
     app.command(context_settings=PASS_THROUGH, add_help_option=False)(loadtest)

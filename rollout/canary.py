@@ -1,47 +1,47 @@
-"""Canary rollouts: a second Deployment of the new version behind the same Service, traffic
-split by replica ratio in steps, each step judged from the pods' own /metrics, then promote
-(the stable Deployment moves to the new version) or abort (the canary goes, stable untouched)."""
+"""A canary, one look at a time: a second Deployment of the new version behind the same
+Service, traffic split by replica ratio in steps, each step judged from the pods' own /metrics;
+after the last step stable moves to the new version (a rolling update, see rolling.py).
 
+Where a step stands lives in status.rollout (step, when its window began, how many intervals it
+has taken); only the scrape that opened the window is kept in memory. A controller that
+restarts mid-window has lost it, and judges the step again from a new window."""
+
+import contextlib
 import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client import V1Deployment
 
+from mlscale.rollout import rolling
 from mlscale.rollout.analysis import Snapshot, judge
-from mlscale.rollout.deploy import Outcome, Say, deploy, follow, quality_gate, wrong_versions
-from mlscale.rollout.history import History, entry
-from mlscale.rollout.kube import NotFound, Refused, RolloutError, Unavailable
-from mlscale.rollout.modelimage import candidate
+from mlscale.rollout.gate import check_candidate
+from mlscale.rollout.kube import NotFound, Unavailable
+from mlscale.rollout.progress import (
+    Failed,
+    Outcome,
+    State,
+    Wait,
+    failing_pods,
+    rollout_progress,
+)
 from mlscale.rollout.release import (
     TRACK,
     Release,
     canary_name,
-    model_image_of,
     name_of,
     pod_ready,
-    version_of,
     version_patch,
 )
 from mlscale.rollout.release import strategic_merge as merge
+from mlscale.rollout.resource import Spec, now_iso, seconds_since
 
 TRACKS = ("canary", "stable")
-
-
-@dataclass(frozen=True)
-class CanaryPolicy:
-    steps: tuple[int, ...] = (10, 50, 100)  # canary replicas as % of stable's
-    interval: float = 60.0  # seconds of traffic judged per step
-    max_error_rate: float = 0.01
-    max_p99_ms: float = 250.0
-    max_p99_ratio: float = 1.5  # canary p99 against stable p99
-    min_requests: int = 20
-    timeout: float = 600.0
-    # A step whose canary has seen fewer than min_requests (and nothing else wrong) is judged
-    # again over a longer window, up to this many intervals, before it fails.
-    max_intervals: int = 3
+PAUSED_LOOK = 5.0  # seconds between looks at a paused canary
+Windows = dict[str, dict[str, "Scrape"]]  # the scrapes that opened each step's window
+Say = Callable[[str, str], None]  # an event: reason, message
 
 
 def canary_body(
@@ -118,142 +118,158 @@ def traffic(before: Scrape, after: Scrape) -> Snapshot:
     return total
 
 
-def run_canary(
-    release: Release,
-    version: str | None,
-    policy: CanaryPolicy,
-    *,
-    say: Say,
-    force: bool = False,
-    max_regression: float = 0.05,
-    model_image: str | None = None,
-) -> Outcome:
-    stable = release.stable()
-    current = version_of(stable)
-    if model_image and model_image_of(stable) is None:
-        raise Refused(
-            "this release serves the models of its server image (installed without "
-            "model.image); install with model.image to canary model images"
-        )
-    to = candidate(release.model_name(), version, model_image, force)
-    version = to.version
-    if current == version:
-        raise Refused(f"stable already serves version {version}")
-    if (running := release.canary()) is not None:
-        raise Refused(
-            f"a canary is already running ({name_of(running)}); finish or delete it first"
-        )
-    if not force:
-        quality_gate(release, current, to, max_regression)
-    kube, name = release.kube, canary_name(stable)
-    history = History(kube, release.name)
-    started = time.time()
-    say(f"canary {name}: version {version} beside stable {current}")
-    kube.call(
-        kube.apps.create_namespaced_deployment,
-        kube.namespace,
-        canary_body(stable, name, version, 1, model_image),
-    )
-    # From here on, whatever happens, the canary goes: an analysis that fails, a promotion
-    # that fails, an API error, Ctrl-C. Only the message differs.
-    try:
-        try:
-            for pct in policy.steps:
-                run_step(release, name, version, pct, policy, say)
-        except RolloutError as exc:
-            history.append(entry(version, current, "canary", "aborted", str(exc), started))
-            raise RolloutError(
-                f"canary of version {version} aborted: {exc}; stable still serves {current}"
-            ) from None
-        except KeyboardInterrupt:
-            history.append(entry(version, current, "canary", "aborted", "interrupted", started))
-            raise
-        say(f"promoting: stable {current} -> {version}")
-        try:
-            return deploy(
-                release,
-                version,
-                say=say,
-                timeout=policy.timeout,
-                force=True,
-                strategy="canary",
-                model_image=model_image,
-            )
-        except RolloutError as exc:  # deploy has rolled stable back and recorded it
-            raise RolloutError(
-                f"canary of version {version} passed its analysis, but promoting it failed: {exc}"
-            ) from None
-    finally:
-        remove(release, say)
-
-
-def run_step(
-    release: Release, name: str, version: str, pct: int, policy: CanaryPolicy, say: Say
-) -> None:
-    """Scale the canary to `pct`% of stable's replicas, then judge `policy.interval` seconds of
-    traffic (longer, interval by interval, while the canary has seen too few requests to judge);
-    raise RolloutError if the canary does not pass."""
-    kube = release.kube
-    # Read now: the HPA keeps moving the stable Deployment while the canary runs.
-    stable_replicas = release.stable().spec.replicas or 1
-    replicas = max(1, math.ceil(stable_replicas * pct / 100))
+def split(weight: int, stable_replicas: int) -> tuple[int, str]:
+    """Canary replicas for a step's weight, and the share that gives, said as what it is."""
+    replicas = max(1, math.ceil(stable_replicas * weight / 100))
     share = replicas / (replicas + stable_replicas)
-    say(
-        f"step {pct}%: {replicas} canary replica(s), ~{share:.0%} of traffic "
-        f"(stable has {stable_replicas})"
+    return replicas, (
+        f"{replicas} canary and {stable_replicas} stable pods, ~{share:.0%} of connections "
+        "(replica ratio, per connection)"
     )
-    kube.call(
-        kube.apps.patch_namespaced_deployment,
-        name,
-        kube.namespace,
-        {"spec": {"replicas": replicas}},
-    )
-    failure = follow(release, name, version, policy.timeout, say) or wrong_versions(
-        release, version, "canary"
-    )
-    if failure:
-        raise RolloutError(failure)
-    before = {t: scrape(release, t) for t in TRACKS}
-    started, intervals = time.monotonic(), 0
-    while True:
-        time.sleep(policy.interval)
-        intervals += 1
-        after = {t: scrape(release, t) for t in TRACKS}
-        canary_t, stable_t = (traffic(before[t], after[t]) for t in TRACKS)
-        verdict = judge(
-            canary_t,
-            stable_t,
-            max_error_rate=policy.max_error_rate,
-            max_p99_ms=policy.max_p99_ms,
-            max_p99_ratio=policy.max_p99_ratio,
-            min_requests=policy.min_requests,
-        )
-        if not verdict.inconclusive or intervals >= policy.max_intervals:
-            break
-        for t in TRACKS:
-            before[t].start_late(after[t])
+
+
+def advance(
+    release: Release,
+    stable: V1Deployment,
+    status: dict[str, Any],
+    spec: Spec,
+    windows: Windows,
+    say: Say,
+    promote: bool = False,
+) -> Outcome:
+    """One step of the canary in status.rollout: create or scale it, wait for its pods, judge
+    its window; after the last step (or `promote`), promote it."""
+    run = status["rollout"]
+    if run.get("promoting"):
+        return rolling.advance(release, stable, run, spec.timeout, spec.max_regression)
+    target, image = run["version"], run.get("image") or None
+    i = min(run.get("step", 0), len(spec.steps) - 1)
+    step = spec.steps[i]
+    status["currentStep"], status["currentWeight"] = i, step.weight
+    replicas, share = split(step.weight, stable.spec.replicas or 1)
+    status["trafficSplit"] = share
+    canary, name = release.canary(), canary_name(stable)
+    if canary is None:
+        body = canary_body(stable, name, target, replicas, image)
+        release.kube.call(release.kube.apps.create_namespaced_deployment, release.namespace, body)
         say(
-            f"step {pct}%: canary {canary_t.requests:.0f} req{after['canary'].note()} in "
-            f"{time.monotonic() - started:.0f} s, fewer than {policy.min_requests}: "
-            f"judging {policy.interval:g} s more"
+            "CanaryCreated",
+            f"canary {name}: version {target} beside stable {run['previousVersion']}",
         )
-    say(
-        f"step {pct}%: canary {canary_t.requests:.0f} req{after['canary'].note()} in "
-        f"{time.monotonic() - started:.0f} s, "
+        return Wait(rolling.LOOK_AGAIN, f"step {i} ({step.weight}%): starting {name}")
+    if canary.spec.replicas != replicas:  # a new step, or the HPA moved stable
+        release.kube.call(
+            release.kube.apps.patch_namespaced_deployment,
+            name,
+            release.namespace,
+            {"spec": {"replicas": replicas}},
+        )
+        return Wait(rolling.LOOK_AGAIN, f"step {i} ({step.weight}%): {share}")
+    if failure := failing_pods(release.pods("canary")):
+        return Failed(failure)
+    progress = rollout_progress(canary)
+    if progress.state is State.FAILED:
+        return Failed(f"{name} {progress.message}")
+    if progress.state is State.WAITING:
+        if seconds_since(run.get("waitingSince") or run["startedAt"]) > spec.timeout:
+            return Failed(f"{name} not ready within {spec.timeout} s ({progress.message})")
+        return Wait(rolling.LOOK_AGAIN, f"step {i} ({step.weight}%): {name} {progress.message}")
+    if wrong := release.wrong_version(target, "canary"):
+        return Failed(wrong)
+    if not check_candidate(release, run, spec.max_regression, "canary"):
+        return Wait(rolling.LOOK_AGAIN)
+    if promote:
+        return start_promotion(run, say, f"promoted by request at step {i}: skipping the rest")
+    if spec.paused:
+        run["stepStartedAt"] = None  # judged afresh once resumed
+        return Wait(PAUSED_LOOK, f"paused at step {i} ({step.weight}%, {share})", paused=True)
+    return judge_step(release, status, spec, windows, say, i)
+
+
+def start_promotion(run: dict[str, Any], say: Say, why: str) -> Wait:
+    run.update(promoting=True, waitingSince=now_iso(), stepStartedAt=None)
+    say("Promoting", f"{why}; stable {run['previousVersion']} -> {run['version']}")
+    return Wait(0, f"promoting: stable {run['previousVersion']} -> {run['version']}")
+
+
+def judge_step(
+    release: Release, status: dict[str, Any], spec: Spec, windows: Windows, say: Say, i: int
+) -> Outcome:
+    """Open the step's window, or judge it once its seconds have passed."""
+    run, step = status["rollout"], spec.steps[i]
+    key = f"{i}@{run.get('stepStartedAt')}"
+    if key not in windows:  # a new step, or a controller that restarted mid-window
+        run.update(stepStartedAt=now_iso(), intervals=1)
+        windows.clear()
+        windows[f"{i}@{run['stepStartedAt']}"] = {t: scrape(release, t) for t in TRACKS}
+        return Wait(step.seconds, f"step {i} ({step.weight}%): judging {step.seconds} s of traffic")
+    elapsed = seconds_since(run["stepStartedAt"])
+    due = step.seconds * run.get("intervals", 1)
+    if elapsed < due:
+        return Wait(due - elapsed)
+    before, after = windows[key], {t: scrape(release, t) for t in TRACKS}
+    canary_t, stable_t = (traffic(before[t], after[t]) for t in TRACKS)
+    verdict = judge(
+        canary_t,
+        stable_t,
+        max_error_rate=spec.max_error_rate,
+        max_p99_ms=spec.max_p99_ms,
+        max_p99_ratio=spec.max_p99_ratio,
+        min_requests=spec.min_requests,
+    )
+    figures = (
+        f"canary {canary_t.requests:.0f} req{after['canary'].note()} in {elapsed:.0f} s, "
         f"errors {canary_t.error_rate:.2%}, p99 {canary_t.quantile(0.99) * 1000:.1f} ms"
         f" | stable {stable_t.requests:.0f} req{after['stable'].note()}, "
-        f"errors {stable_t.error_rate:.2%}, p99 {stable_t.quantile(0.99) * 1000:.1f} ms -> "
-        + ("pass" if verdict.passed else "FAIL: " + "; ".join(verdict.reasons))
+        f"errors {stable_t.error_rate:.2%}, p99 {stable_t.quantile(0.99) * 1000:.1f} ms"
     )
+    if verdict.inconclusive and run.get("intervals", 1) < spec.max_intervals:
+        for t in TRACKS:
+            before[t].start_late(after[t])
+        run["intervals"] = run.get("intervals", 1) + 1
+        return Wait(
+            step.seconds,
+            f"step {i} ({step.weight}%): canary {canary_t.requests:.0f} req"
+            f"{after['canary'].note()} in {elapsed:.0f} s, fewer than {spec.min_requests}: "
+            f"judging {step.seconds} s more",
+        )
+    windows.clear()
+    status["analysis"] = {
+        "step": i,
+        "weight": step.weight,
+        "seconds": round(elapsed, 1),
+        "canaryRequests": canary_t.requests,
+        "canaryErrorRate": canary_t.error_rate,
+        "canaryP99Ms": nan_to_none(canary_t.quantile(0.99) * 1000),
+        "stableRequests": stable_t.requests,
+        "stableErrorRate": stable_t.error_rate,
+        "stableP99Ms": nan_to_none(stable_t.quantile(0.99) * 1000),
+        "unreadablePods": len(after["canary"].unread) + len(after["stable"].unread),
+        "passed": verdict.passed,
+        "reasons": verdict.reasons,
+    }
     if not verdict.passed:
-        raise RolloutError("; ".join(verdict.reasons) + after["canary"].note())
+        return Failed(
+            f"step {i} ({step.weight}%) failed: {'; '.join(verdict.reasons)}"
+            f"{after['canary'].note()} ({figures})"
+        )
+    say("StepPassed", f"step {i} ({step.weight}%): {figures} -> pass")
+    if i + 1 < len(spec.steps):
+        run.update(step=i + 1, stepStartedAt=None, intervals=0, waitingSince=now_iso())
+        return Wait(0, f"step {i} passed; step {i + 1}: {spec.steps[i + 1].weight}%")
+    return start_promotion(run, say, f"all {len(spec.steps)} steps passed")
 
 
-def remove(release: Release, say: Say) -> None:
+def nan_to_none(value: float) -> float | None:
+    """JSON (and so the status) has no NaN: a quantile of no requests is absent."""
+    return None if math.isnan(value) else round(value, 2)
+
+
+def remove(release: Release) -> str | None:
+    """Delete the canary Deployment, if there is one; its name."""
     kube = release.kube
-    try:
-        if (canary := release.canary()) is not None:
-            kube.call(kube.apps.delete_namespaced_deployment, name_of(canary), kube.namespace)
-            say(f"removed canary {name_of(canary)}")
-    except RolloutError as exc:  # never hide the reason the canary ended behind this one
-        say(f"could not remove the canary ({exc}); delete it: mlscale rollout status shows it")
+    if (canary := release.canary()) is None:
+        return None
+    with contextlib.suppress(NotFound):  # gone already
+        kube.call(kube.apps.delete_namespaced_deployment, name_of(canary), kube.namespace)
+    return name_of(canary)

@@ -1,8 +1,11 @@
 """`mlscale rollout …` (also `python -m mlscale.rollout …`): move a release between model versions.
 
+Each command edits the release's ModelRollout and follows its status; the rollout controller in
+the cluster does the rollout. Ctrl-C stops the following, not the rollout.
+
 Exit codes: 0 done (or nothing to do), 1 the rollout failed and was rolled back or aborted,
-2 refused before changing anything, 3 the cluster could not be reached or refused a call,
-130 interrupted.
+2 refused (nothing changed), 3 the cluster could not be reached or refused a call,
+130 stopped following.
 """
 
 import json
@@ -16,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from mlscale.rollout.kube import Kube
     from mlscale.rollout.release import Release
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -36,12 +40,16 @@ class Ctx:
         self.release_name, self.output = release, output
         self.target = (namespace, context, kubeconfig, server)
 
-    def release(self) -> "Release":
+    def kube(self) -> "Kube":
         from mlscale.rollout.kube import Kube, Target
-        from mlscale.rollout.release import Release
 
         namespace, context, kubeconfig, server = self.target
-        return Release(Kube(Target(namespace, context, kubeconfig, server)), self.release_name)
+        return Kube(Target(namespace, context, kubeconfig, server))
+
+    def release(self) -> "Release":
+        from mlscale.rollout.release import Release
+
+        return Release(self.kube(), self.release_name)
 
     def say(self, message: str) -> None:
         if self.output == "text":
@@ -63,7 +71,8 @@ def main(
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
 ) -> None:
-    """Rolling and canary model upgrades with automatic rollback, via the Kubernetes API."""
+    """Rolling and canary model upgrades with automatic rollback: a client of the release's
+    ModelRollout, which the rollout controller in the cluster reconciles."""
     ctx.obj = Ctx(release, namespace, context, kubeconfig, server, output)
 
 
@@ -82,9 +91,8 @@ def run(ctx: typer.Context, action: Callable[[Ctx], Any]) -> None:
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print(
-            "[yellow]interrupted.[/] The cluster is consistent: a rolling update "
-            "goes on by itself (see `mlscale rollout status`; `mlscale rollout "
-            "rollback` undoes it); a canary was removed."
+            "[yellow]stopped following.[/] The rollout goes on in the cluster: "
+            "`mlscale rollout status` shows it, `mlscale rollout abort` stops it."
         )
         raise typer.Exit(130) from None
     if c.output == "json":
@@ -102,70 +110,83 @@ def run(ctx: typer.Context, action: Callable[[Ctx], Any]) -> None:
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Versions served, replicas per track, HPA state, and the node of every pod."""
+    """The rollout's phase and why, versions served, replicas per track, HPA, and pods' nodes."""
     from mlscale.rollout.status import status as get
 
     run(ctx, lambda c: get(c.release()))
 
 
+def _version(c: Ctx, version: str | None, model_image: str | None) -> str:
+    """The version asked for, or the one the model image holds (read from its label in the
+    local container engine)."""
+    if version is not None:
+        return version
+    if model_image is None:
+        from mlscale.rollout.kube import Refused
+
+        raise Refused("say which version to roll out: --version V (or --model-image IMAGE)")
+    from mlscale.rollout.modelimage import image_version
+
+    return image_version(model_image)
+
+
+VersionOpt = Annotated[
+    str | None, typer.Option(help="Model version to roll out [default: the model image's].")
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Model image holding the version (mlscale package), for releases "
+        "installed with model.image."
+    ),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option(help="Seconds to follow the rollout (and for each step's pods).")
+]
+ForceOpt = Annotated[bool, typer.Option(help="Skip the store and quality checks.")]
+RegressionOpt = Annotated[
+    float,
+    typer.Option(help="Refuse a version whose offline metrics are worse than this fraction."),
+]
+
+
 @app.command()
 def deploy(
     ctx: typer.Context,
-    version: Annotated[
-        str | None, typer.Option(help="Model version to roll out [default: the model image's].")
-    ] = None,
-    model_image: Annotated[
-        str | None,
-        typer.Option(
-            help="Model image holding the version (mlscale package), for releases "
-            "installed with model.image."
-        ),
-    ] = None,
+    version: VersionOpt = None,
+    model_image: ImageOpt = None,
     wait: Annotated[bool, typer.Option(help="Follow the rollout to its end.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the rollout.")] = 600,
-    dry_run: Annotated[bool, typer.Option(help="Print the patch; change nothing.")] = False,
-    force: Annotated[bool, typer.Option(help="Skip the store and quality checks.")] = False,
-    max_regression: Annotated[
-        float,
-        typer.Option(help="Refuse a version whose offline metrics are worse than this fraction."),
-    ] = 0.05,
+    timeout: TimeoutOpt = 600,
+    dry_run: Annotated[bool, typer.Option(help="Print the change; change nothing.")] = False,
+    force: ForceOpt = False,
+    max_regression: RegressionOpt = 0.05,
 ) -> None:
-    """Rolling upgrade to VERSION; rolls back by itself if it fails.
+    """Rolling upgrade to VERSION; the controller rolls back by itself if it fails.
 
     Examples:  mlscale rollout deploy --version 2
                mlscale rollout deploy --model-image mlscale-model/flowers:2
     """
-    from mlscale.rollout.deploy import deploy as do
+    from mlscale.rollout.client import roll, spec_for
 
-    run(
-        ctx,
-        lambda c: do(
-            c.release(),
-            version,
-            say=c.say,
-            timeout=timeout,
-            wait=wait,
-            dry_run=dry_run,
-            force=force,
-            max_regression=max_regression,
-            model_image=model_image,
-        ),
-    )
+    def act(c: Ctx) -> Any:
+        spec = spec_for(_version(c, version, model_image), model_image, force=force,
+                        strategy={"type": "Rolling"}, max_regression=max_regression,
+                        timeout=timeout)  # fmt: skip
+        return roll(c.kube(), c.release_name, spec, say=c.say, timeout=timeout, wait=wait,
+                    dry_run=dry_run)  # fmt: skip
+
+    run(ctx, act)
 
 
 @app.command()
 def canary(
     ctx: typer.Context,
-    version: Annotated[
-        str | None, typer.Option(help="Model version to try [default: the model image's].")
-    ] = None,
-    model_image: Annotated[
-        str | None, typer.Option(help="Model image holding the version (mlscale package).")
-    ] = None,
+    version: VersionOpt = None,
+    model_image: ImageOpt = None,
     steps: Annotated[
-        str, typer.Option(help="Canary replicas as % of stable, per step.")
+        str, typer.Option(help="The canary's traffic in %, per step (replica ratio).")
     ] = "10,50,100",
-    interval: Annotated[float, typer.Option(help="Seconds of traffic judged per step.")] = 60,
+    interval: Annotated[int, typer.Option(min=1, help="Seconds of traffic judged per step.")] = 60,
     max_error_rate: Annotated[float, typer.Option(help="Most 5xx per request.")] = 0.01,
     max_p99_ms: Annotated[float, typer.Option(help="Highest canary p99 latency.")] = 250,
     max_p99_ratio: Annotated[float, typer.Option(help="Highest canary/stable p99.")] = 1.5,
@@ -174,37 +195,87 @@ def canary(
         int,
         typer.Option(min=1, help="Intervals a step may take to see --min-requests requests."),
     ] = 3,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each scaling.")] = 600,
-    force: Annotated[bool, typer.Option(help="Skip the store and quality checks.")] = False,
+    wait: Annotated[bool, typer.Option(help="Follow the rollout to its end.")] = True,
+    timeout: TimeoutOpt = 600,
+    force: ForceOpt = False,
+    max_regression: RegressionOpt = 0.05,
 ) -> None:
-    """Canary VERSION beside stable; promote it or abort on the pods' own metrics.
+    """Canary VERSION beside stable; the controller promotes it or aborts on live metrics.
 
     Example:  mlscale rollout canary --version 2 --steps 10,50,100 --interval 60
     """
-    from mlscale.rollout.canary import CanaryPolicy, run_canary
+    from mlscale.rollout.client import roll, spec_for
 
     try:
-        percents = tuple(int(s) for s in steps.split(","))
+        weights = [int(s) for s in steps.split(",")]
     except ValueError:
         raise typer.BadParameter("steps are percentages, e.g. 10,50,100") from None
-    policy = CanaryPolicy(
-        percents, interval, max_error_rate, max_p99_ms, max_p99_ratio, min_requests, timeout,
-        max_intervals,
-    )  # fmt: skip
-    run(
-        ctx,
-        lambda c: run_canary(
-            c.release(), version, policy, say=c.say, force=force, model_image=model_image
-        ),
-    )
+    if any(not 1 <= w <= 100 for w in weights) or weights != sorted(set(weights)):
+        raise typer.BadParameter("steps are strictly increasing percentages from 1 to 100")
+
+    def act(c: Ctx) -> Any:
+        steps = [{"weight": w, "seconds": interval} for w in weights]
+        spec = spec_for(_version(c, version, model_image), model_image, force=force,
+                        strategy={"type": "Canary", "steps": steps},
+                        max_regression=max_regression, timeout=timeout)  # fmt: skip
+        spec["analysis"] = {
+            "maxErrorRate": max_error_rate,
+            "maxP99Ms": max_p99_ms,
+            "maxP99Ratio": max_p99_ratio,
+            "minRequests": min_requests,
+            "maxIntervals": max_intervals,
+        }
+        # A whole run's worth of following: every step, its retries, and the promotion.
+        follow = max(timeout, len(weights) * interval * max_intervals + timeout)
+        return roll(c.kube(), c.release_name, spec, say=c.say, timeout=follow, wait=wait)
+
+    run(ctx, act)
+
+
+@app.command()
+def abort(
+    ctx: typer.Context, timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 300
+) -> None:
+    """Abort the running rollout: the canary goes, stable returns to its version."""
+    from mlscale.rollout.client import request
+    from mlscale.rollout.resource import ABORT
+
+    run(ctx, lambda c: request(c.kube(), c.release_name, ABORT, say=c.say, timeout=timeout))
+
+
+@app.command()
+def promote(
+    ctx: typer.Context, timeout: Annotated[float, typer.Option(help="Seconds to follow.")] = 600
+) -> None:
+    """Promote the running canary now, skipping its remaining steps."""
+    from mlscale.rollout.client import request
+    from mlscale.rollout.resource import PROMOTE
+
+    run(ctx, lambda c: request(c.kube(), c.release_name, PROMOTE, say=c.say, timeout=timeout))
+
+
+@app.command()
+def pause(ctx: typer.Context) -> None:
+    """Hold the canary at its step (spec.paused); it keeps its share of traffic."""
+    from mlscale.rollout.client import pause as do
+
+    run(ctx, lambda c: do(c.kube(), c.release_name, True))
+
+
+@app.command()
+def resume(ctx: typer.Context) -> None:
+    """Go on from a pause: the step is judged afresh."""
+    from mlscale.rollout.client import pause as do
+
+    run(ctx, lambda c: do(c.kube(), c.release_name, False))
 
 
 @app.command()
 def history(ctx: typer.Context) -> None:
-    """Versions deployed, when, how, and how it ended (kept on the cluster)."""
-    from mlscale.rollout.history import History
+    """Versions rolled out, when, how, and how it ended (the ModelRollout's status)."""
+    from mlscale.rollout.client import read
 
-    run(ctx, lambda c: [asdict(e) for e in History(c.release().kube, c.release_name).read()])
+    run(ctx, lambda c: (read(c.kube(), c.release_name).get("status") or {}).get("history", []))
 
 
 @app.command()
@@ -213,16 +284,37 @@ def rollback(
     to: Annotated[
         str | None, typer.Option(help="Version to return to (default: previous).")
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the rollout.")] = 600,
+    timeout: Annotated[float, typer.Option(help="Seconds to follow the rollout.")] = 600,
 ) -> None:
-    """Roll back to the previous version in the history, or to --to VERSION."""
-    from mlscale.rollout.deploy import rollback as do
+    """Roll back to the version before the current one in the history, or to --to VERSION."""
+    from mlscale.rollout.client import read, roll, spec_for
+    from mlscale.rollout.kube import RolloutError
 
-    run(ctx, lambda c: do(c.release(), to, say=c.say, timeout=timeout))
+    def act(c: Ctx) -> Any:
+        kube = c.kube()
+        status = read(kube, c.release_name).get("status") or {}
+        current, image = status.get("stableVersion", ""), None
+        target = to
+        if target is None:
+            earlier = [e for e in reversed(status.get("history", []))
+                       if e["version"] == current and e["outcome"] == "succeeded"]  # fmt: skip
+            if not earlier:
+                raise RolloutError(f"no history of how version {current} was reached; "
+                                   "say where to go with --to VERSION")  # fmt: skip
+            target, image = earlier[0]["previous"], earlier[0].get("previousImage") or None
+        spec = spec_for(target, image, strategy={"type": "Rolling"}, force=True, timeout=timeout)
+        return roll(kube, c.release_name, spec, say=c.say, timeout=timeout)
+
+    run(ctx, act)
 
 
 def _print_status(s: dict[str, Any]) -> None:
     out.print(f"release [bold]{s['release']}[/] in {s['namespace']}, model {s['model']}")
+    if r := s["rollout"]:
+        out.print(f"rollout [bold]{r['phase']}[/]: {r['message']}", markup=True)
+        if r["canaryVersion"] and r["currentStep"] is not None:
+            out.print(f"  canary {r['canaryVersion']} at step {r['currentStep']}, "
+                      f"{r['currentWeight']}%: {r['trafficSplit']}")  # fmt: skip
     images = any(t["model_image"] for t in s["tracks"])
     columns = ["track", "version", *(["model image"] if images else [])]
     table = Table(*columns, "desired", "updated", "ready", "available", "rollout")

@@ -1,92 +1,35 @@
-"""Rollout history, kept on the cluster in one ConfigMap per release, so every laptop (and
-the in-cluster operator) sees the same record."""
+"""The rollout history, kept in the ModelRollout's status (the last KEEP_HISTORY rollouts), so
+every laptop and every controller replica sees the same record."""
 
-import json
-import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from typing import Any
 
-from kubernetes import client
-
-from mlscale.rollout.kube import Kube, NotFound
-
-KEY = "history.json"
-KEEP = 50
+from mlscale.rollout.resource import KEEP_HISTORY, now_iso, seconds_since
 
 
 @dataclass
 class Entry:
     version: str
     previous: str
-    strategy: str  # rolling | canary | rollback
-    outcome: str  # succeeded | rolled-back | aborted | failed
+    strategy: str  # Rolling | Canary
+    outcome: str  # succeeded | rolled-back | aborted | refused
     detail: str
     started: str
     seconds: float
     image: str = ""  # the model images of `version` and `previous`, for releases that use them
-    previous_image: str = ""
+    previousImage: str = ""
 
 
-def entry(
-    version: str,
-    previous: str,
-    strategy: str,
-    outcome: str,
-    detail: str,
-    started: float,
-    image: str | None = None,
-    previous_image: str | None = None,
-) -> Entry:
-    return Entry(
-        version,
-        previous,
-        strategy,
-        outcome,
-        detail,
-        datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
-        round(time.time() - started, 1),
-        image or "",
-        previous_image or "",
-    )
+def record(status: dict[str, Any], run: dict[str, Any], outcome: str, detail: str) -> None:
+    """Append how the rollout in `run` (status.rollout) ended to status.history."""
+    started = run.get("startedAt") or now_iso()
+    seconds = round(seconds_since(started), 1)
+    new = Entry(
+        run["version"], run.get("previousVersion", ""), run.get("strategy", ""), outcome,
+        detail, started, seconds, run.get("image", ""), run.get("previousImage", ""),
+    )  # fmt: skip
+    status["history"] = [*status.get("history", []), asdict(new)][-KEEP_HISTORY:]
 
 
-class History:
-    def __init__(self, kube: Kube, release: str) -> None:
-        self.kube = kube
-        self.name = f"{release}-rollout-history"
-        self.release = release
-
-    def read(self) -> list[Entry]:
-        kube = self.kube
-        try:
-            cm = kube.call(kube.core.read_namespaced_config_map, self.name, kube.namespace)
-        except NotFound:
-            return []
-        return [Entry(**e) for e in json.loads((cm.data or {}).get(KEY, "[]"))]
-
-    def append(self, new: Entry) -> None:
-        """Read-modify-write with the ConfigMap's resourceVersion; 409 means read again."""
-
-        kube = self.kube
-
-        def attempt() -> None:
-            try:
-                cm = kube.call(kube.core.read_namespaced_config_map, self.name, kube.namespace)
-            except NotFound:
-                body = client.V1ConfigMap(
-                    metadata=client.V1ObjectMeta(
-                        name=self.name,
-                        labels={
-                            "app.kubernetes.io/instance": self.release,
-                            "app.kubernetes.io/part-of": "mlscale",
-                        },
-                    ),
-                    data={KEY: json.dumps([asdict(new)], indent=1)},
-                )
-                kube.call(kube.core.create_namespaced_config_map, kube.namespace, body)
-                return
-            entries = json.loads((cm.data or {}).get(KEY, "[]"))
-            cm.data = {KEY: json.dumps([*entries, asdict(new)][-KEEP:], indent=1)}
-            kube.call(kube.core.replace_namespaced_config_map, self.name, kube.namespace, cm)
-
-        self.kube.retry_on_conflict(attempt)
+def read(status: dict[str, Any]) -> list[Entry]:
+    return [Entry(**e) for e in status.get("history", [])]

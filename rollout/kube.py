@@ -2,6 +2,7 @@
 conflict retries on a fresh read, a timeout on every call, and a watch that survives 410 Gone
 and dropped or half-open connections."""
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -10,7 +11,6 @@ from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client, config, watch
-from kubernetes.client import V1Deployment
 from kubernetes.client.exceptions import ApiException
 
 T = TypeVar("T")
@@ -122,6 +122,8 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.coordination = client.CoordinationV1Api(api)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One API call with a client-side timeout; its failures raised as typed errors."""
@@ -146,30 +148,33 @@ class Kube:
                 time.sleep(0.05 * 2**n)
         raise AssertionError("unreachable")
 
-    def watch_deployment(self, name: str, timeout: float) -> Iterator[V1Deployment | None]:
-        """The Deployment now, then every change to it, until `timeout` seconds have passed.
+    def watch(
+        self, lister: Callable[..., Any], what: str, timeout: float | None, field: str | None = None
+    ) -> Iterator[Any]:
+        """What `lister` lists now, one object at a time, then every change to it, until
+        `timeout` seconds have passed (None: for ever). Objects are the client's models, or
+        plain dicts from the custom objects API.
 
         Lists first and watches from the list's resourceVersion; a 410 Gone (history
         compacted) or a dropped connection means: list again and carry on, backing off.
+        With a field selector (one named object) an empty list is NotFound.
         """
-        deadline = time.monotonic() + timeout
-        field = f"metadata.name={name}"
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        selector = {"field_selector": field} if field else {}
         backoff = 0.1
         while time.monotonic() < deadline:
             try:
-                listed = self.apps.list_namespaced_deployment(
-                    self.namespace, field_selector=field, _request_timeout=self.timeout
-                )
-                if not listed.items:
-                    raise NotFound(f"deployment {name} not found in {self.namespace}")
-                yield listed.items[0]
-                version = listed.metadata.resource_version if listed.metadata else None
+                listed = lister(**selector, _request_timeout=self.timeout)
+                items = listed["items"] if isinstance(listed, dict) else listed.items
+                if field and not items:
+                    raise NotFound(f"{what} not found in {self.namespace}")
+                yield from items
+                version = resource_version(listed)
                 while time.monotonic() < deadline:
-                    window = max(1, min(5, int(deadline - time.monotonic())))
+                    window = int(max(1, min(5, deadline - time.monotonic())))
                     for event in watch.Watch().stream(
-                        self.apps.list_namespaced_deployment,
-                        self.namespace,
-                        field_selector=field,
+                        lister,
+                        **selector,
                         resource_version=version,
                         timeout_seconds=window,
                         allow_watch_bookmarks=True,
@@ -181,13 +186,20 @@ class Kube:
                         if event["type"] == "BOOKMARK":  # progress only, and a plain dict
                             version = event["raw_object"]["metadata"]["resourceVersion"]
                             continue
-                        version = event["object"].metadata.resource_version
+                        version = resource_version(event["object"])
                         yield event["object"]
                     yield None  # a quiet window: lets the caller look at pods and the clock
                 backoff = 0.1
             except ApiException as exc:
                 if exc.status != 410:
-                    raise translate(exc, f"watching {name}") from None
+                    raise translate(exc, f"watching {what}") from None
             except (urllib3.exceptions.HTTPError, OSError):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5)
+
+
+def resource_version(obj: Any) -> str | None:
+    """metadata.resourceVersion of a client model or a plain dict."""
+    if isinstance(obj, dict):
+        return obj.get("metadata", {}).get("resourceVersion")
+    return obj.metadata.resource_version if obj.metadata else None

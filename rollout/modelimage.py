@@ -1,25 +1,13 @@
-"""Model images (`mlscale package`) as the operator sees them: which model and version one
-holds, and that version's offline metrics, read from the image's manifest label in the local
-container engine, before any pod runs it."""
+"""Model images (`mlscale package`) as the CLI sees them: which model and version one holds,
+read from the image's manifest label in the local container engine."""
 
 import json
 import subprocess
-from dataclasses import dataclass
 
 from mlscale.rollout.kube import Refused
 from mlscale.service.contract import MANIFEST_LABEL
 from mlscale.service.package import engine
 from mlscale.service.store import Manifest
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What a rollout moves to: a version, and the model image holding it (None: the version
-    comes from the server image's own store)."""
-
-    version: str
-    image: str | None = None
-    metrics: dict[str, float] | None = None  # from the image's manifest; None: ask a pod
 
 
 def read_manifest(ref: str) -> Manifest | None:
@@ -35,24 +23,13 @@ def read_manifest(ref: str) -> Manifest | None:
     return Manifest.model_validate_json(label)
 
 
-def candidate(model: str, version: str | None, image: str | None, force: bool) -> Candidate:
-    """Check a model image against the release's model and the version asked for; the
-    version defaults to the one the image holds."""
-    if image is None:
-        if version is None:
-            raise Refused("say which version to roll out: --version V (or --model-image IMAGE)")
-        return Candidate(version)
+def image_version(image: str) -> str:
+    """The version a local model image holds, from its manifest label: what `--model-image`
+    alone rolls out. The controller checks the rest on the image's own pods."""
     manifest = read_manifest(image)
     if manifest is None:
-        if not force or version is None:
-            raise Refused(
-                f"model image {image} is not in the local container engine, so its version and "
-                "metrics cannot be checked: pull it (or build it with mlscale package), or pass "
-                "--version with --force"
-            )
-        return Candidate(version, image)
-    if manifest.name != model:
-        raise Refused(f"{image} holds model {manifest.name!r}; this release serves {model!r}")
-    if version is not None and version != manifest.version:
-        raise Refused(f"{image} holds version {manifest.version}, not {version}")
-    return Candidate(manifest.version, image, manifest.metrics)
+        raise Refused(
+            f"model image {image} is not in the local container engine, so the version it "
+            "holds cannot be read: pull it (or build it with mlscale package), or pass --version"
+        )
+    return manifest.version

@@ -44,25 +44,46 @@ def rollout_progress(d: V1Deployment) -> Progress:
     return Progress(State.DONE, f"successfully rolled out ({updated} replicas)")
 
 
-Restarts = dict[tuple[str, str], int]  # (pod, container) -> restart count
-
-
-def restart_counts(pods: list[V1Pod]) -> Restarts:
-    """Each container's restarts so far: a baseline, so a rollout judges only its own."""
-    return {
-        (name_of(pod), cs.name): cs.restart_count
-        for pod in pods
-        for cs in ((pod.status.container_statuses or []) if pod.status else [])
-    }
-
-
-def crash_looping(pods: list[V1Pod], before: Restarts, restarts: int = 2) -> str | None:
-    """The first pod whose server keeps restarting since `before` was taken (or is in
-    CrashLoopBackOff now), as a sentence; None if none does."""
+def failing_pods(pods: list[V1Pod], restarts: int = 2) -> str | None:
+    """The first pod that will not come up by itself, as a sentence: its image cannot be
+    pulled, or its server keeps restarting (`restarts` times, or CrashLoopBackOff now). Only
+    new pods are given here (a version's or a canary's), so every restart counts."""
     for pod in pods:
-        for cs in (pod.status.container_statuses or []) if pod.status else []:
+        status = pod.status
+        for cs in (
+            [*(status.init_container_statuses or []), *(status.container_statuses or [])]
+            if status
+            else []
+        ):
             waiting = cs.state.waiting if cs.state else None
-            recent = cs.restart_count - before.get((name_of(pod), cs.name), 0)
-            if (waiting and waiting.reason == "CrashLoopBackOff") or recent >= restarts:
-                return f"pod {name_of(pod)} is crash-looping ({recent} restarts)"
+            if waiting and waiting.reason in PULL_FAILURES:
+                why = f"{waiting.reason}: {waiting.message or 'no message'}"
+                return f"pod {name_of(pod)} cannot pull image {cs.image} ({why})"
+            if (waiting and waiting.reason == "CrashLoopBackOff") or cs.restart_count >= restarts:
+                return f"pod {name_of(pod)} is crash-looping ({cs.restart_count} restarts)"
     return None
+
+
+PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Not done yet: look again in `seconds`. `message` (None: unchanged) says what it waits for."""
+
+    seconds: float
+    message: str | None = None
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    message: str
+
+
+Outcome = Wait | Failed | Done

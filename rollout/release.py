@@ -184,11 +184,50 @@ class Release:
         body = json.loads(self.proxy_get(pod, METADATA.format(name=model)))
         return str(body.get("parameters", {}).get("version", ""))
 
-    def store_versions(self) -> dict[str, dict[str, float]]:
-        """Versions in the image's model store, with their offline metrics, asked of a pod."""
+    def store_versions(
+        self, track: str = "stable", version: str | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Versions in a pod's model store, with their offline metrics: a Ready pod of the
+        track (and version), asked through the pod proxy."""
         model = self.model_name()
-        for pod in self.pods("stable"):
-            if pod.status is not None and pod.status.phase == "Running":
+        for pod in self.pods(track, version):
+            if pod_ready(pod):
                 text = self.proxy_get(name_of(pod), STORE_VERSIONS.format(name=model))
                 return {v["version"]: v["metrics"] for v in json.loads(text)["versions"]}
-        raise ClusterError("no running pod to ask which versions the image holds")
+        raise ClusterError(f"no ready {track} pod to ask which versions its store holds")
+
+    def set_version(
+        self, deployment: str, version: str, expected: str, model_image: str | None = None
+    ) -> None:
+        """Move the Deployment to `version`, provided it still serves `expected` (the version
+        the caller decided from). The patch is conditional on the read that checked it: a
+        concurrent write makes it read and check again. Changes to anything else (the HPA's
+        replica count) are no reason to stop; a version someone else set is."""
+        kube = self.kube
+
+        def attempt() -> None:
+            current = kube.call(kube.apps.read_namespaced_deployment, deployment, kube.namespace)
+            if (live := version_of(current)) != expected:
+                raise Refused(
+                    f"{deployment} changed while the rollout was deciding: it serves version "
+                    f"{live}, not {expected}; nothing was changed"
+                )
+            patch = version_patch(version, current.metadata.resource_version, model_image)
+            kube.call(kube.apps.patch_namespaced_deployment, deployment, kube.namespace, patch)
+
+        kube.retry_on_conflict(attempt)
+
+    def wrong_version(self, version: str, track: str) -> str | None:
+        """Ask every ready pod of the track which version it serves; say which one is wrong,
+        or does not answer. (A pod that is not ready may not listen yet: it is not asked.)"""
+        model = self.model_name()
+        for pod in self.pods(track):
+            if not pod_ready(pod):
+                continue
+            try:
+                served = self.served_version(name_of(pod), model)
+            except ClusterError as exc:  # Ready, yet it cannot say: not a pod to route users to
+                return f"pod {name_of(pod)} did not say which version it serves ({exc})"
+            if served != version:
+                return f"pod {name_of(pod)} serves version {served!r}, not {version!r}"
+        return None

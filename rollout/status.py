@@ -1,9 +1,12 @@
-"""`status`: what a release serves right now, per track, with the HPA and where pods run."""
+"""`status`: where the release's rollout stands, what it serves right now per track, with the
+HPA and where pods run."""
 
 from typing import Any
 
 from kubernetes.client import V1Deployment, V1DeploymentStatus
 
+from mlscale.rollout.client import read
+from mlscale.rollout.kube import Refused
 from mlscale.rollout.progress import rollout_progress
 from mlscale.rollout.release import (
     VERSION,
@@ -55,10 +58,17 @@ def status(release: Release) -> dict[str, Any]:
         "desired": h.status.desired_replicas if h.status else None,
         "cpu_percent": hpa_cpu_percent(h),
     }
+    try:
+        resource = read(release.kube, release.name).get("status") or {}
+    except Refused:  # a release from before ModelRollouts: its Deployments alone
+        resource = {}
+    keys = ("phase", "message", "stableVersion", "canaryVersion", "currentStep",
+            "currentWeight", "trafficSplit", "analysis")  # fmt: skip
     return {
         "release": release.name,
         "namespace": release.namespace,
         "model": release.model_name(),
+        "rollout": {k: resource.get(k) for k in keys} if resource else None,
         "tracks": tracks,
         "hpa": hpa,
     }

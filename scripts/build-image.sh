@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Build mlscale:<version> (`make image`). Works with a normal Docker, and where no registry is
-# reachable: then it builds a local Debian base with debootstrap and passes it as BASE_IMAGE.
-#   BASE_IMAGE=...  use this base instead of the Dockerfile's default
-#   TAG=...         image tag (default mlscale:<project version>)
+# Build mlscale:<version> and the rollout controller's mlscale-operator:<version> (`make image`).
+# Works with a normal Docker, and where no registry is reachable: then it builds a local Debian
+# base with debootstrap and passes it as BASE_IMAGE. Prints the server image's tag.
+#   BASE_IMAGE=...     use this base instead of the Dockerfile's default
+#   TAG=...            server image tag (default mlscale:<project version>)
+#   OPERATOR_TAG=...   operator image tag (default mlscale-operator:<project version>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 TAG=${TAG:-mlscale:$VERSION}
+OPERATOR_TAG=${OPERATOR_TAG:-mlscale-operator:$VERSION}
 DOCKER=$(scripts/docker-engine.sh)
 DEFAULT_BASE=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 LOCAL_BASE=mlscale-base/debian-python:bookworm
@@ -32,7 +35,13 @@ fi
 secret=()
 CA=${PIP_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 [ -s "$CA" ] && secret=(--secret "id=pipcert,src=$CA")
-echo "build-image: $TAG from $BASE_IMAGE" >&2
-DOCKER_BUILDKIT=1 $DOCKER build --progress=plain "${secret[@]}" \
-  --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$VERSION" -t "$TAG" . >&2
+build() {  # build TAG [docker build options]
+  local tag=$1
+  shift
+  echo "build-image: $tag from $BASE_IMAGE" >&2
+  DOCKER_BUILDKIT=1 $DOCKER build --progress=plain "${secret[@]}" \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$VERSION" -t "$tag" "$@" . >&2
+}
+build "$TAG"
+build "$OPERATOR_TAG" --target operator
 echo "$TAG"

@@ -18,6 +18,7 @@ NAMESPACE=${NAMESPACE:-mlscale}
 RELEASE=${RELEASE:-mlscale}
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 IMAGE=mlscale:$VERSION
+OPERATOR_IMAGE=mlscale-operator:$VERSION
 
 need() {
   local missing=()
@@ -108,7 +109,7 @@ case ${1:-} in
       kind create cluster --config k8s/kind-cluster.yaml --image "$image" --wait 180s
     fi
     kubectl config use-context "kind-$CLUSTER" >/dev/null
-    kubectl apply -f k8s/namespace.yaml -f k8s/rollout-rbac.yaml
+    kubectl apply -f k8s/namespace.yaml
     # metrics-server's APIService last: the API server connects to the Service as soon as the
     # APIService exists, and a connection made before kube-proxy has programmed the Service's
     # address leaves the node un-NATed and, kept alive, never reaches metrics-server.
@@ -132,7 +133,8 @@ case ${1:-} in
   load)
     need kind docker
     shift
-    images=("${@:-$IMAGE}")
+    images=("$@")
+    [ ${#images[@]} -gt 0 ] || images=("$IMAGE" "$OPERATOR_IMAGE")
     for image in "${images[@]}"; do
       docker image inspect "$image" >/dev/null 2>&1 || { echo "kind.sh: no image $image; build it first (make image, mlscale package)" >&2; exit 1; }
     done
@@ -140,8 +142,10 @@ case ${1:-} in
     ;;
   deploy)
     need helm kubectl
+    # Helm installs crds/ on a first install only: an upgrade takes a changed CRD from here.
+    kubectl apply -f charts/mlscale/crds/
     helm upgrade --install "$RELEASE" charts/mlscale --namespace "$NAMESPACE" --create-namespace \
-      -f k8s/values-kind.yaml --set image.tag="$VERSION" --wait --timeout 5m
+      -f k8s/values-kind.yaml --set image.tag="$VERSION" --set operator.image.tag="$VERSION" --wait --timeout 5m
     kubectl -n "$NAMESPACE" get deploy,hpa,pods -o wide -l "app.kubernetes.io/instance=$RELEASE"
     ;;
   logs)

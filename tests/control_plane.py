@@ -38,6 +38,10 @@ KINDS = {
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
     "Role": ("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Lease": ("coordination.k8s.io/v1", "leases"),
+    "Event": ("v1", "events"),
+    "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
+    "ModelRollout": ("mlscale.dev/v1alpha1", "modelrollouts"),
 }
 API_VERSIONS = {plural: api for api, plural in KINDS.values()}
 

@@ -5,7 +5,8 @@ real API server (`tests/control_plane.py`). This is the only simulated part, and
 - gives it an address in its pod network, a /24 of 10.213.0.0/16 routed to this machine's
   loopback (nothing leaves the machine; each test session takes its own /24), and a container
   status that follows the test's `fate` for the pod: "ready" (Ready after READY_AFTER
-  seconds), "never" (running, never Ready) or "crash" (restarting in CrashLoopBackOff);
+  seconds), "never" (running, never Ready), "crash" (restarting in CrashLoopBackOff) or
+  "pull" (its image cannot be pulled: ErrImagePull);
 - answers HTTP on the pod's address and SERVER_PORT with the test's `answer`, so the API
   server's real pod proxy reaches "the pod" (a pod whose answer is None accepts and closes);
 - finishes graceful deletions at once, as a kubelet does once the containers have stopped.
@@ -35,7 +36,7 @@ PodNetwork = ipaddress.IPv4Network
 NODES = ("worker-1", "worker-2", "worker-3")
 READY_AFTER = 0.05  # seconds from start to Ready
 CRASH_EVERY = 0.2  # seconds between restarts of a crash-looping container
-Fate = Callable[[dict], str]  # pod -> "ready" | "never" | "crash"
+Fate = Callable[[dict], str]  # pod -> "ready" | "never" | "crash" | "pull"
 Answer = Callable[[dict, str], tuple[int, str] | None]  # (pod, path) -> (status, body)
 
 
@@ -179,7 +180,8 @@ class Kubelet:
             return
         container = pod["spec"]["containers"][0]
         state = ({"waiting": {"reason": "CrashLoopBackOff"}} if fate == "crash"
-                 else {"running": {"startedAt": stamp()}})  # fmt: skip
+                 else {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}
+                 if fate == "pull" else {"running": {"startedAt": stamp()}})  # fmt: skip
         status = {
             "phase": "Running",
             "hostIP": "10.213.255.254",  # outside every pod network

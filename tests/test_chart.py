@@ -61,8 +61,23 @@ def render(helm: str, tmp_path: Path, values: dict, *extra: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def kubernetes_kinds(docs: list[dict]) -> list[dict]:
+    """The objects Kubernetes' own schemas know: not those of CRDs (ServiceMonitor, and our
+    ModelRollout, which the real API server validates in test_rollout.py)."""
+    return [d for d in docs if not d["apiVersion"].startswith(("monitoring.coreos.com/",
+                                                              "mlscale.dev/"))]  # fmt: skip
+
+
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
+
+
+def server_deployment(docs: list[dict]) -> dict:
+    """The model server's Deployment (the other one is the rollout operator's)."""
+    component = "app.kubernetes.io/component"
+    (found,) = [d for d in by_kind(docs, "Deployment")
+                if d["metadata"]["labels"][component] == "model-server"]  # fmt: skip
+    return found
 
 
 def pod_specs(docs: list[dict]) -> list[dict]:
@@ -81,14 +96,12 @@ def test_lint_strict(helm: str, tmp_path: Path, name: str):
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_every_object_validates_against_kubernetes_schemas(helm: str, tmp_path: Path, name: str):
     docs = render(helm, tmp_path, VALUE_SETS[name], "--api-versions", SERVICE_MONITOR_API)
-    for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # a CRD: not in the Kubernetes schemas; checked below
+    for doc in kubernetes_kinds(docs):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 def test_the_validator_really_rejects_unknown_fields(helm: str, tmp_path: Path):
-    deployment = by_kind(render(helm, tmp_path, {}), "Deployment")[0]
+    deployment = server_deployment(render(helm, tmp_path, {}))
     deployment["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
@@ -114,7 +127,7 @@ def test_restricted_pod_security_everywhere(helm: str, tmp_path: Path, name: str
 
 def test_deployment_shape(helm: str, tmp_path: Path):
     docs = render(helm, tmp_path, {"model": {"name": "iris", "version": "2"}})
-    deployment = by_kind(docs, "Deployment")[0]
+    deployment = server_deployment(docs)
     spec = deployment["spec"]
     assert "replicas" not in spec, "the HPA owns the replica count"
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -138,7 +151,7 @@ def test_deployment_shape(helm: str, tmp_path: Path):
 
 def test_labels_selectors_and_targets_fit_together(helm: str, tmp_path: Path):
     docs = render(helm, tmp_path, {})
-    deployment = by_kind(docs, "Deployment")[0]
+    deployment = server_deployment(docs)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod_labels.items()
@@ -166,7 +179,7 @@ def test_labels_selectors_and_targets_fit_together(helm: str, tmp_path: Path):
 def test_autoscaling_off_sets_replicas(helm: str, tmp_path: Path):
     docs = render(helm, tmp_path, VALUE_SETS["autoscaling-off"])
     assert by_kind(docs, "HorizontalPodAutoscaler") == []
-    assert by_kind(docs, "Deployment")[0]["spec"]["replicas"] == 3
+    assert server_deployment(docs)["spec"]["replicas"] == 3
 
 
 def test_optional_objects(helm: str, tmp_path: Path):
@@ -256,7 +269,7 @@ def test_the_server_accepts_every_setting_the_chart_passes(
     helm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ):
     """The chart's MLSCALE_* environment, as rendered, read by the server's own settings."""
-    (deployment,) = by_kind(render(helm, tmp_path, VALUE_SETS[name]), "Deployment")
+    deployment = server_deployment(render(helm, tmp_path, VALUE_SETS[name]))
     spec = deployment["spec"]["template"]["spec"]
     # Service links would add MLSCALE_PORT=tcp://... for the Service named after the release.
     assert spec["enableServiceLinks"] is False
@@ -287,7 +300,7 @@ def test_a_default_install_has_a_network_policy_for_every_server_pod(helm: str, 
     source (the API server's pod proxy included), egress for DNS only."""
     docs = render(helm, tmp_path, {})
     (policy,) = by_kind(docs, "NetworkPolicy")
-    (deployment,) = by_kind(docs, "Deployment")
+    deployment = server_deployment(docs)
     assert matches(
         policy["spec"]["podSelector"], deployment["spec"]["template"]["metadata"]["labels"]
     )
@@ -317,7 +330,7 @@ def test_the_helm_test_pod_is_neither_selected_nor_shut_out(helm: str, tmp_path:
 
 
 def test_probes_are_patient_with_a_busy_server(helm: str, tmp_path: Path):
-    (deployment,) = by_kind(render(helm, tmp_path, {}), "Deployment")
+    deployment = server_deployment(render(helm, tmp_path, {}))
     server = deployment["spec"]["template"]["spec"]["containers"][0]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["timeoutSeconds"] >= 3, probe
@@ -335,7 +348,7 @@ def test_a_budget_over_a_single_replica_is_refused(helm: str, tmp_path: Path):
 
 def test_a_model_image_reaches_the_server_through_an_emptydir(helm: str, tmp_path: Path):
     docs = render(helm, tmp_path, VALUE_SETS["model-image"])
-    (deployment,) = by_kind(docs, "Deployment")
+    deployment = server_deployment(docs)
     pod = deployment["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["name"] == "model" and init["image"] == "mlscale-model/flowers:2"
@@ -349,6 +362,69 @@ def test_a_model_image_reaches_the_server_through_an_emptydir(helm: str, tmp_pat
     annotations = deployment["metadata"]["annotations"]
     assert annotations["mlscale.dev/model-image"] == "mlscale-model/flowers:2"
     # Without a model image: the server image's own store, and nothing of the above.
-    (plain,) = by_kind(render(helm, tmp_path, {}), "Deployment")
+    plain = server_deployment(render(helm, tmp_path, {}))
     assert "initContainers" not in plain["spec"]["template"]["spec"]
     assert "mlscale.dev/model-image" not in plain["metadata"]["annotations"]
+
+
+def test_the_crd_is_a_valid_structural_schema_with_printer_columns():
+    (crd,) = yaml.safe_load_all((CHART / "crds" / "modelrollouts.mlscale.dev.yaml").read_text())
+    kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Stable", "Canary", "Weight", "Phase", "Age"]
+    assert crd["spec"]["names"]["shortNames"] == ["mro"]
+
+    def undocumented(schema: dict, path: str) -> list[str]:
+        """Fields without a description (`kubectl explain` shows it), spec and status alike."""
+        missing = []
+        for name, field in schema.get("properties", {}).items():
+            here = f"{path}.{name}"
+            if "description" not in field and path.count(".") < 3:
+                missing.append(here)
+            missing += undocumented(field, here)
+        return missing
+
+    schema = version["schema"]["openAPIV3Schema"]
+    gaps = [g for g in undocumented(schema["properties"]["spec"], "spec")]
+    assert not gaps, gaps
+
+
+def test_the_chart_declares_the_rollout_from_its_values(helm: str, tmp_path: Path):
+    values = {"model": {"name": "flowers", "version": "2",
+                        "image": {"repository": "mlscale-model/flowers", "tag": "2"}},
+              "rollout": {"strategy": "Rolling"}}  # fmt: skip
+    (ro,) = by_kind(render(helm, tmp_path, values), "ModelRollout")
+    assert ro["metadata"]["name"] == "demo"
+    spec = ro["spec"]
+    assert (spec["version"], spec["modelImage"]) == ("2", "mlscale-model/flowers:2")
+    assert spec["strategy"]["type"] == "Rolling" and spec["qualityGate"]["enabled"] is True
+    assert (
+        ro["metadata"]["annotations"]["mlscale.dev/values-version"] == "2|mlscale-model/flowers:2"
+    )
+    (default,) = by_kind(render(helm, tmp_path, {}), "ModelRollout")
+    assert "modelImage" not in default["spec"]
+    assert [s["weight"] for s in default["spec"]["strategy"]["steps"]] == [10, 50, 100]
+
+
+def test_the_operator_runs_with_least_privilege_and_can_be_switched_off(helm: str, tmp_path: Path):
+    docs = render(helm, tmp_path, {})
+    (operator,) = [d for d in by_kind(docs, "Deployment") if d is not server_deployment(docs)]
+    spec = operator["spec"]
+    assert spec["replicas"] == 2  # one leads, one stands by
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "demo-mlscale-operator"
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts  # only where it is needed
+    (role,) = by_kind(docs, "Role")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+    rollouts = {v for r in role["rules"] if r["resources"] == ["modelrollouts"] for v in r["verbs"]}
+    assert rollouts == {"get", "list", "watch"}  # it writes their status only
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "demo-mlscale-operator"}  # fmt: skip
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    off = render(helm, tmp_path, {"operator": {"enabled": False}})
+    assert not [d for d in off if "operator" in d["metadata"]["name"]]

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlscale.rollout.analysis import Snapshot
 from mlscale.rollout.release import Release, model_image_of, version_of
 from mlscale.service import contract
-from tests.test_chart import VALUE_SETS, by_kind, render
+from tests.test_chart import VALUE_SETS, render, server_deployment
 from tests.test_server import v2
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -51,7 +51,7 @@ def test_the_operator_reads_the_servers_real_metrics_and_headers(iris):
 
 def test_the_chart_writes_the_names_the_operator_reads(helm: str, tmp_path: Path):
     docs = render(helm, tmp_path, VALUE_SETS["model-image"])
-    (deployment,) = by_kind(docs, "Deployment")
+    deployment = server_deployment(docs)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert labels[contract.COMPONENT_LABEL] == contract.SERVER_COMPONENT
     assert labels[contract.TRACK_LABEL] == "stable" and labels[contract.VERSION_LABEL] == "2"

@@ -1,4 +1,4 @@
-"""k8s/: the kind cluster, namespace, RBAC and metrics-server manifests (the cluster itself
+"""k8s/: the kind cluster, namespace and metrics-server manifests (the cluster itself
 is exercised in test_kind.py)."""
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, pins
-from tests.test_chart import K8S_VERSION, by_kind, pod_specs, render
+from tests.test_chart import K8S_VERSION, by_kind, kubernetes_kinds, pod_specs, render
 
 K8S = ROOT / "k8s"
 
@@ -17,7 +17,7 @@ def manifests(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
 
 
-@pytest.mark.parametrize("name", ["namespace.yaml", "rollout-rbac.yaml", "metrics-server.yaml"])
+@pytest.mark.parametrize("name", ["namespace.yaml", "metrics-server.yaml"])
 def test_manifests_validate_strictly(name: str):
     for doc in manifests(name):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -34,21 +34,10 @@ def test_namespace_enforces_restricted_pod_security():
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-def test_rollout_rbac_is_least_privilege():
-    docs = manifests("rollout-rbac.yaml")
-    assert {d["kind"] for d in docs} == {"ServiceAccount", "Role", "RoleBinding"}
-    assert all(d["metadata"]["namespace"] == "mlscale" for d in docs)
-    (role,) = by_kind(docs, "Role")
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
-    (binding,) = by_kind(docs, "RoleBinding")
-    assert binding["roleRef"]["kind"] == "Role"  # never a ClusterRole
-
-
 def test_kind_values_render_valid_restricted_objects(helm: str, tmp_path: Path):
     values = yaml.safe_load((K8S / "values-kind.yaml").read_text())
     docs = render(helm, tmp_path, values)
-    for doc in docs:
+    for doc in kubernetes_kinds(docs):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     hpa = by_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]
     assert hpa["minReplicas"] == 1 and hpa["maxReplicas"] >= 3

@@ -270,6 +270,84 @@ def test_a_canary_failing_its_analysis_is_aborted(cluster: str):
     assert back.returncode == 0, back.stderr
 
 
+def rollout_status() -> dict:
+    return json.loads(kubectl("-n", NAMESPACE, "get", "modelrollout", RELEASE, "-o", "json"))[
+        "status"
+    ]
+
+
+def leader() -> str:
+    """The operator pod that holds the Lease."""
+    lease = json.loads(kubectl("-n", NAMESPACE, "get", "lease", "mlscale-operator", "-o", "json"))
+    return lease["spec"]["holderIdentity"]
+
+
+def kill_in_its_node(pod: str) -> None:
+    """SIGKILL a pod's process from inside its node, as a node's OOM killer or a crash would:
+    the kubelet restarts the container; the API server is not told first."""
+    node = json.loads(kubectl("-n", NAMESPACE, "get", "pod", pod, "-o", "json"))["spec"]["nodeName"]
+    sandbox = run("docker", "exec", node, "crictl", "pods", "--name", pod, "-q").split()[0]
+    (container,) = run("docker", "exec", node, "crictl", "ps", "--pod", sandbox, "-q").split()
+    pid = json.loads(run("docker", "exec", node, "crictl", "inspect", container))["info"]["pid"]
+    run("docker", "exec", node, "kill", "-9", str(pid))
+
+
+MODEL_ROLLOUT = """
+apiVersion: mlscale.dev/v1alpha1
+kind: ModelRollout
+metadata:
+  name: mlscale
+spec:
+  version: "2"
+  strategy:
+    type: Canary
+    steps: [{weight: 50, seconds: 15}, {weight: 100, seconds: 15}]
+  analysis: {minRequests: 10}
+  qualityGate: {enabled: false}
+"""
+
+
+def test_a_rollout_applied_as_yaml_resumes_after_its_controller_is_killed(cluster: str):
+    """`kubectl apply` of a new version canaries and promotes it under load, while the acting
+    controller is killed twice: its pod force-deleted mid-canary, its process killed in its
+    node mid-promotion. Each time the standby takes the Lease and carries on from the status."""
+    assert live_version() == "1"
+    seen: list[str] = []  # `kubectl get modelrollout` as a person watching it would see it
+    killed: list[str] = []
+
+    def watch(condition: Callable[[dict], object]) -> Callable[[], object]:
+        def check() -> object:
+            line = " ".join(kubectl("-n", NAMESPACE, "get", "mro", RELEASE, "--no-headers").split())
+            if not seen or seen[-1] != line:
+                seen.append(line)
+            return condition(rollout_status())
+
+        return check
+
+    with steady_load() as failures:
+        subprocess.run([tool("kubectl"), "--context", CONTEXT, "-n", NAMESPACE, "apply", "-f", "-"],
+                       input=MODEL_ROLLOUT, text=True, check=True, capture_output=True)  # fmt: skip
+        wait_for(watch(lambda s: s.get("rollout", {}).get("stepStartedAt")), 180, "step 0")
+        killed.append(leader())
+        kubectl("-n", NAMESPACE, "delete", "pod", killed[-1], "--grace-period=0", "--force")
+        wait_for(watch(lambda s: s.get("rollout", {}).get("promoting")), 240, "the promotion")
+        killed.append(leader())
+        kill_in_its_node(killed[-1])
+        wait_for(watch(lambda s: s.get("phase") == "Healthy" and s["stableVersion"] == "2"),
+                 240, "the rollout to end Healthy", every=1)  # fmt: skip
+    assert failures == [], failures[:5]
+    status = rollout_status()
+    assert [e["outcome"] for e in status["history"]][-1] == "succeeded"
+    assert [t["track"] for t in json.loads(rollout("-o", "json", "status").stdout)["tracks"]] == [
+        "stable"
+    ]  # no canary left
+    assert any(" 2 50 Progressing" in line for line in seen), seen  # stable 1, canary 2, 50%
+    final = seen[-1].split()
+    assert final[:2] == ["mlscale", "2"] and "Healthy" in final, seen
+    back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
+    assert back.returncode == 0, back.stderr
+
+
 def test_keep_alive_clients_reach_pods_added_after_they_connected(cluster: str):
     """kube-proxy balances connections, not requests: the server's bounded connection
     lifetime (chart default) is what moves long-lived clients onto new pods."""

@@ -1,44 +1,45 @@
-"""The rollout operator against a real kube-apiserver, etcd and kube-controller-manager
-(`tests/control_plane.py`), over real HTTP, through the official client, as the service account
-of k8s/rollout-rbac.yaml (RBAC on: a call the Role does not allow fails the test). Nodes and pods
-are simulated (`tests/kubelet.py`); failures are injected in front of the real server
-(`tests/apiproxy.py`). The release is the real chart, rendered by helm and created as is."""
+"""The rollout controller against a real kube-apiserver, etcd and kube-controller-manager
+(`tests/control_plane.py`), over real HTTP, through the official client. The controller runs as
+its own process (`python -m mlscale.rollout.operator`), as the service account the chart renders
+for it (RBAC on: a call its Role does not allow fails the test); the CLI's client side talks to
+the server as an admin, as a person would. Nodes and pods are simulated (`tests/kubelet.py`);
+failures are injected in front of the real server (`tests/apiproxy.py`). The release is the
+real chart, rendered by helm and created as is, its ModelRollout validated by the real CRD."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import urllib3
 import yaml
 from typer.testing import CliRunner
 
 from mlscale.cli import app as mlscale
-from mlscale.rollout.canary import CanaryPolicy, run_canary
-from mlscale.rollout.deploy import deploy, rollback, set_version
-from mlscale.rollout.history import History
+from mlscale.rollout import client
 from mlscale.rollout.kube import Forbidden, Kube, NotFound, Refused, RolloutError, Target
-from mlscale.rollout.release import Release
 from mlscale.service.contract import MANIFEST_LABEL, TRACK_LABEL
 from mlscale.service.store import Manifest
 from tests.apiproxy import FaultProxy
-from tests.conftest import ROOT, Envtest
-from tests.control_plane import Admin
+from tests.conftest import ROOT, Envtest, free_port
+from tests.control_plane import ADMIN_TOKEN, Admin, ApiServerError
 from tests.kubelet import Tenant
 from tests.test_chart import render
 
 # Version 4 was published without holdout data: no offline metrics.
 STORE = {"1": {"accuracy": 0.95}, "2": {"accuracy": 0.97}, "3": {"accuracy": 0.80}, "4": {}}
+CRD = ROOT / "charts" / "mlscale" / "crds" / "modelrollouts.mlscale.dev.yaml"
 PodAnswer = Callable[[dict, str], tuple[int, str] | None]
+FAST_STEPS = (34, 100)  # canary steps for tests: two, of one second each
 
 
 def ready(pod: dict) -> bool:
@@ -59,12 +60,40 @@ def settled(pods: list[dict], versions: list[str]) -> bool:
     return sorted(map(pod_version, pods)) == versions and all(map(ready, pods))
 
 
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@dataclass
+class Operator:
+    """One controller process, reaching the API server through its own fault proxy."""
+
+    proc: subprocess.Popen
+    faults: FaultProxy
+    log: Path
+    port: int
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def metrics(self) -> str:
+        return urllib3.request("GET", f"http://127.0.0.1:{self.port}/metrics").data.decode()
+
+
 @dataclass
 class Cluster:
     admin: Admin
-    faults: FaultProxy
+    faults: FaultProxy  # in front of the first controller
     ns: str
-    url: str = ""
+    token: str  # the controller's service account's
+    ca: str
+    workdir: Path
+    stack: ExitStack
+    url: str = ""  # the first controller's way to the server
+    user_url: str = ""  # the CLI's (as an admin)
     fates: dict[str, str] = field(default_factory=lambda: defaultdict(lambda: "ready"))
     reported: dict[str, str] = field(default_factory=dict)  # version -> what its pods claim
     error_rate: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -72,16 +101,78 @@ class Cluster:
     served: Counter[str] = field(default_factory=Counter)  # pod -> requests so far
     said: list[str] = field(default_factory=list)
     respond: PodAnswer | None = None  # how the pods answer HTTP; `pod_answers` unless replaced
+    operators: list[Operator] = field(default_factory=list)
 
     def tenant(self) -> Tenant:
         return Tenant(lambda pod: self.fates[pod_version(pod)],
                       lambda pod, path: (self.respond or self.pod_answers)(pod, path))  # fmt: skip
 
-    def release(self) -> Release:
-        return Release(Kube(Target(namespace=self.ns, host=self.url)), "demo")
+    def kube(self) -> Kube:
+        """The CLI's client, as a person (an admin) runs it."""
+        return Kube(Target(namespace=self.ns, host=self.user_url))
 
     def say(self, message: str) -> None:
         self.said.append(message)
+
+    def start_operator(self, identity: str = "op-1", lease: int = 3,
+                       faults: FaultProxy | None = None, *extra: str) -> Operator:  # fmt: skip
+        """A controller process; the first one goes through `self.faults`."""
+        faults = faults or self.faults
+        url = self.url if faults is self.faults else self.stack.enter_context(faults.serve())
+        log = self.workdir / f"operator-{identity}-{len(self.operators)}.log"
+        port = free_port()
+        cmd = [sys.executable, "-m", "mlscale.rollout.operator", "--server", url, "-n", self.ns,
+               "--identity", identity, "--lease-seconds", str(lease), "--port", str(port),
+               "--api-timeout", "3", *extra]  # fmt: skip
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
+        operator = Operator(proc, faults, log, port)
+        self.operators.append(operator)
+        return operator
+
+    def rollout(self) -> dict:
+        found = self.admin.get("modelrollouts", self.ns, "demo")
+        assert found is not None
+        return found
+
+    def status(self) -> dict:
+        return self.rollout().get("status") or {}
+
+    def events(self) -> list[tuple[str, str]]:
+        """The rollout's events, in the order they were made."""
+        events = sorted(self.admin.list("events", self.ns),
+                        key=lambda e: int(e["metadata"]["resourceVersion"]))  # fmt: skip
+        return [(e["reason"], e["message"]) for e in events
+                if e["involvedObject"].get("kind") == "ModelRollout"]  # fmt: skip
+
+    def deploy(self, version: str, timeout: float = 30, **spec: object) -> client.Outcome:
+        """`mlscale rollout deploy`: a rolling update, followed to its end."""
+        force = bool(spec.pop("force", False))
+        image = spec.pop("model_image", None)
+        body = client.spec_for(
+            version,
+            image,
+            strategy={"type": "Rolling"},  # type: ignore[arg-type]
+            force=force,
+            timeout=timeout,
+        )
+        return client.roll(self.kube(), "demo", {**body, **spec}, say=self.say, timeout=timeout)
+
+    def canary(self, version: str, timeout: float = 60, model_image: str | None = None,
+               steps: tuple[int, ...] = FAST_STEPS, seconds: int = 1,
+               **analysis: object) -> client.Outcome:  # fmt: skip
+        body = client.spec_for(
+            version,
+            model_image,
+            timeout=timeout,
+            strategy={
+                "type": "Canary",
+                "steps": [{"weight": w, "seconds": seconds} for w in steps],
+            },
+        )
+        body["analysis"] = {"maxErrorRate": 0.05, "maxP99Ms": 100, "minRequests": 20, **analysis}
+        return client.roll(self.kube(), "demo", body, say=self.say, timeout=timeout)
 
     def pods(self) -> list[dict]:
         """The pods that are not going away."""
@@ -133,57 +224,121 @@ class Cluster:
         return 404, "{}"
 
 
-def operator_identity(admin: Admin, ns: str) -> str:
-    """The operator's service account, Role and RoleBinding from k8s/rollout-rbac.yaml, in `ns`;
-    a token for it."""
-    for doc in yaml.safe_load_all((ROOT / "k8s" / "rollout-rbac.yaml").read_text()):
+@pytest.fixture(scope="module")
+def crd(control_plane: Envtest) -> None:
+    """The chart's CRD, installed once and Established."""
+    admin = control_plane.plane.admin
+    if admin.get("customresourcedefinitions", "", "modelrollouts.mlscale.dev") is None:
+        admin.create(yaml.safe_load(CRD.read_text()))
+
+    def established() -> bool:
+        found = admin.get("customresourcedefinitions", "", "modelrollouts.mlscale.dev") or {}
+        conditions = (found.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_for(established, 30, "the ModelRollout CRD to be established")
+
+
+@contextmanager
+def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict,
+                  operator: bool = True) -> Iterator[Cluster]:  # fmt: skip
+    """The chart rendered with these model values and created in a namespace of its own, its
+    pods run by the simulated nodes, and (unless `operator` is False) a controller started."""
+    plane, admin = envtest.plane, envtest.plane.admin
+    ns = plane.namespace()
+    docs = render(helm, tmp_path, {"model": model, "progressDeadlineSeconds": 2})
+    for doc in docs:
+        if "helm.sh/hook" in doc["metadata"].get("annotations", {}):
+            continue  # helm test's pod: not part of the release
+        if doc["metadata"]["name"] == "demo-mlscale-operator" and doc["kind"] == "Deployment":
+            continue  # the controller runs as a process of the test's (start_operator)
+        if doc["kind"] == "Deployment":
+            doc["spec"]["replicas"] = 3  # what the HPA would have set
         doc["metadata"]["namespace"] = ns
         for subject in doc.get("subjects", []):
             subject["namespace"] = ns
         admin.create(doc, ns)
-    return admin.token(ns, "mlscale-rollout")
-
-
-@contextmanager
-def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict) -> Iterator[Cluster]:
-    """The chart rendered with these model values and created in a namespace of its own, its
-    pods run by the simulated nodes; the operator reaches the server through a FaultProxy."""
-    plane, admin = envtest.plane, envtest.plane.admin
-    ns = plane.namespace()
-    docs = render(helm, tmp_path, {"model": model, "progressDeadlineSeconds": 2})
-    faults = FaultProxy(plane.url, operator_identity(admin, ns), str(plane.ca))
-    c = Cluster(admin, faults, ns)
-    envtest.kubelet.tenants[ns] = c.tenant()
-    for doc in docs:
-        if "helm.sh/hook" in doc["metadata"].get("annotations", {}):
-            continue  # helm test's pod: not part of the release
-        if doc["kind"] == "Deployment":
-            doc["spec"]["replicas"] = 3  # what the HPA would have set
-        doc["metadata"]["namespace"] = ns
-        admin.create(doc, ns)
-    try:
-        with faults.serve() as url:
-            c.url = url
-            deadline = time.monotonic() + 30
-            while not settled(c.pods(), ["1", "1", "1"]):
-                assert time.monotonic() < deadline, "the cluster never settled"
-                time.sleep(0.05)
+    token = admin.token(ns, "demo-mlscale-operator")
+    faults = FaultProxy(plane.url, token, str(plane.ca))
+    with ExitStack() as stack:
+        c = Cluster(admin, faults, ns, token, str(plane.ca), tmp_path, stack)
+        envtest.kubelet.tenants[ns] = c.tenant()
+        try:
+            c.url = stack.enter_context(faults.serve())
+            c.user_url = stack.enter_context(
+                FaultProxy(plane.url, ADMIN_TOKEN, str(plane.ca)).serve()
+            )
+            wait_for(lambda: settled(c.pods(), ["1", "1", "1"]), 30, "the cluster to settle")
+            if operator:
+                c.start_operator()
+                wait_for(lambda: c.status().get("phase") == "Healthy", 30, "a Healthy rollout")
             yield c
-        assert all(call[2] == ns for call in faults.calls), "a call outside the release's namespace"
-    finally:
-        for d in admin.list("deployments", ns):  # the garbage collector takes the rest
-            admin.delete("deployments", ns, d["metadata"]["name"])
-        envtest.kubelet.tenants.pop(ns, None)
+            assert all(call[2] == ns for call in faults.calls), "a call outside the namespace"
+        finally:
+            for op in c.operators:
+                op.proc.kill()
+                op.proc.wait()
+            for d in admin.list("deployments", ns):  # the garbage collector takes the rest
+                admin.delete("deployments", ns, d["metadata"]["name"])
+            envtest.kubelet.tenants.pop(ns, None)
 
 
 @pytest.fixture
-def cluster(control_plane: Envtest, helm: str, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(control_plane: Envtest, crd: None, helm: str, tmp_path: Path) -> Iterator[Cluster]:
     with start_cluster(control_plane, helm, tmp_path, {"name": "iris", "version": "1"}) as c:
         yield c
 
 
-def test_rolling_deploy_moves_every_pod_and_records_history(cluster: Cluster):
-    outcome = deploy(cluster.release(), "2", say=cluster.say, timeout=20)
+# --- the resource ---------------------------------------------------------------------------
+
+
+def test_the_chart_renders_a_healthy_rollout_with_its_defaults_and_conditions(cluster: Cluster):
+    ro = cluster.rollout()
+    assert ro["spec"]["strategy"]["type"] == "Canary" and ro["spec"]["version"] == "1"
+    status = ro["status"]
+    assert (status["phase"], status["stableVersion"]) == ("Healthy", "1")
+    assert status["observedGeneration"] == ro["metadata"]["generation"]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions == {"Healthy": ("True", "Serving"), "Progressing": ("False", "Serving"),
+                          "Paused": ("False", "Serving")}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"version": "2", "strategy": {"steps": [{"weight": 0}]}},
+            "should be greater than or equal to 1",
+        ),
+        (
+            {"version": "2", "strategy": {"steps": [{"weight": 50}, {"weight": 10}]}},
+            "canary step weights must strictly increase",
+        ),
+        (
+            {"version": "2", "modelImage": "mlscale-model/iris:3"},
+            "spec.modelImage's tag must be spec.version",
+        ),
+        ({"version": "no spaces"}, "should match"),
+        (
+            {"version": "2", "strategy": {"type": "Rolling"}, "paused": True},
+            "a rolling update cannot be paused",
+        ),
+    ],
+    ids=["weight-0", "decreasing", "image-tag", "bad-version", "paused-rolling"],
+)
+def test_a_spec_the_schema_rejects_gets_the_api_servers_message(cluster: Cluster, spec, message):
+    body = {"apiVersion": "mlscale.dev/v1alpha1", "kind": "ModelRollout",
+            "metadata": {"name": "other"}, "spec": spec}  # fmt: skip
+    with pytest.raises(ApiServerError) as refused:
+        cluster.admin.create(body, cluster.ns)
+    assert refused.value.status == 422 and message in str(refused.value), refused.value
+
+
+# --- rolling updates ------------------------------------------------------------------------
+
+
+def test_rolling_deploy_moves_every_pod_and_records_history_and_events(cluster: Cluster):
+    outcome = cluster.deploy("2")
     assert outcome.outcome == "succeeded" and outcome.previous == "1"
     assert cluster.versions() == ["2", "2", "2"]
     d = cluster.deployment()
@@ -191,324 +346,85 @@ def test_rolling_deploy_moves_every_pod_and_records_history(cluster: Cluster):
     assert d["spec"]["template"]["metadata"]["annotations"]["mlscale.dev/model-version"] == "2"
     assert d["spec"]["template"]["metadata"]["labels"]["mlscale.dev/model-version"] == "2"
     assert d["metadata"]["generation"] == 2  # one spec change
-    (entry,) = History(cluster.release().kube, "demo").read()
-    assert (entry.version, entry.previous, entry.outcome) == ("2", "1", "succeeded")
-    assert any("successfully rolled out" in line for line in cluster.said)
+    status = cluster.status()
+    assert (status["phase"], status["stableVersion"]) == ("Healthy", "2")
+    assert "rollout" not in status and "canaryVersion" not in status
+    (entry,) = status["history"]
+    assert (entry["version"], entry["previous"], entry["outcome"]) == ("2", "1", "succeeded")
+    reasons = [r for r, _ in cluster.events()]
+    assert reasons == ["RolloutStarted", "RolledOut"], cluster.events()
+    assert any("Healthy: serving version 2" in line for line in cluster.said), cluster.said
 
 
 def test_deploying_the_current_version_changes_nothing(cluster: Cluster):
-    assert deploy(cluster.release(), "1", say=cluster.say).outcome == "unchanged"
-    verbs = {v for v, _, _ in cluster.faults.calls}
-    assert verbs <= {"get", "list", "watch"}, verbs  # the operator wrote nothing at all
+    generation = cluster.rollout()["metadata"]["generation"]
+    assert cluster.deploy("1").outcome == "unchanged"
+    assert cluster.rollout()["metadata"]["generation"] == generation
     assert cluster.deployment()["metadata"]["generation"] == 1
+    writes = {v for v, r, _ in cluster.faults.calls if r == "deployments"} - {
+        "get",
+        "list",
+        "watch",
+    }
+    assert not writes, writes
 
 
-def test_dry_run_prints_the_patch_and_changes_nothing(cluster: Cluster):
-    assert deploy(cluster.release(), "2", say=cluster.say, dry_run=True).outcome == "dry-run"
-    assert '"MLSCALE_MODEL_VERSION"' in cluster.said[-1]
-    assert cluster.stable_version() == "1"
+def test_dry_run_prints_the_change_and_changes_nothing(cluster: Cluster):
+    spec = client.spec_for("2", strategy={"type": "Rolling"})
+    outcome = client.roll(cluster.kube(), "demo", spec, say=cluster.say, dry_run=True)
+    assert outcome.outcome == "dry-run" and "'version': '2'" in cluster.said[-1]
+    assert cluster.rollout()["spec"]["version"] == "1" and cluster.stable_version() == "1"
 
 
 def test_a_rollout_that_never_becomes_ready_is_rolled_back(cluster: Cluster):
     cluster.fates["2"] = "never"
-    with pytest.raises(RolloutError, match=r"exceeded its progress deadline.*rolled back to 1"):
-        deploy(cluster.release(), "2", say=cluster.say, timeout=30)
-    assert cluster.stable_version() == "1" and cluster.versions() == ["1", "1", "1"]
-    (entry,) = History(cluster.release().kube, "demo").read()
-    assert entry.outcome == "rolled-back" and "deadline" in entry.detail
+    with pytest.raises(RolloutError, match=r"exceeded its progress deadline.*stable serves 1"):
+        cluster.deploy("2")
+    assert cluster.stable_version() == "1"
+    wait_for(lambda: cluster.versions() == ["1", "1", "1"], 10, "version 1 pods only")
+    status = cluster.status()
+    assert status["phase"] == "Degraded" and status["failedGeneration"] > 0
+    (entry,) = status["history"]
+    assert entry["outcome"] == "rolled-back" and "deadline" in entry["detail"]
+    healthy = next(c for c in status["conditions"] if c["type"] == "Healthy")
+    assert (healthy["status"], healthy["reason"]) == ("False", "RolledBack")
+    assert ("RolledBack", "demo-mlscale: back to version 1") in cluster.events()
+
+
+def test_a_failed_version_is_not_tried_again_until_asked(cluster: Cluster):
+    cluster.fates["2"] = "never"
+    with pytest.raises(RolloutError):
+        cluster.deploy("2")
+    generation = cluster.deployment()["metadata"]["generation"]
+    time.sleep(1.5)  # the controller keeps looking (every 30 s at rest); nothing moves
+    assert cluster.deployment()["metadata"]["generation"] == generation
+    cluster.fates["2"] = "ready"
+    assert cluster.deploy("2").outcome == "succeeded"  # the same spec again: a retry
+    assert [e["outcome"] for e in cluster.status()["history"]] == ["rolled-back", "succeeded"]
 
 
 def test_crash_looping_pods_are_caught_before_the_deadline(cluster: Cluster):
     cluster.fates["2"] = "crash"
     with pytest.raises(RolloutError, match="crash-looping"):
-        deploy(cluster.release(), "2", say=cluster.say, timeout=30)
+        cluster.deploy("2")
     assert cluster.stable_version() == "1"
+
+
+def test_an_image_that_cannot_be_pulled_is_named_and_rolled_back(cluster: Cluster):
+    cluster.fates["2"] = "pull"
+    with pytest.raises(RolloutError, match=r"cannot pull image mlscale:[^ ]+ \(ErrImagePull"):
+        cluster.deploy("2")
+    assert cluster.stable_version() == "1" and cluster.status()["phase"] == "Degraded"
 
 
 def test_a_pod_reporting_the_wrong_version_is_rolled_back(cluster: Cluster):
     cluster.reported["2"] = "1"  # e.g. an image whose store silently lacks version 2
     with pytest.raises(RolloutError, match="serves version '1', not '2'"):
-        deploy(cluster.release(), "2", say=cluster.say, timeout=20)
+        cluster.deploy("2")
     assert cluster.stable_version() == "1"
 
 
-def test_quality_gate_and_unknown_versions_are_refused(cluster: Cluster):
-    with pytest.raises(Refused, match=r"accuracy 0.95 -> 0.8 \(15.8% worse\)"):
-        deploy(cluster.release(), "3", say=cluster.say)
-    with pytest.raises(Refused, match="version 9 is not in the image's model store"):
-        deploy(cluster.release(), "9", say=cluster.say)
-    with pytest.raises(Refused, match=r"version 4 has no offline metrics.*nothing to compare"):
-        deploy(cluster.release(), "4", say=cluster.say)
-    assert cluster.stable_version() == "1"
-    assert deploy(cluster.release(), "3", say=cluster.say, force=True).outcome == "succeeded"
-
-
-def test_conflicting_writes_are_retried_on_a_fresh_read(cluster: Cluster):
-    cluster.faults.conflicts_to_inject = 2
-    assert deploy(cluster.release(), "2", say=cluster.say, timeout=20).outcome == "succeeded"
-    assert cluster.faults.conflicts_to_inject == 0
-    # Each attempt reads the Deployment afresh before its patch; the proxy records only the
-    # calls the server answered, so: three reads, and the one patch that went through.
-    calls = [v for v, r, _ in cluster.faults.calls if r == "deployments" and v in ("get", "patch")]
-    assert calls == ["get", "get", "get", "patch"], calls
-
-
-def test_the_watch_resumes_after_410_gone(cluster: Cluster):
-    kube = cluster.release().kube
-    stream = kube.watch_deployment("demo-mlscale", timeout=6)
-    assert next(stream).metadata.name == "demo-mlscale"  # the list
-    cluster.faults.expire()  # compaction: the list's resourceVersion is now too old
-    again = next(stream)
-    assert again is not None and again.metadata.name == "demo-mlscale"  # listed again
-    lists = [c for c in cluster.faults.calls if c[:2] == ("list", "deployments")]
-    watches = [c for c in cluster.faults.calls if c[:2] == ("watch", "deployments")]
-    assert len(lists) == 2 and not watches  # the expired watch was answered by the proxy
-
-
-def test_the_watch_survives_a_dropped_connection(cluster: Cluster):
-    # New pods stay unready until a watch stream has been cut, so the rollout can only be
-    # seen to finish by a watch that recovered from the drop.
-    cluster.fates["2"] = "never"
-    cluster.faults.watches_to_drop = 1
-
-    def release_pods_after_the_drop() -> None:
-        deadline = time.monotonic() + 10
-        while cluster.faults.watches_to_drop and time.monotonic() < deadline:
-            time.sleep(0.01)
-        cluster.fates["2"] = "ready"
-
-    helper = threading.Thread(target=release_pods_after_the_drop)
-    helper.start()
-    assert deploy(cluster.release(), "2", say=cluster.say, timeout=20).outcome == "succeeded"
-    helper.join()
-    assert cluster.faults.watches_to_drop == 0
-    assert cluster.versions() == ["2", "2", "2"]
-
-
-def test_a_half_open_watch_is_given_up_and_the_rollout_followed_to_its_end(cluster: Cluster):
-    """The watch's connection stays up and nothing arrives: past its window plus the call
-    timeout it is taken for dead, and the operator lists again instead of waiting forever."""
-    cluster.faults.watches_to_stall = 1
-    release = Release(Kube(Target(namespace=cluster.ns, host=cluster.url, timeout=1)), "demo")
-    started = time.monotonic()
-    assert deploy(release, "2", say=cluster.say, timeout=20).outcome == "succeeded"
-    assert cluster.faults.watches_to_stall == 0
-    assert time.monotonic() - started < 15  # well inside the deadline: the window (5 s) + 1 s
-
-
-@pytest.mark.parametrize("fault", [429, 503, None], ids=["429", "503", "reset"])
-def test_api_failures_after_the_patch_roll_back_and_are_recorded(cluster: Cluster, fault):
-    """The server throttles, fails or drops the connection once the version is patched: the
-    rollout cannot be confirmed, so it is rolled back, and the history says so."""
-
-    def say(message: str) -> None:
-        cluster.say(message)
-        if "version 1 -> 2" in message:  # said just before the patch
-            # Enough times that the client's own retries of a reset connection run out.
-            cluster.faults.fail(fault, f"/namespaces/{cluster.ns}/pods?", 4 if fault is None else 1)
-
-    with pytest.raises(RolloutError, match=r"could not confirm the rollout.*rolled back to 1"):
-        deploy(cluster.release(), "2", say=say, timeout=20)
-    assert cluster.stable_version() == "1"
-    (entry,) = History(cluster.release().kube, "demo").read()
-    assert entry.outcome == "rolled-back" and entry.version == "2"
-
-
-def test_a_rollback_the_api_keeps_failing_is_still_recorded(cluster: Cluster):
-    """The server fails every pod list from the patch on: the rollout cannot be confirmed,
-    nor can its rollback; the version goes back all the same, and the history says so."""
-
-    def say(message: str) -> None:
-        cluster.say(message)
-        if "version 1 -> 2" in message:
-            cluster.faults.fail(503, f"/namespaces/{cluster.ns}/pods?", times=100)
-
-    with pytest.raises(RolloutError, match=r"rolled back to 1, which did not finish: could not"):
-        deploy(cluster.release(), "2", say=say, timeout=20)
-    assert cluster.stable_version() == "1"
-    (entry,) = History(cluster.release().kube, "demo").read()
-    assert entry.outcome == "rolled-back" and "could not be confirmed" in entry.detail
-
-
-def test_ctrl_c_during_a_canary_removes_it_and_says_how_to_go_on(cluster: Cluster):
-    # Started as from a terminal, where Ctrl-C reaches it: a test session run as a background
-    # job ignores SIGINT, and its children would inherit that.
-    as_from_a_terminal = ("import runpy, signal; signal.signal(signal.SIGINT, "
-                          "signal.default_int_handler); runpy.run_module('mlscale.rollout', "
-                          "run_name='__main__', alter_sys=True)")  # fmt: skip
-    cmd = [sys.executable, "-c", as_from_a_terminal, "--server", cluster.url, "-n", cluster.ns,
-           "-r", "demo", "canary", "--version", "2", "--steps", "34,100",
-           "--interval", "30"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not any(canary_pod(p) and ready(p) for p in cluster.pods()):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
-        time.sleep(0.05)
-    # Inside the step's traffic window once the operator has taken its first scrape of the canary.
-    while not any("canary" in pod for pod in cluster.served):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGABRT)  # faulthandler: where every thread is stuck
-        pytest.fail(f"the operator did not stop on Ctrl-C:\n{proc.communicate(timeout=10)[1]}")
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "mlscale rollout status" in err
-    assert cluster.deployment("demo-mlscale-canary") is None
-    assert cluster.stable_version() == "1"
-
-
-def test_rollback_returns_to_the_previous_version(cluster: Cluster):
-    deploy(cluster.release(), "2", say=cluster.say, timeout=20)
-    assert rollback(cluster.release(), None, say=cluster.say, timeout=20).version == "1"
-    assert cluster.versions() == ["1", "1", "1"]
-    entries = History(cluster.release().kube, "demo").read()
-    assert [(e.version, e.strategy) for e in entries] == [("2", "rolling"), ("1", "rollback")]
-
-
-FAST = CanaryPolicy(
-    steps=(34, 100), interval=0.3, max_error_rate=0.05, max_p99_ms=100, min_requests=20, timeout=20
-)
-
-
-def test_a_healthy_canary_is_promoted(cluster: Cluster):
-    outcome = run_canary(cluster.release(), "2", FAST, say=cluster.say)
-    assert outcome.outcome == "succeeded" and cluster.stable_version() == "2"
-    assert cluster.deployment("demo-mlscale-canary") is None
-    deadline = time.monotonic() + 5
-    while cluster.versions() != ["2", "2", "2"]:  # the canary's pods are collected
-        assert time.monotonic() < deadline, cluster.versions()
-        time.sleep(0.02)
-    steps = [line for line in cluster.said if line.startswith("step") and "->" in line]
-    assert len(steps) == 2 and all(line.endswith("pass") for line in steps)
-    assert History(cluster.release().kube, "demo").read()[-1].strategy == "canary"
-
-
-def test_a_failing_canary_is_aborted_and_stable_is_untouched(cluster: Cluster):
-    cluster.error_rate["2"] = 0.3
-    with pytest.raises(RolloutError, match=r"canary error rate 30\.00% > 5\.00%"):
-        run_canary(cluster.release(), "2", FAST, say=cluster.say)
-    assert cluster.stable_version() == "1"
-    assert cluster.deployment("demo-mlscale-canary") is None
-    deadline = time.monotonic() + 5
-    while cluster.versions() != ["1", "1", "1"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    (entry,) = History(cluster.release().kube, "demo").read()
-    assert entry.outcome == "aborted"
-
-
-def test_a_slow_canary_is_aborted(cluster: Cluster):
-    cluster.slow.add("2")
-    with pytest.raises(RolloutError, match="p99"):
-        run_canary(cluster.release(), "2", FAST, say=cluster.say)
-    assert cluster.stable_version() == "1"
-
-
-def test_cli_status_history_and_exit_codes(cluster: Cluster):
-    runner = CliRunner()
-    base = ["rollout", "--server", cluster.url, "-n", cluster.ns, "-r", "demo", "-o", "json"]
-    result = runner.invoke(mlscale, [*base, "deploy", "--version", "2", "--timeout", "20"])
-    assert result.exit_code == 0, result.output
-    status = json.loads(runner.invoke(mlscale, [*base, "status"]).stdout)
-    (stable,) = status["tracks"]
-    assert stable["version"] == "2" and stable["ready"] == 3 and stable["desired"] == 3
-    assert {p["node"] for p in stable["pods"]} <= {"worker-1", "worker-2", "worker-3"}
-    assert status["hpa"]["current"] == 3
-    history = json.loads(runner.invoke(mlscale, [*base, "history"]).stdout)
-    assert [e["version"] for e in history] == ["2"]
-    refused = runner.invoke(mlscale, [*base, "deploy", "--version", "3"])
-    assert refused.exit_code == 2 and "quality gate" in refused.stdout
-    cluster.fates["1"] = "never"
-    failed = runner.invoke(mlscale, [*base, "deploy", "--version", "1", "--force"])
-    assert failed.exit_code == 1 and "rolled back to 2" in failed.stdout
-
-
-def test_concurrent_deploys_of_different_versions_do_not_both_succeed(
-    cluster: Cluster, monkeypatch
-):
-    """Both decide from the same read (version 1 live); the second to write must not go on."""
-    decided = threading.Barrier(2, timeout=10)
-    stable = Release.stable
-    seen: set[int] = set()
-
-    def stable_then_wait(self: Release):  # the decision read, then both have read
-        found = stable(self)
-        if threading.get_ident() not in seen:
-            seen.add(threading.get_ident())
-            decided.wait()
-        return found
-
-    monkeypatch.setattr(Release, "stable", stable_then_wait)
-    results: dict[str, object] = {}
-
-    def go(version: str) -> None:
-        try:
-            results[version] = deploy(cluster.release(), version, say=lambda _: None,
-                                      timeout=20, force=True).outcome  # fmt: skip
-        except RolloutError as exc:
-            results[version] = exc
-
-    threads = [threading.Thread(target=go, args=(v,)) for v in ("2", "3")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [v for v, r in results.items() if r == "succeeded"]
-    assert len(winners) == 1, results
-    (loser,) = {"2", "3"} - set(winners)
-    assert isinstance(results[loser], Refused) and "changed" in str(results[loser])
-    assert cluster.stable_version() == winners[0]
-
-
-def test_a_failed_promotion_removes_the_canary_and_says_so(cluster: Cluster, monkeypatch):
-    def promotion_fails(*args, **kwargs):
-        raise RolloutError("rollout of version 2 failed (injected); rolled back to 1")
-
-    monkeypatch.setattr("mlscale.rollout.canary.deploy", promotion_fails)
-    with pytest.raises(RolloutError, match="passed its analysis, but promoting it failed"):
-        run_canary(cluster.release(), "2", FAST, say=cluster.say)
-    assert cluster.deployment("demo-mlscale-canary") is None
-    assert cluster.stable_version() == "1"
-    assert cluster.release().canary() is None  # the next canary is not blocked
-
-
-def test_canary_steps_follow_the_live_stable_replica_count(cluster: Cluster):
-    """The HPA moves the stable Deployment during the analysis: each step reads it again."""
-    release = cluster.release()
-
-    def say(message: str) -> None:
-        cluster.say(message)
-        if message.startswith("step 34%:") and "->" in message:  # the HPA scales out
-            release.kube.apps.patch_namespaced_deployment(
-                "demo-mlscale", cluster.ns, {"spec": {"replicas": 6}}
-            )
-
-    run_canary(release, "2", FAST, say=say)
-    step = next(line for line in cluster.said if line.startswith("step 100%:"))
-    assert step.startswith("step 100%: 6 canary replica(s), ~50% of traffic"), step
-
-
-def test_restarts_before_the_rollout_do_not_fail_its_rollback(cluster: Cluster):
-    """Old, healthy pods that restarted long ago are not crash-looping now."""
-    for pod in cluster.pods():
-        status = pod["status"]
-        status["containerStatuses"][0]["restartCount"] = 7  # e.g. a node reboot last week
-        cluster.admin.patch("pods", cluster.ns, pod["metadata"]["name"], {"status": status},
-                            sub="status")  # fmt: skip
-    cluster.fates["2"] = "never"
-    with pytest.raises(RolloutError) as failed:
-        deploy(cluster.release(), "2", say=cluster.say, timeout=20)
-    assert "rolled back to 1" in str(failed.value)
-    assert "did not finish" not in str(failed.value), failed.value
-    assert cluster.stable_version() == "1"
-
-
-def test_a_pod_proxy_failure_after_the_patch_still_rolls_back_and_records(cluster: Cluster):
-    """Once the version is patched, failing to confirm it is a failed rollout, not a crash."""
+def test_a_pod_that_cannot_say_its_version_is_rolled_back(cluster: Cluster):
     answers = cluster.pod_answers
 
     def broken(pod: dict, path: str) -> tuple[int, str] | None:
@@ -517,36 +433,386 @@ def test_a_pod_proxy_failure_after_the_patch_still_rolls_back_and_records(cluste
         return answers(pod, path)
 
     cluster.respond = broken
-    with pytest.raises(RolloutError, match="rolled back to 1"):
-        deploy(cluster.release(), "2", say=cluster.say, timeout=20)
+    with pytest.raises(RolloutError, match="did not say which version it serves"):
+        cluster.deploy("2")
     assert cluster.stable_version() == "1"
-    (entry,) = History(cluster.release().kube, "demo").read()
-    assert entry.outcome == "rolled-back" and entry.version == "2"
 
 
-def test_a_hung_pod_proxy_call_times_out_and_the_rollout_rolls_back(cluster: Cluster):
+def test_quality_gate_and_unknown_versions_are_refused_with_a_message(cluster: Cluster):
+    with pytest.raises(Refused, match=r"accuracy 0.95 -> 0.8 \(15.8% worse\)"):
+        cluster.deploy("3")
+    with pytest.raises(Refused, match="version 9 is not in the image's model store"):
+        cluster.deploy("9")
+    with pytest.raises(Refused, match=r"version 4 has no offline metrics.*nothing to compare"):
+        cluster.deploy("4")
+    assert cluster.stable_version() == "1" and cluster.deployment()["metadata"]["generation"] == 1
+    status = cluster.status()
+    assert status["phase"] == "Degraded" and "version 4 refused" in status["message"]
+    assert [e["outcome"] for e in status["history"]] == ["refused"] * 3
+    assert cluster.deploy("3", force=True).outcome == "succeeded"
+
+
+def test_conflicting_writes_are_retried_on_a_fresh_read(cluster: Cluster):
+    cluster.faults.conflicts_to_inject = 2
+    assert cluster.deploy("2").outcome == "succeeded"
+    assert cluster.faults.conflicts_to_inject == 0
+    # Each attempt reads the Deployment afresh before its patch; the proxy records only the
+    # calls the server answered: three reads, and the one patch that went through.
+    calls = [v for v, r, _ in cluster.faults.calls if r == "deployments" and v in ("get", "patch")]
+    assert calls[:4] == ["get", "get", "get", "patch"], calls
+
+
+@pytest.mark.parametrize("fault", [429, 503, None], ids=["429", "503", "reset"])
+def test_api_errors_mid_rollout_back_off_and_the_rollout_carries_on(cluster: Cluster, fault):
+    """The server throttles, fails or drops the connection once the version is patched: the
+    controller backs off and takes the next step from the status, as if nothing happened."""
+    cluster.fates["2"] = "never"
+    spec = client.spec_for("2", strategy={"type": "Rolling"})
+    client.roll(cluster.kube(), "demo", spec, say=cluster.say, wait=False)
+    wait_for(lambda: cluster.stable_version() == "2", 10, "the patch")
+    cluster.faults.fail(fault, f"/namespaces/{cluster.ns}/pods?", 6)
+    cluster.fates["2"] = "ready"
+    end = client.follow(cluster.kube(), "demo", cluster.rollout()["metadata"]["generation"], 30,
+                        cluster.say)  # fmt: skip
+    assert end["phase"] == "Healthy" and end["stableVersion"] == "2"
+    assert all(f.times == 0 for f in cluster.faults.failures)
+    assert "retrying in" in cluster.operators[0].output()
+
+
+def test_rollback_returns_to_the_previous_version(cluster: Cluster):
+    cluster.deploy("2")
+    result = CliRunner().invoke(mlscale, ["rollout", "--server", cluster.user_url, "-n",
+                                          cluster.ns, "-r", "demo", "rollback"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert cluster.versions() == ["1", "1", "1"]
+    history = cluster.status()["history"]
+    assert [(e["version"], e["strategy"]) for e in history] == [("2", "Rolling"), ("1", "Rolling")]
+
+
+# --- canaries -------------------------------------------------------------------------------
+
+
+def test_a_healthy_canary_is_promoted_and_kubectl_describe_tells_the_story(cluster: Cluster):
+    outcome = cluster.canary("2")
+    assert outcome.outcome == "succeeded" and cluster.stable_version() == "2"
+    assert cluster.deployment("demo-mlscale-canary") is None
+    wait_for(lambda: cluster.versions() == ["2", "2", "2"], 5, "the canary's pods collected")
+    reasons = [r for r, _ in cluster.events()]
+    assert reasons == ["RolloutStarted", "CanaryCreated", "StepPassed", "StepPassed",
+                       "Promoting", "CanaryRemoved", "Promoted"], cluster.events()  # fmt: skip
+    passed = [m for r, m in cluster.events() if r == "StepPassed"]
+    assert passed[0].startswith("step 0 (34%): canary ") and passed[0].endswith("-> pass")
+    status = cluster.status()
+    assert status["history"][-1]["strategy"] == "Canary"
+    assert status["analysis"]["passed"] and status["analysis"]["weight"] == 100
+    seen = [line for line in cluster.said if line.startswith("Progressing: step")]
+    assert seen, cluster.said  # the follower printed the steps as they went
+
+
+def test_a_failing_canary_is_aborted_with_its_figures_and_stable_is_untouched(cluster: Cluster):
+    cluster.error_rate["2"] = 0.3
+    with pytest.raises(RolloutError, match=r"canary error rate 30\.00% > 5\.00%.*errors 30"):
+        cluster.canary("2")
+    assert cluster.stable_version() == "1"
+    assert cluster.deployment("demo-mlscale-canary") is None
+    wait_for(lambda: cluster.versions() == ["1", "1", "1"], 5, "version 1 pods only")
+    status = cluster.status()
+    assert status["phase"] == "Aborted" and "stable serves 1" in status["message"]
+    assert status["analysis"]["canaryErrorRate"] == pytest.approx(0.3, abs=0.02)
+    assert status["history"][-1]["outcome"] == "aborted"
+
+
+def test_a_slow_canary_is_aborted(cluster: Cluster):
+    cluster.slow.add("2")
+    with pytest.raises(RolloutError, match="p99"):
+        cluster.canary("2")
+    assert cluster.stable_version() == "1"
+
+
+def test_a_failed_promotion_rolls_stable_back_and_removes_the_canary(cluster: Cluster):
     answers = cluster.pod_answers
-    hung = threading.Event()
 
-    def hangs(pod: dict, path: str) -> tuple[int, str] | None:
-        if pod_version(pod) == "2" and path == "/v2/models/iris":
-            hung.wait(10)  # a pod that accepted the connection and never answers
+    def stable_pods_of_2_lie(pod: dict, path: str) -> tuple[int, str] | None:
+        if path == "/v2/models/iris" and pod_version(pod) == "2" and not canary_pod(pod):
+            return 200, json.dumps({"name": "iris", "parameters": {"version": "1"}})
         return answers(pod, path)
 
-    cluster.respond = hangs
-    release = Release(Kube(Target(namespace=cluster.ns, host=cluster.url, timeout=1)), "demo")
-    started = time.monotonic()
-    try:
-        with pytest.raises(RolloutError, match=r"could not confirm the rollout.*rolled back to 1"):
-            deploy(release, "2", say=cluster.say, timeout=20)
-    finally:
-        hung.set()
-    assert time.monotonic() - started < 9  # well before the hung call would have returned
+    cluster.respond = stable_pods_of_2_lie
+    with pytest.raises(RolloutError, match="passed its analysis, but promoting it failed"):
+        cluster.canary("2")
+    assert cluster.deployment("demo-mlscale-canary") is None
     assert cluster.stable_version() == "1"
+
+
+def test_canary_steps_follow_the_live_stable_replica_count(cluster: Cluster):
+    """The HPA moves the stable Deployment during the analysis: each look reads it again."""
+    spec = client.spec_for(
+        "2",
+        strategy={
+            "type": "Canary",
+            "steps": [{"weight": 34, "seconds": 3}, {"weight": 100, "seconds": 1}],
+        },
+    )
+    spec["analysis"] = {"minRequests": 20}
+    client.roll(cluster.kube(), "demo", spec, say=cluster.say, wait=False)
+    wait_for(lambda: cluster.deployment("demo-mlscale-canary"), 10, "the canary")
+    cluster.admin.patch("deployments", cluster.ns, "demo-mlscale", {"spec": {"replicas": 6}})
+    wait_for(lambda: (cluster.deployment("demo-mlscale-canary") or {}).get("spec", {})
+             .get("replicas") in (3, 6), 10, "the canary to follow stable")  # fmt: skip
+    end = client.follow(cluster.kube(), "demo", cluster.rollout()["metadata"]["generation"], 30,
+                        cluster.say)  # fmt: skip
+    assert end["phase"] == "Healthy"
+    assert any("6 canary and 6 stable pods" in line for line in cluster.said), cluster.said
+
+
+def test_the_spec_changing_mid_canary_aborts_it_and_starts_the_new_one(cluster: Cluster):
+    spec = client.spec_for(
+        "2", strategy={"type": "Canary", "steps": [{"weight": 50, "seconds": 30}]}
+    )
+    client.roll(cluster.kube(), "demo", spec, say=cluster.say, wait=False)
+    wait_for(lambda: cluster.status().get("rollout", {}).get("stepStartedAt"), 15, "step 0")
+    assert cluster.deploy("3", force=True).outcome == "succeeded"
+    assert cluster.stable_version() == "3" and cluster.deployment("demo-mlscale-canary") is None
+    history = cluster.status()["history"]
+    assert [(e["version"], e["outcome"]) for e in history] == [("2", "aborted"), ("3", "succeeded")]
+    assert history[0]["detail"] == "superseded by 3"
+    assert any(r == "Superseded" for r, _ in cluster.events())
+
+
+def test_abort_promote_pause_and_resume(cluster: Cluster):
+    base = ["rollout", "--server", cluster.user_url, "-n", cluster.ns, "-r", "demo"]
+    runner = CliRunner()
+    long = client.spec_for(
+        "2",
+        strategy={
+            "type": "Canary",
+            "steps": [{"weight": 10, "seconds": 600}, {"weight": 100, "seconds": 600}],
+        },
+    )
+    client.roll(cluster.kube(), "demo", long, say=cluster.say, wait=False)
+    wait_for(lambda: cluster.status().get("rollout", {}).get("stepStartedAt"), 15, "step 0")
+    assert runner.invoke(mlscale, [*base, "pause"]).exit_code == 0
+    wait_for(lambda: cluster.status().get("phase") == "Paused", 10, "Paused")
+    assert "paused at step 0" in cluster.status()["message"]
+    assert runner.invoke(mlscale, [*base, "resume"]).exit_code == 0
+    wait_for(lambda: cluster.status().get("phase") == "Progressing", 10, "Progressing again")
+    aborted = runner.invoke(mlscale, [*base, "abort"])
+    assert aborted.exit_code == 1 and "aborted by request" in aborted.output, aborted.output
+    assert cluster.status()["phase"] == "Aborted" and cluster.stable_version() == "1"
+    # A retry of the same spec, promoted at once by request: the remaining steps are skipped.
+    client.roll(cluster.kube(), "demo", long, say=cluster.say, wait=False)
+    wait_for(lambda: cluster.status().get("rollout", {}).get("stepStartedAt"), 15, "step 0")
+    promoted = runner.invoke(mlscale, [*base, "promote"])
+    assert promoted.exit_code == 0, promoted.output
+    assert cluster.stable_version() == "2" and cluster.status()["phase"] == "Healthy"
+    nothing = runner.invoke(mlscale, [*base, "abort"])
+    assert nothing.exit_code == 2 and "no rollout is running" in nothing.output
+
+
+def test_ctrl_c_stops_following_and_the_rollout_goes_on(cluster: Cluster):
+    # Started as from a terminal, where Ctrl-C reaches it: a test session run as a background
+    # job ignores SIGINT, and its children would inherit that.
+    as_from_a_terminal = ("import runpy, signal; signal.signal(signal.SIGINT, "
+                          "signal.default_int_handler); runpy.run_module('mlscale.rollout', "
+                          "run_name='__main__', alter_sys=True)")  # fmt: skip
+    cmd = [sys.executable, "-c", as_from_a_terminal, "--server", cluster.user_url, "-n",
+           cluster.ns, "-r", "demo", "canary", "--version", "2", "--steps", "34,100",
+           "--interval", "2", "--max-p99-ms", "100"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
+    wait_for(lambda: any(canary_pod(p) and ready(p) for p in cluster.pods()), 20, "the canary")
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler: where every thread is stuck
+        pytest.fail(f"the CLI did not stop on Ctrl-C:\n{proc.communicate(timeout=10)[1]}")
+    assert proc.returncode == 130, err
+    assert "stopped following" in err and "mlscale rollout abort" in err
+    wait_for(lambda: cluster.status().get("phase") == "Healthy"
+             and cluster.stable_version() == "2", 30, "the rollout to end by itself")  # fmt: skip
+    assert cluster.deployment("demo-mlscale-canary") is None
+
+
+def answer_metrics(
+    cluster: Cluster, which: Callable[[dict], bool], answer: Callable[[int], tuple[int, str] | None]
+) -> None:
+    """The pods `which` picks answer their n-th scrape of /metrics (n from 1) with `answer(n)`,
+    or as usual when that is None; everything else as usual."""
+    scrapes: Counter[str] = Counter()
+
+    def respond(pod: dict, path: str) -> tuple[int, str] | None:
+        if path == "/metrics" and which(pod):
+            scrapes[pod["metadata"]["name"]] += 1
+            if (given := answer(scrapes[pod["metadata"]["name"]])) is not None:
+                return given
+        return cluster.pod_answers(pod, path)
+
+    cluster.respond = respond
+
+
+def test_a_stable_pod_that_stops_answering_does_not_abort_a_healthy_canary(cluster: Cluster):
+    gone = sorted(p["metadata"]["name"] for p in cluster.pods())[0]
+    answer_metrics(cluster, lambda pod: pod["metadata"]["name"] == gone, lambda n: (503, "{}"))
+    assert cluster.canary("2").outcome == "succeeded"
+
+
+def test_a_canary_short_of_requests_is_judged_over_a_longer_window(cluster: Cluster):
+    # The first two scrapes of each canary pod find no requests served.
+    answer_metrics(cluster, canary_pod, lambda n: (200, "") if n <= 2 else None)
+    assert cluster.canary("2").outcome == "succeeded"
+    longer = [line for line in cluster.said if "fewer than 20: judging 1 s more" in line]
+    assert longer and "step 0 (34%): canary 0 req in " in longer[0], cluster.said
+
+
+def test_a_canary_that_never_gets_traffic_fails_after_its_longest_window(cluster: Cluster):
+    answer_metrics(cluster, canary_pod, lambda n: (200, ""))
+    with pytest.raises(RolloutError, match="canary saw 0 requests, fewer than 20"):
+        cluster.canary("2", maxIntervals=3)
+    assert cluster.status()["analysis"]["seconds"] >= 3  # three intervals of one second
+    assert cluster.stable_version() == "1" and cluster.deployment("demo-mlscale-canary") is None
+
+
+def test_a_canary_whose_metrics_cannot_be_read_is_not_taken_for_one_without_traffic(
+    cluster: Cluster,
+):
+    answer_metrics(cluster, canary_pod, lambda n: (503, "{}"))
+    with pytest.raises(RolloutError, match=r"fewer than 20 \(2 of 2 pods unreadable\)"):
+        cluster.canary("2")
+    assert cluster.stable_version() == "1"
+
+
+# --- the controller: restarts, leadership, its own health -----------------------------------
+
+
+def kill_when(cluster: Cluster, operator: Operator, condition: Callable[[dict], object],
+              what: str) -> None:  # fmt: skip
+    wait_for(lambda: condition(cluster.status()), 30, what)
+    operator.proc.send_signal(signal.SIGKILL)
+    operator.proc.wait()
+
+
+@pytest.mark.parametrize("where", ["mid-canary", "mid-promotion"])
+def test_a_controller_killed_mid_rollout_is_followed_by_one_that_finishes_it(
+    cluster: Cluster, where: str
+):
+    spec = client.spec_for(
+        "2",
+        strategy={
+            "type": "Canary",
+            "steps": [{"weight": 34, "seconds": 2}, {"weight": 100, "seconds": 2}],
+        },
+    )
+    spec["analysis"] = {"maxErrorRate": 0.05, "maxP99Ms": 100}
+    client.roll(cluster.kube(), "demo", spec, say=cluster.say, wait=False)
+    first = cluster.operators[0]
+    if where == "mid-canary":  # inside step 1's window
+        kill_when(cluster, first, lambda s: s.get("rollout", {}).get("step") == 1
+                  and s["rollout"].get("stepStartedAt"), "step 1's window")  # fmt: skip
+    else:  # all steps passed: stable is being moved to 2
+        kill_when(cluster, first, lambda s: s.get("rollout", {}).get("promoting"), "promotion")
+    assert first.proc.returncode == -signal.SIGKILL
+    second = cluster.start_operator("op-2")
+    end = client.follow(cluster.kube(), "demo", cluster.rollout()["metadata"]["generation"], 60,
+                        cluster.say)  # fmt: skip
+    assert end["phase"] == "Healthy" and end["stableVersion"] == "2", end
+    assert cluster.deployment("demo-mlscale-canary") is None and cluster.stable_version() == "2"
+    assert [e["outcome"] for e in end["history"]] == ["succeeded"]
+    assert "leading" in second.output()
+
+
+def test_of_two_replicas_only_the_leader_acts_and_the_other_takes_over(cluster: Cluster):
+    first = cluster.operators[0]
+    standby_faults = FaultProxy(cluster.admin.url, cluster.token, cluster.ca)
+    standby = cluster.start_operator("op-2", 3, standby_faults)
+    assert cluster.deploy("2").outcome == "succeeded"
+    lease = cluster.admin.get("leases", cluster.ns, "mlscale-operator")
+    assert lease["spec"]["holderIdentity"] == "op-1"
+    acted = {(v, r) for v, r, _ in standby_faults.calls if r != "leases"}
+    assert not acted, acted  # the standby read nothing but the Lease, wrote nothing else
+    assert "waiting to lead" in standby.output() and "leading" not in standby.output()
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    assert cluster.deploy("1", timeout=40, force=True).outcome == "succeeded"
+    assert (
+        cluster.admin.get("leases", cluster.ns, "mlscale-operator")["spec"]["holderIdentity"]
+        == "op-2"
+    )
+
+
+def test_the_controller_exports_its_metrics(cluster: Cluster):
+    cluster.deploy("2")
+    operator = cluster.operators[0]
+    # The controller counts once its status write is done: a moment after the CLI saw it.
+    succeeded = 'mlscale_operator_rollouts_total{outcome="succeeded"} 1.0'
+    wait_for(lambda: succeeded in operator.metrics(), 5, "the rollout counted")
+    text = operator.metrics()
+    assert 'mlscale_operator_rollout_phase{phase="Healthy",rollout="demo"} 1.0' in text
+    assert "mlscale_operator_leader 1.0" in text
+    ok = next(line for line in text.splitlines()
+              if line.startswith('mlscale_operator_reconciles_total{result="ok"}'))  # fmt: skip
+    assert float(ok.split()[-1]) >= 3
+
+
+def test_a_missing_release_is_degraded_with_a_sentence(cluster: Cluster):
+    cluster.admin.delete("deployments", cluster.ns, "demo-mlscale")
+    with pytest.raises(RolloutError, match=r"release 'demo' not found in namespace"):
+        cluster.deploy("2")
+    assert cluster.status()["phase"] == "Degraded"
+
+
+def test_without_a_controller_the_cli_says_none_is_running(
+    control_plane: Envtest, crd: None, helm: str, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setattr(client, "PICKUP_SECONDS", 1.0)
+    model = {"name": "iris", "version": "1"}
+    with (
+        start_cluster(control_plane, helm, tmp_path, model, operator=False) as c,
+        pytest.raises(RolloutError, match="no rollout controller took up the change"),
+    ):
+        c.deploy("2")
+
+
+# --- the API server as the controller sees it ------------------------------------------------
+
+
+def test_watches_resume_after_410_gone_and_a_dropped_connection(cluster: Cluster):
+    kube = Kube(Target(namespace=cluster.ns, host=cluster.url))
+
+    def lister(**kwargs):
+        return kube.apps.list_namespaced_deployment(cluster.ns, **kwargs)
+
+    stream = kube.watch(lister, "deployment demo-mlscale", 6, "metadata.name=demo-mlscale")
+    assert next(stream).metadata.name == "demo-mlscale"  # the list
+    cluster.faults.expire()  # compaction: the list's resourceVersion is now too old
+    again = next(stream)
+    assert again is not None and again.metadata.name == "demo-mlscale"  # listed again
+    cluster.faults.watches_to_drop = 1
+    assert next(s for s in stream if s is not None).metadata.name == "demo-mlscale"
+    assert cluster.faults.watches_to_drop == 0
+
+
+def test_a_half_open_watch_is_given_up(cluster: Cluster):
+    """The watch's connection stays up and nothing arrives: past its window plus the call
+    timeout it is taken for dead, and the client lists again instead of waiting forever."""
+    cluster.faults.watches_to_stall = 1
+    kube = Kube(Target(namespace=cluster.ns, host=cluster.url, timeout=1))
+
+    def lister(**kwargs):
+        return kube.apps.list_namespaced_deployment(cluster.ns, **kwargs)
+
+    started = time.monotonic()
+    stream = kube.watch(lister, "deployments", 20)
+    listed = [next(stream)]
+    while cluster.faults.watches_to_stall or len(listed) < 2:
+        item = next(stream)
+        if item is not None:
+            listed.append(item)
+    assert time.monotonic() - started < 15  # well inside: the window (5 s) + 1 s
 
 
 def test_api_errors_are_typed_and_only_conflicts_are_retried(cluster: Cluster):
-    kube = cluster.release().kube
+    kube = Kube(Target(namespace=cluster.ns, host=cluster.url))
     with pytest.raises(NotFound, match="404"):
         kube.call(kube.apps.read_namespaced_deployment, "nope", cluster.ns)
     attempts = []
@@ -558,35 +824,49 @@ def test_api_errors_are_typed_and_only_conflicts_are_retried(cluster: Cluster):
     with pytest.raises(NotFound):
         kube.retry_on_conflict(missing)
     assert len(attempts) == 1  # a missing object does not appear by retrying
-    with pytest.raises(NotFound, match="deployment nope"):
-        set_version(cluster.release(), "nope", "2", expected="1")
 
 
-def test_rbac_holds_the_operator_to_its_role(cluster: Cluster):
-    """The API server checks every call against k8s/rollout-rbac.yaml: outside it, 403."""
-    kube = cluster.release().kube
+def test_rbac_holds_the_controller_to_its_role(cluster: Cluster):
+    """The API server checks every call against the chart's Role: outside it, 403."""
+    kube = Kube(Target(namespace=cluster.ns, host=cluster.url))
     pod = cluster.pods()[0]["metadata"]["name"]
     with pytest.raises(Forbidden, match="403"):
         kube.call(kube.core.delete_namespaced_pod, pod, cluster.ns)
     with pytest.raises(Forbidden, match="403"):
         kube.call(kube.apps.list_namespaced_deployment, "default")
+    with pytest.raises(Forbidden, match="403"):  # it writes a rollout's status, never its spec
+        kube.call(kube.custom.patch_namespaced_custom_object, "mlscale.dev", "v1alpha1",
+                  cluster.ns, "modelrollouts", "demo", {"spec": {"version": "2"}})  # fmt: skip
     assert len(cluster.pods()) == 3
-    assert cluster.faults.refused == [("delete", "pods", cluster.ns),
-                                      ("list", "deployments", "default")]  # fmt: skip
+    assert ("delete", "pods", cluster.ns) in cluster.faults.refused
 
 
-def test_the_cli_says_what_went_wrong_and_exits_3_on_api_errors(cluster: Cluster):
-    cluster.admin.delete("deployments", cluster.ns, "demo-mlscale")
+def test_cli_status_history_and_exit_codes(cluster: Cluster):
     runner = CliRunner()
-    base = ["rollout", "--server", cluster.url, "-n", cluster.ns, "-r", "demo"]
-    result = runner.invoke(mlscale, [*base, "deploy", "--version", "2", "--force"])
-    said = " ".join(result.output.split())  # as one line: the console wraps at its width
-    assert result.exit_code == 2 and "not found" in said  # refused: no release
+    base = ["rollout", "--server", cluster.user_url, "-n", cluster.ns, "-r", "demo", "-o", "json"]
+    result = runner.invoke(mlscale, [*base, "deploy", "--version", "2", "--timeout", "20"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(runner.invoke(mlscale, [*base, "status"]).stdout)
+    assert status["rollout"]["phase"] == "Healthy" and status["rollout"]["stableVersion"] == "2"
+    (stable,) = status["tracks"]
+    assert stable["version"] == "2" and stable["ready"] == 3 and stable["desired"] == 3
+    assert {p["node"] for p in stable["pods"]} <= {"worker-1", "worker-2", "worker-3"}
+    history = json.loads(runner.invoke(mlscale, [*base, "history"]).stdout)
+    assert [e["version"] for e in history] == ["2"]
+    refused = runner.invoke(mlscale, [*base, "deploy", "--version", "3"])
+    assert refused.exit_code == 2 and "quality gate" in refused.stdout
+    cluster.fates["1"] = "never"
+    failed = runner.invoke(mlscale, [*base, "deploy", "--version", "1", "--force"])
+    assert failed.exit_code == 1 and "stable serves 2" in failed.stdout
+    text = runner.invoke(mlscale, [*base[:-2], "status"])
+    assert "rollout Degraded" in text.stdout
+
+
+def test_the_cli_exits_3_when_the_cluster_cannot_be_reached(cluster: Cluster):
     unreachable = ["rollout", "--server", "http://127.0.0.1:9", "-n", cluster.ns, "-r", "demo"]
-    result = runner.invoke(mlscale, [*unreachable, "status"])
-    said = " ".join(result.output.split())
+    result = CliRunner().invoke(mlscale, [*unreachable, "status"])
+    said = " ".join(result.output.split())  # as one line: the console wraps at its width
     assert result.exit_code == 3 and "cannot reach the API server" in said, said
-    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_explicit_flags_win_over_in_cluster_config_and_the_context_namespace_is_used(
@@ -610,62 +890,6 @@ def test_explicit_flags_win_over_in_cluster_config_and_the_context_namespace_is_
     assert Kube(Target(kubeconfig=str(kubeconfig), namespace="x")).namespace == "x"
 
 
-def answer_metrics(
-    cluster: Cluster, which: Callable[[dict], bool], answer: Callable[[int], tuple[int, str] | None]
-) -> None:
-    """The pods `which` picks answer their n-th scrape of /metrics (n from 1) with `answer(n)`,
-    or as usual when that is None; everything else as usual."""
-    scrapes: Counter[str] = Counter()
-
-    def respond(pod: dict, path: str) -> tuple[int, str] | None:
-        if path == "/metrics" and which(pod):
-            scrapes[pod["metadata"]["name"]] += 1
-            if (given := answer(scrapes[pod["metadata"]["name"]])) is not None:
-                return given
-        return cluster.pod_answers(pod, path)
-
-    cluster.respond = respond
-
-
-def test_a_stable_pod_that_stops_answering_does_not_abort_a_healthy_canary(cluster: Cluster):
-    """The HPA scales stable pods away while the canary is judged: one that no longer answers
-    its scrape is left out of the sample, not taken for a failed analysis."""
-    gone = sorted(p["metadata"]["name"] for p in cluster.pods())[0]
-    answer_metrics(cluster, lambda pod: pod["metadata"]["name"] == gone, lambda n: (503, "{}"))
-    assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
-
-
-def test_a_canary_short_of_requests_is_judged_over_a_longer_window(cluster: Cluster):
-    """Few long-lived client connections can miss a new canary pod for a while: too few
-    requests is a reason to look longer, not to abort a healthy canary."""
-    # The first two scrapes of each canary pod find no requests served.
-    answer_metrics(cluster, canary_pod, lambda n: (200, "") if n <= 2 else None)
-    assert run_canary(cluster.release(), "2", FAST, say=cluster.say).outcome == "succeeded"
-    step = [line for line in cluster.said if line.startswith("step 34%: canary")]
-    assert len(step) == 2, cluster.said
-    assert step[0].startswith("step 34%: canary 0 req in ") and "fewer than 20: judging" in step[0]
-    assert step[1].endswith("pass"), step
-
-
-def test_a_canary_that_never_gets_traffic_fails_after_its_longest_window(cluster: Cluster):
-    answer_metrics(cluster, canary_pod, lambda n: (200, ""))
-    with pytest.raises(RolloutError, match="canary saw 0 requests, fewer than 20; stable still"):
-        run_canary(cluster.release(), "2", FAST, say=cluster.say)
-    judged = [line for line in cluster.said if line.startswith("step 34%: canary")]
-    assert len(judged) == FAST.max_intervals and "FAIL" in judged[-1], cluster.said
-    assert cluster.stable_version() == "1" and cluster.deployment("demo-mlscale-canary") is None
-
-
-def test_a_canary_whose_metrics_cannot_be_read_is_not_taken_for_one_without_traffic(
-    cluster: Cluster,
-):
-    """Unread is not zero: the message says the canary's counters could not be read."""
-    answer_metrics(cluster, canary_pod, lambda n: (503, "{}"))
-    with pytest.raises(RolloutError, match=r"fewer than 20 \(2 of 2 pods unreadable\)"):
-        run_canary(cluster.release(), "2", FAST, say=cluster.say)
-    assert cluster.stable_version() == "1"
-
-
 # --- model images -------------------------------------------------------------------------
 
 IMAGE = "mlscale-model/iris"
@@ -684,12 +908,7 @@ def image_labels(name: str, version: str, metrics: dict[str, float]) -> str:
 def engine(tmp_path: Path, monkeypatch) -> Path:
     """A container engine CLI that knows a few model images: `image inspect` answers their
     labels as Docker does, and fails for any other image."""
-    images = {
-        f"{IMAGE}:1": image_labels("iris", "1", STORE["1"]),
-        f"{IMAGE}:2": image_labels("iris", "2", STORE["2"]),
-        f"{IMAGE}:3": image_labels("iris", "3", STORE["3"]),
-        "mlscale-model/other:2": image_labels("other", "2", {}),
-    }
+    images = {f"{IMAGE}:{v}": image_labels("iris", v, STORE[v]) for v in ("1", "2", "3")}
     folder = tmp_path / "images"
     folder.mkdir()
     for ref, labels in images.items():
@@ -707,7 +926,7 @@ def engine(tmp_path: Path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def image_cluster(control_plane: Envtest, helm: str, tmp_path: Path, engine: Path
+def image_cluster(control_plane: Envtest, crd: None, helm: str, tmp_path: Path, engine: Path
                   ) -> Iterator[Cluster]:  # fmt: skip
     model = {"name": "iris", "version": "1", "image": {"repository": IMAGE, "tag": "1"}}
     with start_cluster(control_plane, helm, tmp_path, model) as c:
@@ -721,56 +940,50 @@ def model_image(cluster: Cluster, deployment: str = "demo-mlscale") -> tuple[str
     return init["image"], d["metadata"]["annotations"]["mlscale.dev/model-image"]
 
 
+def cli(cluster: Cluster, *args: str) -> object:
+    base = ["rollout", "--server", cluster.user_url, "-n", cluster.ns, "-r", "demo"]
+    return CliRunner().invoke(mlscale, [*base, *args])
+
+
 def test_a_model_image_moves_with_its_version_and_back(image_cluster: Cluster):
     c = image_cluster
-    outcome = deploy(c.release(), None, model_image=f"{IMAGE}:2", say=c.say, timeout=20)
-    assert (outcome.outcome, outcome.version) == ("succeeded", "2")
+    moved = cli(c, "deploy", "--model-image", f"{IMAGE}:2", "--timeout", "30")  # version: its label
+    assert moved.exit_code == 0, moved.output
     assert c.stable_version() == "2" and model_image(c) == (f"{IMAGE}:2", f"{IMAGE}:2")
-    (entry,) = History(c.release().kube, "demo").read()
-    assert (entry.image, entry.previous_image) == (f"{IMAGE}:2", f"{IMAGE}:1")
-    base = ["rollout", "--server", c.url, "-n", c.ns, "-r", "demo"]
-    status = json.loads(CliRunner().invoke(mlscale, [*base, "-o", "json", "status"]).stdout)
+    (entry,) = c.status()["history"]
+    assert (entry["image"], entry["previousImage"]) == (f"{IMAGE}:2", f"{IMAGE}:1")
+    status = json.loads(cli(c, "-o", "json", "status").stdout)
     assert [(t["version"], t["model_image"]) for t in status["tracks"]] == [("2", f"{IMAGE}:2")]
-    rollback(c.release(), None, say=c.say, timeout=20)
+    assert cli(c, "rollback").exit_code == 0
     assert c.stable_version() == "1" and model_image(c) == (f"{IMAGE}:1", f"{IMAGE}:1")
 
 
 def test_a_failed_model_image_rollout_restores_the_old_image(image_cluster: Cluster):
     c = image_cluster
     c.fates["2"] = "never"
-    with pytest.raises(RolloutError, match="rolled back to 1"):
-        deploy(c.release(), "2", model_image=f"{IMAGE}:2", say=c.say, timeout=30)
+    with pytest.raises(RolloutError, match="stable serves 1"):
+        c.deploy("2", model_image=f"{IMAGE}:2")
     assert c.stable_version() == "1" and model_image(c) == (f"{IMAGE}:1", f"{IMAGE}:1")
 
 
-def test_the_quality_gate_reads_the_model_image(image_cluster: Cluster):
+def test_the_quality_gate_of_a_model_image_reads_its_own_pod(image_cluster: Cluster):
     c = image_cluster
-    with pytest.raises(Refused, match=r"accuracy 0.95 -> 0.8"):
-        deploy(c.release(), None, model_image=f"{IMAGE}:3", say=c.say)
-    with pytest.raises(Refused, match="holds model 'other'; this release serves 'iris'"):
-        deploy(c.release(), None, model_image="mlscale-model/other:2", say=c.say)
-    with pytest.raises(Refused, match="holds version 2, not 3"):
-        deploy(c.release(), "3", model_image=f"{IMAGE}:2", say=c.say)
-    with pytest.raises(Refused, match="not in the local container engine"):
-        deploy(c.release(), None, model_image=f"{IMAGE}:9", say=c.say)
+    with pytest.raises(RolloutError, match=r"accuracy 0.95 -> 0.8"):
+        c.canary("3", model_image=f"{IMAGE}:3")
     assert c.stable_version() == "1" and model_image(c)[0] == f"{IMAGE}:1"
-    assert not History(c.release().kube, "demo").read()
+    assert c.deployment("demo-mlscale-canary") is None
+    unknown = cli(c, "deploy", "--model-image", f"{IMAGE}:9")
+    assert unknown.exit_code == 2 and "not in the local container engine" in unknown.output
 
 
 def test_a_canary_of_a_model_image_is_promoted_with_it(image_cluster: Cluster):
     c = image_cluster
-    seen: list[tuple[str, str]] = []
-
-    def say(message: str) -> None:
-        if message.startswith("step 34%") and "canary" in message and "->" not in message:
-            seen.append(model_image(c, "demo-mlscale-canary"))
-
-    outcome = run_canary(c.release(), None, FAST, say=say, model_image=f"{IMAGE}:2")
-    assert outcome.outcome == "succeeded" and c.stable_version() == "2"
-    assert seen == [(f"{IMAGE}:2", f"{IMAGE}:2")]  # the canary ran the new image
+    assert c.canary("2", model_image=f"{IMAGE}:2").outcome == "succeeded"
+    created = [m for r, m in c.events() if r == "CanaryCreated"]
+    assert created and c.stable_version() == "2"
     assert model_image(c) == (f"{IMAGE}:2", f"{IMAGE}:2")
 
 
-def test_model_images_need_a_release_installed_with_one(cluster: Cluster, engine: Path):
+def test_model_images_need_a_release_installed_with_one(cluster: Cluster):
     with pytest.raises(Refused, match=r"installed without model\.image"):
-        deploy(cluster.release(), None, model_image=f"{IMAGE}:2", say=cluster.say)
+        cluster.deploy("2", model_image=f"{IMAGE}:2")

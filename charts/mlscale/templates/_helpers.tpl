@@ -135,3 +135,43 @@ mlscale.dev/model-image annotation) unless model.helmOwnsVersion is set.
 {{- $live | default (ternary (printf "%s:%s" .repository .tag) "" (ne .repository "")) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The version the ModelRollout declares. `helm upgrade` with a new model.version (or model.image)
+declares it, and the operator rolls it out. An upgrade that leaves them as they were keeps what
+the live resource declares, so a version set since with `mlscale rollout` is not reverted: the
+resource records the values it was last rendered from (mlscale.dev/values-version).
+*/}}
+{{- define "mlscale.rolloutVersion" -}}
+{{- $live := lookup "mlscale.dev/v1alpha1" "ModelRollout" .Release.Namespace .Release.Name -}}
+{{- $annotations := dig "metadata" "annotations" dict ($live | default dict) -}}
+{{- if and $live (eq (index $annotations "mlscale.dev/values-version" | default "") (include "mlscale.valuesVersion" .)) -}}
+{{- $live.spec.version -}}|{{- $live.spec.modelImage | default "" -}}
+{{- else -}}
+{{- .Values.model.version -}}|{{- with .Values.model.image }}{{ ternary (printf "%s:%s" .repository .tag) "" (ne .repository "") }}{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What the values declare, as one string: the version and the model image. */}}
+{{- define "mlscale.valuesVersion" -}}
+{{- .Values.model.version -}}|{{- with .Values.model.image }}{{ .repository }}:{{ .tag }}{{ end -}}
+{{- end -}}
+
+{{- define "mlscale.operatorName" -}}
+{{- printf "%s-operator" (include "mlscale.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mlscale.operatorSelectorLabels" -}}
+{{ include "mlscale.selectorLabels" . }}
+app.kubernetes.io/component: rollout-operator
+{{- end -}}
+
+{{- define "mlscale.operatorImage" -}}
+{{- with .Values.operator.image -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository (default $.Chart.AppVersion .tag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
