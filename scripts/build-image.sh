@@ -4,12 +4,12 @@
 # base with debootstrap and passes it as BASE_IMAGE. Prints the server image's tag.
 #   BASE_IMAGE=...     use this base instead of the Dockerfile's default
 #   TAG=...            server image tag (default mlscale:<project version>)
-#   OPERATOR_TAG=...   operator image tag (default mlscale-operator:<project version>)
+#   OPERATOR_TAG=...   operator image tag (default mlscale-operator:<the server tag>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 TAG=${TAG:-mlscale:$VERSION}
-OPERATOR_TAG=${OPERATOR_TAG:-mlscale-operator:$VERSION}
+OPERATOR_TAG=${OPERATOR_TAG:-mlscale-operator:${TAG##*:}}
 DOCKER=$(scripts/docker-engine.sh)
 DEFAULT_BASE=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 LOCAL_BASE=mlscale-base/debian-python:bookworm

@@ -199,3 +199,16 @@ def test_the_image_installs_one_namespace_and_says_which_extra_a_command_needs(
     probe = "import importlib.util as u; print(u.find_spec('service'), u.find_spec('mlscale'))"
     found = sh(*run, "python", "-c", probe)
     assert found.startswith("None ModuleSpec(name='mlscale'"), found
+
+
+def test_the_operator_image_carries_the_controller_and_no_model_runtime(docker: str, image: str):
+    """`make image` builds the controller's image beside the server's: non-root, the
+    Kubernetes client in, scikit-learn, numpy and pandas out, its entry point answering."""
+    operator = image.replace("mlscale:", "mlscale-operator:", 1)
+    run = [docker, "run", "--rm", *HARDENED]
+    probe = ("import importlib.util as u, os; print(os.getuid(), [m for m in ('sklearn', "
+             "'numpy', 'pandas', 'scipy', 'fastapi', 'pip') if u.find_spec(m)], "
+             "bool(u.find_spec('kubernetes')))")  # fmt: skip
+    assert sh(*run, "--entrypoint", "python", operator, "-c", probe) == "10001 [] True"
+    usage = sh(*run, operator, "--help")
+    assert "Run the rollout controller" in usage and "--lease-seconds" in usage
