@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlscale.rollout import options
+
 if TYPE_CHECKING:
     from mlscale.rollout.kube import Kube
     from mlscale.rollout.release import Release
@@ -62,13 +64,11 @@ def main(
     release: Annotated[str, typer.Option("--release", "-r", help="Helm release name.")] = "mlscale",
     namespace: Annotated[
         str | None,
-        typer.Option("--namespace", "-n", help="Namespace [default: the context's, else mlscale]."),
+        typer.Option("--namespace", "-n", help="Namespace (default: the context's, else mlscale)."),
     ] = None,
-    context: Annotated[str | None, typer.Option(help="kubeconfig context.")] = None,
-    kubeconfig: Annotated[str | None, typer.Option(help="kubeconfig file.")] = None,
-    server: Annotated[
-        str | None, typer.Option(help="API server URL, bypassing kubeconfig.", hidden=True)
-    ] = None,
+    context: options.Context = None,
+    kubeconfig: options.Kubeconfig = None,
+    server: options.Server = None,
     output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
 ) -> None:
     """Rolling and canary model upgrades with automatic rollback: a client of the release's
@@ -131,7 +131,7 @@ def _version(c: Ctx, version: str | None, model_image: str | None) -> str:
 
 
 VersionOpt = Annotated[
-    str | None, typer.Option(help="Model version to roll out [default: the model image's].")
+    str | None, typer.Option(help="Model version to roll out (default: the model image's).")
 ]
 ImageOpt = Annotated[
     str | None,

@@ -25,6 +25,7 @@ from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mlscale.rollout import options
 from mlscale.rollout.kube import ClusterError, Kube, NotFound, Target
 from mlscale.rollout.reconcile import RESYNC, Reconciler
 from mlscale.rollout.resource import GROUP, PHASES, PLURAL, VERSION
@@ -210,18 +211,16 @@ def operator(
         typer.Option(
             "--namespace",
             "-n",
-            help="Namespace to reconcile [default: the pod's, else the context's, else mlscale].",
+            help="Namespace to reconcile (default: the pod's, else the context's, else mlscale).",
         ),
     ] = None,
-    context: Annotated[str | None, typer.Option(help="kubeconfig context.")] = None,
-    kubeconfig: Annotated[str | None, typer.Option(help="kubeconfig file.")] = None,
-    server: Annotated[
-        str | None, typer.Option(help="API server URL, bypassing kubeconfig.", hidden=True)
-    ] = None,
+    context: options.Context = None,
+    kubeconfig: options.Kubeconfig = None,
+    server: options.Server = None,
     identity: Annotated[
         str | None,
         typer.Option(
-            help="This replica's name in the Lease [default: POD_NAME, else the host name]."
+            help="This replica's name in the Lease (default: POD_NAME, else the host name)."
         ),
     ] = None,
     lease: Annotated[str, typer.Option(help="Name of the Lease replicas elect a leader on.")] = (
