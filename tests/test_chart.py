@@ -400,11 +400,12 @@ def test_the_chart_declares_the_rollout_from_its_values(helm: str, tmp_path: Pat
     spec = ro["spec"]
     assert (spec["version"], spec["modelImage"]) == ("2", "mlscale-model/flowers:2")
     assert spec["strategy"]["type"] == "Rolling" and spec["qualityGate"]["enabled"] is True
-    assert (
-        ro["metadata"]["annotations"]["mlscale.dev/values-version"] == "2|mlscale-model/flowers:2"
-    )
+    digest = ro["metadata"]["annotations"]["mlscale.dev/values"]  # what it was rendered from
+    (again,) = by_kind(render(helm, tmp_path, values), "ModelRollout")
+    assert again["metadata"]["annotations"]["mlscale.dev/values"] == digest
     (default,) = by_kind(render(helm, tmp_path, {}), "ModelRollout")
     assert "modelImage" not in default["spec"]
+    assert default["metadata"]["annotations"]["mlscale.dev/values"] != digest
     assert [s["weight"] for s in default["spec"]["strategy"]["steps"]] == [10, 50, 100]
 
 

@@ -137,24 +137,23 @@ mlscale.dev/model-image annotation) unless model.helmOwnsVersion is set.
 {{- end -}}
 
 {{/*
-The version the ModelRollout declares. `helm upgrade` with a new model.version (or model.image)
-declares it, and the operator rolls it out. An upgrade that leaves them as they were keeps what
-the live resource declares, so a version set since with `mlscale rollout` is not reverted: the
-resource records the values it was last rendered from (mlscale.dev/values-version).
+The live ModelRollout, when its spec should be kept: it was rendered from the values given now.
+`helm upgrade` with a new model.version (or model.image, or rollout.*) declares what the values
+say, and the controller rolls it out; an upgrade that leaves them as they were keeps the live
+spec, so a version (and strategy) set since with `mlscale rollout` is neither reverted nor
+fought over (Helm 4's server-side apply would see another manager's fields).
 */}}
-{{- define "mlscale.rolloutVersion" -}}
+{{- define "mlscale.liveRollout" -}}
 {{- $live := lookup "mlscale.dev/v1alpha1" "ModelRollout" .Release.Namespace .Release.Name -}}
 {{- $annotations := dig "metadata" "annotations" dict ($live | default dict) -}}
-{{- if and $live (eq (index $annotations "mlscale.dev/values-version" | default "") (include "mlscale.valuesVersion" .)) -}}
-{{- $live.spec.version -}}|{{- $live.spec.modelImage | default "" -}}
-{{- else -}}
-{{- .Values.model.version -}}|{{- with .Values.model.image }}{{ ternary (printf "%s:%s" .repository .tag) "" (ne .repository "") }}{{ end -}}
+{{- if and $live (eq (index $annotations "mlscale.dev/values" | default "") (include "mlscale.rolloutValues" .)) -}}
+{{- toJson $live.spec -}}
 {{- end -}}
 {{- end -}}
 
-{{/* What the values declare, as one string: the version and the model image. */}}
-{{- define "mlscale.valuesVersion" -}}
-{{- .Values.model.version -}}|{{- with .Values.model.image }}{{ .repository }}:{{ .tag }}{{ end -}}
+{{/* A digest of the values the ModelRollout is rendered from. */}}
+{{- define "mlscale.rolloutValues" -}}
+{{- dict "version" .Values.model.version "image" .Values.model.image "rollout" .Values.rollout | toJson | sha256sum | trunc 16 -}}
 {{- end -}}
 
 {{- define "mlscale.operatorName" -}}
