@@ -327,14 +327,20 @@ def test_a_rollout_applied_as_yaml_resumes_after_its_controller_is_killed(cluste
     with steady_load() as failures:
         subprocess.run([tool("kubectl"), "--context", CONTEXT, "-n", NAMESPACE, "apply", "-f", "-"],
                        input=MODEL_ROLLOUT, text=True, check=True, capture_output=True)  # fmt: skip
-        wait_for(watch(lambda s: s.get("rollout", {}).get("stepStartedAt")), 180, "step 0")
-        killed.append(leader())
-        kubectl("-n", NAMESPACE, "delete", "pod", killed[-1], "--grace-period=0", "--force")
-        wait_for(watch(lambda s: s.get("rollout", {}).get("promoting")), 240, "the promotion")
-        killed.append(leader())
-        kill_in_its_node(killed[-1])
-        wait_for(watch(lambda s: s.get("phase") == "Healthy" and s["stableVersion"] == "2"),
-                 240, "the rollout to end Healthy", every=1)  # fmt: skip
+        try:
+            wait_for(watch(lambda s: s.get("rollout", {}).get("stepStartedAt")), 180, "step 0")
+            killed.append(leader())
+            kubectl("-n", NAMESPACE, "delete", "pod", killed[-1], "--grace-period=0", "--force")
+            wait_for(watch(lambda s: s.get("rollout", {}).get("promoting")), 240, "promotion",
+                     every=0.5)  # fmt: skip
+            killed.append(leader())
+            kill_in_its_node(killed[-1])
+            wait_for(watch(lambda s: s.get("phase") == "Healthy" and s["stableVersion"] == "2"),
+                     240, "the rollout to end Healthy", every=1)  # fmt: skip
+        except AssertionError as exc:
+            logs = kubectl("-n", NAMESPACE, "logs", "-l", "app.kubernetes.io/component="
+                           "rollout-operator", "--tail", "40", "--prefix")  # fmt: skip
+            raise AssertionError(f"{exc}\nseen: {seen}\nkilled: {killed}\n{logs}") from None
     assert failures == [], failures[:5]
     status = rollout_status()
     assert [e["outcome"] for e in status["history"]][-1] == "succeeded"
