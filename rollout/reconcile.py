@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client import V1Deployment
 
 from mlscale.rollout import canary, rolling
 from mlscale.rollout.gate import quality_gate
@@ -41,6 +42,15 @@ from mlscale.rollout.resource import (
 
 log = logging.getLogger("mlscale.operator")
 RESYNC = 30.0  # seconds between looks at a rollout with nothing under way
+# The status fields of a rollout under way, as they are once none is.
+NO_ROLLOUT: dict[str, Any] = {
+    "rollout": None,
+    "canaryVersion": None,
+    "canaryImage": None,
+    "currentStep": None,
+    "currentWeight": 0,
+    "trafficSplit": None,
+}
 
 
 class Rollout:
@@ -184,12 +194,10 @@ class Reconciler:
                 ro.handled(verb)
         live = (version_of(stable), model_image_of(stable) or "")
         if want == live:
-            if (orphan := canary.remove(release)) is not None:
-                ro.say("CanaryRemoved", f"removed {orphan}, left by an earlier rollout")
+            self._remove_orphan(ro, release)
             ro.status.pop("failedGeneration", None)
             ro.set(HEALTHY, f"serving version {live[0]}", stableVersion=live[0],
-                   stableImage=live[1], canaryVersion=None, canaryImage=None, currentStep=None,
-                   currentWeight=0, trafficSplit=None)  # fmt: skip
+                   stableImage=live[1], **NO_ROLLOUT)  # fmt: skip
             return RESYNC
         if ro.status.get("failedGeneration") == ro.generation and not ro.asked(RETRY):
             return RESYNC  # decided: tried again when the spec changes, or on a retry
@@ -197,10 +205,11 @@ class Reconciler:
         self._start(ro, release, stable, live)
         return 0
 
-    def _start(self, ro: Rollout, release: Release, stable: Any, live: tuple[str, str]) -> None:
+    def _start(
+        self, ro: Rollout, release: Release, stable: V1Deployment, live: tuple[str, str]
+    ) -> None:
         spec = ro.spec
-        if (orphan := canary.remove(release)) is not None:
-            ro.say("CanaryRemoved", f"removed {orphan}, left by an earlier rollout")
+        self._remove_orphan(ro, release)
         run: dict[str, Any] = {
             "strategy": spec.strategy,
             "version": spec.version,
@@ -234,6 +243,13 @@ class Reconciler:
                canaryImage=spec.model_image or "")  # fmt: skip
         ro.commit()  # the intent first: a successor finds the rollout even if we die now
 
+    @staticmethod
+    def _remove_orphan(ro: Rollout, release: Release) -> None:
+        """A canary no rollout in the status knows of: its controller died between creating
+        it and recording that (or it was made by hand)."""
+        if (orphan := canary.remove(release)) is not None:
+            ro.say("CanaryRemoved", f"removed {orphan}, left by an earlier rollout")
+
     def _refuse(self, ro: Rollout, run: dict[str, Any], why: str) -> None:
         ro.reason = "Refused"
         ro.say("Refused", why, warning=True)
@@ -241,7 +257,9 @@ class Reconciler:
         ro.set(DEGRADED, f"version {run['version']} refused: {why}",
                failedGeneration=ro.generation)  # fmt: skip
 
-    def _advance(self, ro: Rollout, release: Release, stable: Any, run: dict[str, Any]) -> float:
+    def _advance(
+        self, ro: Rollout, release: Release, stable: V1Deployment, run: dict[str, Any]
+    ) -> float:
         windows = self.windows.setdefault(ro.uid, {})
         outcome: Outcome
         try:
@@ -277,15 +295,20 @@ class Reconciler:
             ro.say("CanaryRemoved", f"removed {gone}")
         record(ro.status, run, "succeeded", "")
         ro.say("Promoted" if run["strategy"] == "Canary" else "RolledOut", message)
-        ro.set(HEALTHY, f"serving version {run['version']} ({message})", rollout=None,
+        ro.set(HEALTHY, f"serving version {run['version']} ({message})",
                stableVersion=run["version"], stableImage=run.get("image", ""),
-               canaryVersion=None, canaryImage=None, currentStep=None, currentWeight=0,
-               trafficSplit=None)  # fmt: skip
+               **NO_ROLLOUT)  # fmt: skip
         self.forget(ro.uid)
         return RESYNC
 
     def _end(
-        self, ro: Rollout, release: Release, stable: Any, phase: str, outcome: str, why: str
+        self,
+        ro: Rollout,
+        release: Release,
+        stable: V1Deployment,
+        phase: str,
+        outcome: str,
+        why: str,
     ) -> None:
         """Abort or roll back: the canary goes, stable returns to the version it served when
         the rollout began (a no-op unless a rolling update or a promotion had moved it)."""
@@ -303,7 +326,6 @@ class Reconciler:
         ro.reason = "Aborted" if phase == ABORTED else "RolledBack"
         ro.say(ro.reason, f"version {run['version']}: {why}", warning=True)
         ro.set(phase, f"version {run['version']} {verb}: {why}; stable serves {back}",
-               rollout=None, stableVersion=back, stableImage=run.get("previousImage", ""),
-               canaryVersion=None, canaryImage=None, currentStep=None, currentWeight=0,
-               trafficSplit=None, failedGeneration=ro.generation)  # fmt: skip
+               stableVersion=back, stableImage=run.get("previousImage", ""),
+               failedGeneration=ro.generation, **NO_ROLLOUT)  # fmt: skip
         self.forget(ro.uid)

@@ -302,8 +302,12 @@ spec:
   strategy:
     type: Canary
     steps: [{weight: 50, seconds: 15}, {weight: 100, seconds: 15}]
-  analysis: {minRequests: 10}
+  # Whole, as a manifest kept in Git is: `kubectl apply` keeps fields it does not name, such as
+  # the thresholds an earlier `mlscale rollout canary` set.
+  analysis: {maxErrorRate: 0.01, maxP99Ms: 250, maxP99Ratio: 1.5, minRequests: 10, maxIntervals: 3}
   qualityGate: {enabled: false}
+  progressTimeoutSeconds: 600
+  paused: false
 """
 
 
