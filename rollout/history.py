@@ -29,7 +29,3 @@ def record(status: dict[str, Any], run: dict[str, Any], outcome: str, detail: st
         detail, started, seconds, run.get("image", ""), run.get("previousImage", ""),
     )  # fmt: skip
     status["history"] = [*status.get("history", []), asdict(new)][-KEEP_HISTORY:]
-
-
-def read(status: dict[str, Any]) -> list[Entry]:
-    return [Entry(**e) for e in status.get("history", [])]
