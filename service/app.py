@@ -74,7 +74,7 @@ def build_api(settings: Settings, plane: DataPlane, router: Router) -> FastAPI:
 
 
 def create_app(settings: Settings) -> FastPath:
-    metrics = Metrics()
+    metrics = Metrics(settings.model.prediction_buckets)
     plane = DataPlane(settings.model, settings.batching, metrics)
     router = Router(table(Endpoints(plane, metrics, settings.server.max_body_bytes)))
     return FastPath(build_api(settings, plane, router), plane, metrics, router)

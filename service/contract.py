@@ -27,6 +27,11 @@ VERSION_HEADER = "x-model-version"
 REQUESTS = "mlscale_requests"  # a counter: exposed as mlscale_requests_total
 LATENCY = "mlscale_request_duration_seconds"  # a histogram
 REQUEST_LABELS = ("endpoint", "model", "version", "code")
+# What the models answered (their `predict` output), for comparing a canary's answers with
+# stable's: class counts for classifiers, a histogram of values for regressors.
+PREDICTIONS = "mlscale_predictions"  # a counter by model, version and label
+PREDICTION_VALUES = "mlscale_prediction_value"  # a histogram by model and version
+PREDICTION_BUCKETS_ENV = "MLSCALE_PREDICTION_BUCKETS"
 
 # --- Kubernetes labels and annotations (the chart writes them; the operator reads them) -------
 INSTANCE_LABEL = "app.kubernetes.io/instance"

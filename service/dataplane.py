@@ -142,6 +142,7 @@ class DataPlane:
             except Exception as exc:
                 raise self._failed(model, exc) from exc
             if answer is not None:
+                self._count(model, answer)
                 return answer
             x = np.array(x, dtype=np.float64)
         return await self.predict(model, x, outputs)
@@ -150,10 +151,18 @@ class DataPlane:
         batcher = self._batchers.get(model.version)
         try:
             if batcher is not None:
-                return await batcher.submit(x, outputs)
-            return model.predict(x, outputs)
+                answer = await batcher.submit(x, outputs)
+            else:
+                answer = model.predict(x, outputs)
         except Exception as exc:
             raise self._failed(model, exc) from exc
+        self._count(model, answer)
+        return answer
+
+    def _count(self, model: LoadedModel, answer: Outputs | RowOutputs) -> None:
+        """What the model answered, for comparing versions (metrics.PredictionStats)."""
+        if (predicted := answer.get("predict")) is not None:
+            self.metrics.predictions.observe(model.identity, model.classifier, predicted)
 
     def _failed(self, model: LoadedModel, exc: Exception) -> InferenceFailed:
         log.exception("%s/%s failed to predict", model.name, model.version)

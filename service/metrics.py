@@ -2,10 +2,12 @@
 times every request by endpoint, model, version and status code."""
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from math import inf
+from typing import Any
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -19,6 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 from mlscale.service import contract
 from mlscale.service.batching import BatchObserver
+from mlscale.service.settings import LOG_BUCKETS
 
 # Sub-millisecond buckets too: a linear model answers in well under a millisecond.
 LATENCY_BUCKETS = (
@@ -66,13 +69,83 @@ class RequestStats(Collector):
         yield latency
 
 
+class PredictionStats(Collector):
+    """What the models answered, by model and version: `mlscale_predictions_total` counts a
+    classifier's answers per label, `mlscale_prediction_value` is a histogram of a regressor's.
+    The rollout's analysis compares a canary's distribution with stable's over a step.
+
+    Only the `predict` output is counted, and only where a request computed it (the default
+    output). Lock-free, like RequestStats: updated and rendered on the event loop's thread."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._bounds_list = list(buckets)
+        self._le = [floatToGoString(b) for b in (*buckets, inf)]
+        self._classes: dict[tuple[str, str], dict[str, int]] = {}
+        # Per (model, version): a count for each bucket (not cumulative), +Inf, then the sum.
+        self._values: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, identity: tuple[str, str], classifier: bool, answers: Any) -> None:
+        """Count one request's `predict` answers: a list (small requests) or an array."""
+        if classifier:
+            counts = self._classes.setdefault(identity, {})
+            if isinstance(answers, np.ndarray):
+                labels, n = np.unique(answers, return_counts=True)
+                for label, k in zip(labels.tolist(), n.tolist(), strict=True):
+                    counts[str(label)] = counts.get(str(label), 0) + k
+            else:
+                for label in answers:
+                    key = str(label)
+                    counts[key] = counts.get(key, 0) + 1
+            return
+        values = self._values.get(identity)
+        if values is None:
+            values = self._values[identity] = [0] * (len(self._bounds_list) + 2)
+        if isinstance(answers, np.ndarray):
+            flat = answers.ravel().astype(np.float64)
+            flat = flat[~np.isnan(flat)]
+            # side="left" puts a value equal to a bound in that bound's bucket: le means <=.
+            at = np.bincount(np.searchsorted(self._bounds, flat), minlength=len(values) - 1)
+            for i, k in enumerate(at.tolist()):
+                values[i] += k
+            values[-1] += float(flat.sum())
+            return
+        for value in answers:
+            if isinstance(value, list):  # a multi-output regressor's row
+                self.observe(identity, False, value)
+            elif value == value:  # not NaN
+                values[bisect_left(self._bounds_list, value)] += 1
+                values[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        counts = CounterMetricFamily(
+            contract.PREDICTIONS, "Answers of a classifier's predict output, by label.",
+            labels=["model", "version", "label"],
+        )  # fmt: skip
+        for (model, version), by_label in self._classes.items():
+            for label, n in by_label.items():
+                counts.add_metric([model, version, label], n)
+        values = HistogramMetricFamily(
+            contract.PREDICTION_VALUES, "Values of a regressor's predict output.",
+            labels=["model", "version"],
+        )  # fmt: skip
+        for identity, buckets in self._values.items():
+            cumulative = list(accumulate(buckets[:-1]))
+            values.add_metric(list(identity), list(zip(self._le, cumulative, strict=True)),
+                              buckets[-1])  # fmt: skip
+        yield counts
+        yield values
+
+
 class Metrics(BatchObserver):
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, prediction_buckets: Sequence[float] = LOG_BUCKETS) -> None:
         self.registry = CollectorRegistry()
         self.requests = RequestStats(LATENCY_BUCKETS)
         self.registry.register(self.requests)
+        self.predictions = PredictionStats(prediction_buckets)
+        self.registry.register(self.predictions)
         # A plain counter read at scrape time: no lock on the request path.
         self.in_flight = 0
         Gauge(

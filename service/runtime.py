@@ -170,6 +170,11 @@ class LoadedModel:
         return self.manifest.version
 
     @property
+    def classifier(self) -> bool:
+        """Answers labels (counted per label) rather than values (a histogram)."""
+        return bool(self.manifest.labels)
+
+    @property
     def has_fast_path(self) -> bool:
         return self._fast is not None
 

@@ -4,11 +4,17 @@ One class per concern, each field documented; the objects are passed into constr
 never read as globals.
 """
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# 0 and +-{1, 2, 5} x 10^k for k in -2..4: 43 bounds, from -50000 to 50000.
+LOG_BUCKETS = tuple(
+    sorted({s * m * 10.0**k for s in (-1, 1) for k in range(-2, 5) for m in (1, 2, 5)} | {0.0})
+)
 
 
 class ModelSettings(BaseSettings):
@@ -34,12 +40,27 @@ class ModelSettings(BaseSettings):
         "(same answers, see runtime.py); false forces scikit-learn's `predict`.",
     )
 
-    @field_validator("extra_versions", mode="before")
+    prediction_buckets: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(LOG_BUCKETS),
+        description="Upper bounds of the histogram of a regressor's answers "
+        "(`mlscale_prediction_value`, comma-separated in the environment), which a canary's "
+        "output distribution is compared with stable's on. The default, 0 and +-1, 2, 5 x "
+        "10^-2..10^4, fits any scale coarsely; bounds around your model's range resolve it finely.",
+    )
+
+    @field_validator("extra_versions", "prediction_buckets", mode="before")
     @classmethod
-    def _split_versions(cls, raw: object) -> object:
+    def _split_list(cls, raw: object) -> object:
         if isinstance(raw, str):
             return [v.strip() for v in raw.split(",") if v.strip()]
         return raw
+
+    @model_validator(mode="after")
+    def _buckets_increase(self) -> "ModelSettings":
+        bounds = self.prediction_buckets
+        if not bounds or any(a >= b for a, b in pairwise(bounds)):
+            raise ValueError("prediction_buckets must be one or more strictly increasing numbers")
+        return self
 
 
 class BatchingSettings(BaseSettings):

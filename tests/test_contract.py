@@ -47,6 +47,8 @@ def test_the_operator_reads_the_servers_real_metrics_and_headers(iris):
     assert (contract.MODEL_METADATA, "iris", "2", "200") in labels
     assert (contract.INFER, "iris", "2", "400") in labels  # an error names the version too
     assert sum(served.buckets.values()) > 0 and served.quantile(0.99) > 0
+    # What the model answered, per label: ROW is a setosa (label 0) for both versions.
+    assert served.answers() == {"0": 7}
 
 
 def test_the_chart_writes_the_names_the_operator_reads(helm: str, tmp_path: Path):

@@ -37,3 +37,45 @@ def test_request_stats_match_prometheus_client_counter_and_histogram():
     for prefix in ("mlscale_requests_total", "mlscale_request_duration_seconds_"):
         expected = samples(generate_latest(registry), prefix)
         assert expected and samples(ours.render(), prefix) == expected
+
+
+def test_prediction_values_match_prometheus_client_histogram():
+    """A regressor's answers, from small requests (lists) and batches (arrays) alike, make the
+    histogram prometheus_client would; NaN (a missing value's answer) is left out."""
+    import numpy as np
+
+    bounds = (-1.0, 0.0, 0.5, 2.0, 10.0)
+    rng = random.Random(7)
+    values = [*bounds, -5.0, 99.0] + [rng.uniform(-3, 12) for _ in range(300)]
+    ours = Metrics(prediction_buckets=bounds)
+    registry = CollectorRegistry()
+    histogram = Histogram("mlscale_prediction_value", "Values of a regressor's predict output.",
+                          ["model", "version"], buckets=bounds, registry=registry)  # fmt: skip
+    for i in range(0, len(values), 10):
+        chunk = values[i : i + 10]
+        ours.predictions.observe(("linear", "1"), False, chunk if i % 20 else np.array(chunk))
+        for v in chunk:
+            histogram.labels("linear", "1").observe(v)
+    ours.predictions.observe(("linear", "1"), False, np.array([float("nan")]))
+    ours.predictions.observe(("linear", "1"), False, [float("nan")])
+    # Buckets only: with negative bounds, OpenMetrics has no _sum (nor, in prometheus_client's
+    # HistogramMetricFamily, _count); the analysis reads the buckets.
+    expected = samples(generate_latest(registry), "mlscale_prediction_value_bucket")
+    assert expected and samples(ours.render(), "mlscale_prediction_value_bucket") == expected
+
+
+def test_prediction_labels_are_counted_per_version():
+    import numpy as np
+
+    ours = Metrics()
+    ours.predictions.observe(("iris", "1"), True, [0, 2, 2])
+    ours.predictions.observe(("iris", "1"), True, np.array([2, 1]))
+    ours.predictions.observe(("flowers", "2"), True, np.array(["setosa", "setosa"], dtype=object))
+    text = ours.render().decode()
+    for line in (
+        'mlscale_predictions_total{label="0",model="iris",version="1"} 1.0',
+        'mlscale_predictions_total{label="1",model="iris",version="1"} 1.0',
+        'mlscale_predictions_total{label="2",model="iris",version="1"} 3.0',
+        'mlscale_predictions_total{label="setosa",model="flowers",version="2"} 2.0',
+    ):
+        assert line in text, text
