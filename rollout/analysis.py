@@ -3,15 +3,37 @@
 A snapshot is what one scrape of every pod of a track (stable or canary) says; the difference
 of two snapshots is what happened in between. Rates come from counter deltas and the p99 from
 histogram bucket deltas, interpolated inside a bucket the way PromQL's histogram_quantile does.
+
+Answers are compared too: the servers count what the model predicted (labels of a classifier,
+a histogram of a regressor's values), and a step fails when the canary's distribution is
+further from stable's than `max_output_drift` in total-variation distance (`output_drift`).
 """
 
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlscale.service.contract import INFER_ENDPOINTS, LATENCY, REQUESTS
+from mlscale.service.contract import (
+    INFER_ENDPOINTS,
+    LATENCY,
+    PREDICTION_VALUES,
+    PREDICTIONS,
+    REQUESTS,
+)
+
+# Fewest answers on each side that a distribution is compared on. Two samples of one
+# distribution differ by chance: with 200 answers over ten bins, by ~0.1 in total variation.
+DRIFT_MIN_SAMPLES = 200
+
+
+K = TypeVar("K", str, float)
+
+
+def _counts() -> defaultdict[str, float]:
+    return defaultdict(float)
 
 
 @dataclass
@@ -22,13 +44,21 @@ class Snapshot:
     errors: float = 0.0  # 5xx: the server's fault (4xx is the client's)
     # upper bound -> cumulative count
     buckets: defaultdict[float, float] = field(default_factory=lambda: defaultdict(float))
+    # What the model answered: label -> count (a classifier), upper bound -> cumulative count
+    # (a regressor's values).
+    labels: defaultdict[str, float] = field(default_factory=_counts)
+    values: defaultdict[float, float] = field(default_factory=lambda: defaultdict(float))
 
     def add_scrape(self, text: str) -> None:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.labels.get("endpoint") not in INFER_ENDPOINTS:
+                if sample.name == PREDICTIONS + "_total":
+                    self.labels[sample.labels["label"]] += sample.value
+                elif sample.name == PREDICTION_VALUES + "_bucket":
+                    self.values[float(sample.labels["le"])] += sample.value
+                elif sample.labels.get("endpoint") not in INFER_ENDPOINTS:
                     continue
-                if sample.name == REQUESTS + "_total":
+                elif sample.name == REQUESTS + "_total":
                     self.requests += sample.value
                     if sample.labels.get("code", "").startswith("5"):
                         self.errors += sample.value
@@ -41,21 +71,44 @@ class Snapshot:
         def delta(now: float, then: float) -> float:
             return now - then if now >= then else now
 
+        def deltas(now: dict[K, float], then: dict[K, float]) -> defaultdict[K, float]:
+            return defaultdict(float, {k: delta(n, then.get(k, 0.0)) for k, n in now.items()})
+
         return Snapshot(
             requests=delta(self.requests, earlier.requests),
             errors=delta(self.errors, earlier.errors),
-            buckets=defaultdict(
-                float,
-                {le: delta(n, earlier.buckets.get(le, 0.0)) for le, n in self.buckets.items()},
-            ),
+            buckets=deltas(self.buckets, earlier.buckets),
+            labels=deltas(self.labels, earlier.labels),
+            values=deltas(self.values, earlier.values),
         )
 
     def __add__(self, other: "Snapshot") -> "Snapshot":
         """Two pods' (or tracks') traffic together."""
-        buckets = defaultdict(float, self.buckets)
-        for le, n in other.buckets.items():
-            buckets[le] += n
-        return Snapshot(self.requests + other.requests, self.errors + other.errors, buckets)
+
+        def sums(a: dict[K, float], b: dict[K, float]) -> defaultdict[K, float]:
+            total = defaultdict(float, a)
+            for k, n in b.items():
+                total[k] += n
+            return total
+
+        return Snapshot(
+            self.requests + other.requests,
+            self.errors + other.errors,
+            sums(self.buckets, other.buckets),
+            sums(self.labels, other.labels),
+            sums(self.values, other.values),
+        )
+
+    def answers(self) -> dict[str, float]:
+        """The answers counted, as a distribution's raw counts: per label for a classifier,
+        per histogram bin (`<=bound`) for a regressor."""
+        if self.labels:
+            return dict(self.labels)
+        bins, below = {}, 0.0
+        for bound in sorted(self.values):
+            bins[f"<={bound:g}"] = self.values[bound] - below
+            below = self.values[bound]
+        return bins
 
     @property
     def error_rate(self) -> float:
@@ -80,13 +133,28 @@ class Snapshot:
         return lower_bound
 
 
+def output_drift(canary: Snapshot, stable: Snapshot) -> float:
+    """Total-variation distance between the two tracks' answer distributions: half the sum,
+    over labels (or histogram bins), of the difference in their shares; 0 when they answer
+    alike, 1 when they never give the same answer. Chosen over the population stability
+    index because it is bounded, symmetric and needs no smoothing of empty bins (where PSI is
+    infinite), and reads the same for labels and for bins: the share of answers that would
+    have to move for the two to agree."""
+    a, b = canary.answers(), stable.answers()
+    na, nb = sum(a.values()), sum(b.values())
+    if not na or not nb:
+        return math.nan
+    return sum(abs(a.get(k, 0.0) / na - b.get(k, 0.0) / nb) for k in a.keys() | b.keys()) / 2
+
+
 @dataclass(frozen=True)
 class Verdict:
     passed: bool
     reasons: list[str]
-    # Failed only for want of canary requests: more time may settle it (a few long-lived client
+    # Failed only for want of data: more time may settle it (a few long-lived client
     # connections can miss the canary for a while; see the server's connection lifetime).
     inconclusive: bool = False
+    drift: float | None = None  # total-variation distance of the answers, where judged
 
 
 def judge(
@@ -97,12 +165,16 @@ def judge(
     max_p99_ms: float,
     max_p99_ratio: float,
     min_requests: int,
+    max_output_drift: float = 1.0,
+    drift_required: bool = False,
 ) -> Verdict:
-    """One step's canary traffic against absolute limits, and its p99 against stable's."""
-    reasons = []
-    too_few = canary.requests < min_requests
-    if too_few:
-        reasons.append(f"canary saw {canary.requests:.0f} requests, fewer than {min_requests}")
+    """One step's canary traffic against absolute limits, its p99 against stable's, and its
+    answers against stable's. The answers are compared where both tracks gave at least
+    DRIFT_MIN_SAMPLES of them; with `drift_required` (a shadow step, which exists to compare
+    them) fewer is a want of data, like too few requests."""
+    reasons, wanting = [], []
+    if canary.requests < min_requests:
+        wanting.append(f"canary saw {canary.requests:.0f} requests, fewer than {min_requests}")
     if canary.error_rate > max_error_rate:
         reasons.append(f"canary error rate {canary.error_rate:.2%} > {max_error_rate:.2%}")
     p99, stable_p99 = canary.quantile(0.99) * 1000, stable.quantile(0.99) * 1000
@@ -112,4 +184,20 @@ def judge(
         reasons.append(
             f"canary p99 {p99:.1f} ms > {max_p99_ratio:g} x stable p99 {stable_p99:.1f} ms"
         )
-    return Verdict(passed=not reasons, reasons=reasons, inconclusive=too_few and len(reasons) == 1)
+    drift = None
+    answered = min(sum(canary.answers().values()), sum(stable.answers().values()))
+    if answered >= DRIFT_MIN_SAMPLES:
+        drift = output_drift(canary, stable)
+        if drift > max_output_drift:
+            reasons.append(
+                f"canary answers drift {drift:.3f} from stable's (total variation) > "
+                f"{max_output_drift:g}"
+            )
+    elif drift_required:
+        wanting.append(f"{answered:.0f} answers to compare, fewer than {DRIFT_MIN_SAMPLES}")
+    return Verdict(
+        passed=not reasons and not wanting,
+        reasons=reasons + wanting,
+        inconclusive=bool(wanting) and not reasons,
+        drift=drift,
+    )

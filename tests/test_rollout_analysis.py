@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mlscale.rollout.analysis import Snapshot, judge
+from mlscale.rollout.analysis import Snapshot, judge, output_drift
 from mlscale.rollout.canary import Scrape, traffic
 
 INFER = 'endpoint="/v2/models/{name}/infer",model="iris",version="2"'
@@ -100,3 +100,50 @@ def test_traffic_counts_new_pods_from_zero_and_leaves_out_pods_unread_at_the_sta
     later = Scrape(pods={pod: snap(scrape(190, 0, {"+Inf": 190})) for pod in after.pods})
     # the whole window for old (197 - 57) and new (from zero); unread since its first read
     assert traffic(before, later).requests == 140 + 197 + (197 - 97)
+
+
+def answers(labels: dict[str, float] | None = None, values: dict[str, float] | None = None) -> str:
+    """What the server exposes of its answers: class counts, or a histogram (cumulative)."""
+    lines = [f'mlscale_predictions_total{{label="{k}",model="iris",version="2"}} {n}'
+             for k, n in (labels or {}).items()]  # fmt: skip
+    lines += [f'mlscale_prediction_value_bucket{{le="{le}",model="linear",version="2"}} {n}'
+              for le, n in (values or {}).items()]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+LIMITS = {"max_error_rate": 0.01, "max_p99_ms": 50, "max_p99_ratio": 1.5, "min_requests": 20}
+
+
+def test_output_drift_is_the_total_variation_distance_of_the_answers():
+    # Classes: shares (.5, .3, .2) against (.6, .3, .1): (.1 + 0 + .1) / 2.
+    canary = snap(answers({"setosa": 250, "versicolor": 150, "virginica": 100}))
+    stable = snap(answers({"setosa": 600, "versicolor": 300, "virginica": 100}))
+    assert output_drift(canary, stable) == pytest.approx(0.1)
+    assert output_drift(canary, canary) == 0
+    assert output_drift(snap(answers({"a": 5})), snap(answers({"b": 5}))) == 1  # nothing shared
+    # A regressor's histogram: bins (<=0, <=1, <=+Inf) of 100/300/600 against 300/300/400.
+    canary = snap(answers(values={"0.0": 100, "1.0": 400, "+Inf": 1000}))
+    stable = snap(answers(values={"0.0": 300, "1.0": 600, "+Inf": 1000}))
+    assert canary.answers() == {"<=0": 100, "<=1": 300, "<=inf": 600}
+    assert output_drift(canary, stable) == pytest.approx((0.2 + 0 + 0.2) / 2)
+    # Windows subtract like counters do.
+    later = snap(answers({"setosa": 260, "versicolor": 150, "virginica": 140}))
+    window = later - snap(answers({"setosa": 250, "versicolor": 150, "virginica": 100}))
+    assert window.answers() == {"setosa": 10, "versicolor": 0, "virginica": 40}
+
+
+def test_a_canary_whose_answers_drift_fails_and_too_few_are_not_compared():
+    stable = snap(scrape(1000, 0, {"0.01": 1000, "+Inf": 1000}) + answers({"0": 500, "1": 500}))
+    traffic_ok = scrape(300, 0, {"0.01": 300, "+Inf": 300})
+    same = snap(traffic_ok + answers({"0": 151, "1": 149}))
+    assert judge(same, stable, max_output_drift=0.2, **LIMITS).passed
+    assert judge(same, stable, max_output_drift=0.2, **LIMITS).drift == pytest.approx(0.00333, 1e-2)
+    other = snap(traffic_ok + answers({"0": 290, "1": 10}))
+    verdict = judge(other, stable, max_output_drift=0.2, **LIMITS)
+    assert not verdict.passed and not verdict.inconclusive
+    assert verdict.reasons == ["canary answers drift 0.467 from stable's (total variation) > 0.2"]
+    few = snap(traffic_ok + answers({"0": 190, "1": 9}))  # 199 answers: not compared
+    assert judge(few, stable, max_output_drift=0.2, **LIMITS).passed
+    # A shadow step exists to compare answers: too few of them is a want of data.
+    verdict = judge(few, stable, max_output_drift=0.2, drift_required=True, **LIMITS)
+    assert verdict.inconclusive and verdict.reasons == ["199 answers to compare, fewer than 200"]
