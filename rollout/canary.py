@@ -1,6 +1,7 @@
-"""A canary, one look at a time: a second Deployment of the new version behind the same
-Service, traffic split by replica ratio in steps, each step judged from the pods' own /metrics;
-after the last step stable moves to the new version (a rolling update, see rolling.py).
+"""A canary, one look at a time: a second Deployment of the new version beside stable, given
+traffic in steps (by the gateway's route, per request, or by replica ratio behind the one
+Service, per connection: traffic.py), each step judged from the pods' own /metrics; after the
+last step stable moves to the new version (a rolling update, see rolling.py).
 
 Where a step stands lives in status.rollout (step, when its window began, how many intervals it
 has taken); only the scrape that opened the window is kept in memory. A controller that
@@ -20,6 +21,7 @@ from mlscale.rollout.analysis import Snapshot, judge
 from mlscale.rollout.gate import check_candidate
 from mlscale.rollout.kube import NotFound, Unavailable
 from mlscale.rollout.progress import (
+    Done,
     Failed,
     Outcome,
     State,
@@ -36,7 +38,8 @@ from mlscale.rollout.release import (
     version_patch,
 )
 from mlscale.rollout.release import strategic_merge as merge
-from mlscale.rollout.resource import Spec, now_iso, seconds_since
+from mlscale.rollout.resource import Spec, Step, now_iso, seconds_since
+from mlscale.rollout.traffic import Route, Split, canary_replicas, replica_ratio
 
 TRACKS = ("canary", "stable")
 PAUSED_LOOK = 5.0  # seconds between looks at a paused canary
@@ -118,16 +121,6 @@ def traffic(before: Scrape, after: Scrape) -> Snapshot:
     return total
 
 
-def split(weight: int, stable_replicas: int) -> tuple[int, str]:
-    """Canary replicas for a step's weight, and the share that gives, said as what it is."""
-    replicas = max(1, math.ceil(stable_replicas * weight / 100))
-    share = replicas / (replicas + stable_replicas)
-    return replicas, (
-        f"{replicas} canary and {stable_replicas} stable pods, ~{share:.0%} of connections "
-        "(replica ratio, per connection)"
-    )
-
-
 def advance(
     release: Release,
     stable: V1Deployment,
@@ -135,19 +128,24 @@ def advance(
     spec: Spec,
     windows: Windows,
     say: Say,
+    route: Route | None,
     promote: bool = False,
 ) -> Outcome:
-    """One step of the canary in status.rollout: create or scale it, wait for its pods, judge
-    its window; after the last step (or `promote`), promote it."""
+    """One step of the canary in status.rollout: create or scale it, wait for its pods, send
+    it the step's traffic (`route`: through the gateway; None: by replica ratio), judge its
+    window; after the last step (or `promote`), promote it."""
     run = status["rollout"]
     if run.get("promoting"):
-        return rolling.advance(release, stable, run, spec.timeout, spec.max_regression)
+        outcome = rolling.advance(release, stable, run, spec.timeout, spec.max_regression)
+        if isinstance(outcome, Done) and route is not None:
+            # Stable serves the new version: every request goes to it before the canary goes.
+            return _through(route, Split(), run, outcome)
+        return outcome
     target, image = run["version"], run.get("image") or None
     i = min(run.get("step", 0), len(spec.steps) - 1)
     step = spec.steps[i]
-    status["currentStep"], status["currentWeight"] = i, step.weight
-    replicas, share = split(step.weight, stable.spec.replicas or 1)
-    status["trafficSplit"] = share
+    status.update(currentStep=i, currentWeight=step.weight, currentMirror=step.mirror)
+    replicas = canary_replicas(max(step.weight, step.mirror), stable.spec.replicas or 1)
     canary, name = release.canary(), canary_name(stable)
     if canary is None:
         body = canary_body(stable, name, target, replicas, image)
@@ -156,7 +154,7 @@ def advance(
             "CanaryCreated",
             f"canary {name}: version {target} beside stable {run['previousVersion']}",
         )
-        return Wait(rolling.LOOK_AGAIN, f"step {i} ({step.weight}%): starting {name}")
+        return Wait(rolling.LOOK_AGAIN, f"step {i} ({label(step)}): starting {name}")
     if canary.spec.replicas != replicas:  # a new step, or the HPA moved stable
         release.kube.call(
             release.kube.apps.patch_namespaced_deployment,
@@ -164,7 +162,7 @@ def advance(
             release.namespace,
             {"spec": {"replicas": replicas}},
         )
-        return Wait(rolling.LOOK_AGAIN, f"step {i} ({step.weight}%): {share}")
+        return Wait(rolling.LOOK_AGAIN, f"step {i} ({label(step)}): {replicas} canary pods")
     if failure := failing_pods(release.pods("canary")):
         return Failed(failure)
     progress = rollout_progress(canary)
@@ -173,17 +171,43 @@ def advance(
     if progress.state is State.WAITING:
         if seconds_since(run.get("waitingSince") or run["startedAt"]) > spec.timeout:
             return Failed(f"{name} not ready within {spec.timeout} s ({progress.message})")
-        return Wait(rolling.LOOK_AGAIN, f"step {i} ({step.weight}%): {name} {progress.message}")
+        return Wait(rolling.LOOK_AGAIN, f"step {i} ({label(step)}): {name} {progress.message}")
     if wrong := release.wrong_version(target, "canary"):
         return Failed(wrong)
     if not check_candidate(release, run, spec.max_regression, "canary"):
         return Wait(rolling.LOOK_AGAIN)
+    if route is None:
+        status["trafficSplit"] = replica_ratio(release)
+    else:
+        split = Split(target, step.weight, step.mirror)
+        on_route = route.settle(split, run)
+        if on_route.state is State.FAILED:
+            return Failed(on_route.message)
+        if on_route.state is State.WAITING:
+            return Wait(rolling.LOOK_AGAIN, f"step {i} ({label(step)}): {on_route.message}")
+        status["trafficSplit"] = route.describe(split)
     if promote:
         return start_promotion(run, say, f"promoted by request at step {i}: skipping the rest")
     if spec.paused:
         run["stepStartedAt"] = None  # judged afresh once resumed
-        return Wait(PAUSED_LOOK, f"paused at step {i} ({step.weight}%, {share})", paused=True)
+        return Wait(PAUSED_LOOK, f"paused at step {i} ({label(step)}, {status['trafficSplit']})",
+                    paused=True)  # fmt: skip
     return judge_step(release, status, spec, windows, say, i)
+
+
+def label(step: Step) -> str:
+    """A step as people say it: its weight, or the share it mirrors."""
+    return f"shadow {step.mirror}%" if step.mirror else f"{step.weight}%"
+
+
+def _through(route: Route, split: Split, run: dict[str, Any], then: Outcome) -> Outcome:
+    """`then`, once the route does `split`."""
+    on_route = route.settle(split, run)
+    if on_route.state is State.FAILED:
+        return Failed(on_route.message)
+    if on_route.state is State.WAITING:
+        return Wait(rolling.LOOK_AGAIN, on_route.message)
+    return then
 
 
 def start_promotion(run: dict[str, Any], say: Say, why: str) -> Wait:
@@ -197,12 +221,14 @@ def judge_step(
 ) -> Outcome:
     """Open the step's window, or judge it once its seconds have passed."""
     run, step = status["rollout"], spec.steps[i]
+    name = f"step {i} ({label(step)})"
     key = f"{i}@{run.get('stepStartedAt')}"
     if key not in windows:  # a new step, or a controller that restarted mid-window
         run.update(stepStartedAt=now_iso(), intervals=1)
         windows.clear()
         windows[f"{i}@{run['stepStartedAt']}"] = {t: scrape(release, t) for t in TRACKS}
-        return Wait(step.seconds, f"step {i} ({step.weight}%): judging {step.seconds} s of traffic")
+        return Wait(step.seconds, f"{name}: judging {step.seconds} s of traffic; "
+                    f"{status.get('trafficSplit')}")  # fmt: skip
     elapsed = seconds_since(run["stepStartedAt"])
     due = step.seconds * run.get("intervals", 1)
     if elapsed < due:
@@ -216,12 +242,16 @@ def judge_step(
         max_p99_ms=spec.max_p99_ms,
         max_p99_ratio=spec.max_p99_ratio,
         min_requests=spec.min_requests,
+        max_output_drift=spec.max_output_drift,
+        drift_required=step.mirror > 0,  # a shadow step exists to compare the answers
     )
+    drift = "not compared" if verdict.drift is None else f"{verdict.drift:.3f}"
     figures = (
         f"canary {canary_t.requests:.0f} req{after['canary'].note()} in {elapsed:.0f} s, "
         f"errors {canary_t.error_rate:.2%}, p99 {canary_t.quantile(0.99) * 1000:.1f} ms"
         f" | stable {stable_t.requests:.0f} req{after['stable'].note()}, "
         f"errors {stable_t.error_rate:.2%}, p99 {stable_t.quantile(0.99) * 1000:.1f} ms"
+        f" | answers drift {drift}"
     )
     if verdict.inconclusive and run.get("intervals", 1) < spec.max_intervals:
         for t in TRACKS:
@@ -229,14 +259,14 @@ def judge_step(
         run["intervals"] = run.get("intervals", 1) + 1
         return Wait(
             step.seconds,
-            f"step {i} ({step.weight}%): canary {canary_t.requests:.0f} req"
-            f"{after['canary'].note()} in {elapsed:.0f} s, fewer than {spec.min_requests}: "
-            f"judging {step.seconds} s more",
+            f"{name}: canary {canary_t.requests:.0f} req{after['canary'].note()} in "
+            f"{elapsed:.0f} s; {'; '.join(verdict.reasons)}: judging {step.seconds} s more",
         )
     windows.clear()
     status["analysis"] = {
         "step": i,
         "weight": step.weight,
+        "mirror": step.mirror,
         "seconds": round(elapsed, 1),
         "canaryRequests": canary_t.requests,
         "canaryErrorRate": canary_t.error_rate,
@@ -244,19 +274,21 @@ def judge_step(
         "stableRequests": stable_t.requests,
         "stableErrorRate": stable_t.error_rate,
         "stableP99Ms": nan_to_none(stable_t.quantile(0.99) * 1000),
+        "outputDrift": None if verdict.drift is None else round(verdict.drift, 4),
+        "canaryAnswers": canary_t.answers(),
+        "stableAnswers": stable_t.answers(),
         "unreadablePods": len(after["canary"].unread) + len(after["stable"].unread),
         "passed": verdict.passed,
         "reasons": verdict.reasons,
     }
     if not verdict.passed:
         return Failed(
-            f"step {i} ({step.weight}%) failed: {'; '.join(verdict.reasons)}"
-            f"{after['canary'].note()} ({figures})"
+            f"{name} failed: {'; '.join(verdict.reasons)}{after['canary'].note()} ({figures})"
         )
-    say("StepPassed", f"step {i} ({step.weight}%): {figures} -> pass")
+    say("StepPassed", f"{name}: {figures} -> pass")
     if i + 1 < len(spec.steps):
         run.update(step=i + 1, stepStartedAt=None, intervals=0, waitingSince=now_iso())
-        return Wait(0, f"step {i} passed; step {i + 1}: {spec.steps[i + 1].weight}%")
+        return Wait(0, f"step {i} passed; step {i + 1}: {label(spec.steps[i + 1])}")
     return start_promotion(run, say, f"all {len(spec.steps)} steps passed")
 
 

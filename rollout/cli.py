@@ -184,8 +184,21 @@ def canary(
     version: VersionOpt = None,
     model_image: ImageOpt = None,
     steps: Annotated[
-        str, typer.Option(help="The canary's traffic in %, per step (replica ratio).")
+        str,
+        typer.Option(
+            help="The canary's share in %, per step: of requests through a gateway (0: only "
+            "requests pinned with the x-model-version header), else a replica ratio."
+        ),
     ] = "10,50,100",
+    shadow: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100,
+            help="First a shadow step: copy this % of requests to the canary, discard its "
+            "answers, and compare them with stable's (needs a gateway; 0: none).",
+        ),
+    ] = 0,
     interval: Annotated[int, typer.Option(min=1, help="Seconds of traffic judged per step.")] = 60,
     max_error_rate: Annotated[float, typer.Option(help="Most 5xx per request.")] = 0.01,
     max_p99_ms: Annotated[float, typer.Option(help="Highest canary p99 latency.")] = 250,
@@ -195,6 +208,15 @@ def canary(
         int,
         typer.Option(min=1, help="Intervals a step may take to see --min-requests requests."),
     ] = 3,
+    max_output_drift: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Largest total-variation distance of the canary's answers from stable's "
+            "(1: not checked).",
+        ),
+    ] = 0.2,
     wait: Annotated[bool, typer.Option(help="Follow the rollout to its end.")] = True,
     timeout: TimeoutOpt = 600,
     force: ForceOpt = False,
@@ -202,19 +224,35 @@ def canary(
 ) -> None:
     """Canary VERSION beside stable; the controller promotes it or aborts on live metrics.
 
-    Example:  mlscale rollout canary --version 2 --steps 10,50,100 --interval 60
+    Examples:  mlscale rollout canary --version 2 --steps 10,50,100 --interval 60
+               mlscale rollout canary --version 2 --shadow 50 --steps 5,50,100   (gateway)
     """
-    from mlscale.rollout.client import roll, spec_for
+    from mlscale.rollout.client import read, roll, spec_for
+    from mlscale.rollout.kube import Refused
+    from mlscale.rollout.resource import Traffic
 
     try:
         weights = [int(s) for s in steps.split(",")]
     except ValueError:
         raise typer.BadParameter("steps are percentages, e.g. 10,50,100") from None
-    if any(not 1 <= w <= 100 for w in weights) or weights != sorted(set(weights)):
-        raise typer.BadParameter("steps are strictly increasing percentages from 1 to 100")
+    if any(not 0 <= w <= 100 for w in weights) or weights != sorted(set(weights)):
+        raise typer.BadParameter("steps are strictly increasing percentages from 0 to 100")
+    if shadow and weights[0] == 0:
+        raise typer.BadParameter("--shadow is a step of weight 0 already: start --steps above 0")
 
     def act(c: Ctx) -> Any:
-        steps = [{"weight": w, "seconds": interval} for w in weights]
+        kube = c.kube()
+        traffic = Traffic.parse(read(kube, c.release_name)["spec"].get("traffic"))
+        if (shadow or 0 in weights) and not traffic.gateway:
+            raise Refused(
+                "a shadow step and a step of 0% need the release's traffic to go through a "
+                "gateway (spec.traffic.router Gateway, the chart's gateway.enabled): without "
+                "one a canary takes a share of the pods' connections, and nothing copies "
+                "requests to it; nothing was changed"
+            )
+        steps = ([{"weight": 0, "mirror": shadow, "seconds": interval}] if shadow else []) + [
+            {"weight": w, "seconds": interval} for w in weights
+        ]
         spec = spec_for(_version(c, version, model_image), model_image, force=force,
                         strategy={"type": "Canary", "steps": steps},
                         max_regression=max_regression, timeout=timeout)  # fmt: skip
@@ -224,10 +262,11 @@ def canary(
             "maxP99Ratio": max_p99_ratio,
             "minRequests": min_requests,
             "maxIntervals": max_intervals,
+            "maxOutputDrift": max_output_drift,
         }
         # A whole run's worth of following: every step, its retries, and the promotion.
-        follow = max(timeout, len(weights) * interval * max_intervals + timeout)
-        return roll(c.kube(), c.release_name, spec, say=c.say, timeout=follow, wait=wait)
+        follow = max(timeout, len(steps) * interval * max_intervals + timeout)
+        return roll(kube, c.release_name, spec, say=c.say, timeout=follow, wait=wait)
 
     run(ctx, act)
 
@@ -313,8 +352,8 @@ def _print_status(s: dict[str, Any]) -> None:
     if r := s["rollout"]:
         out.print(f"rollout [bold]{r['phase']}[/]: {r['message']}", markup=True)
         if r["canaryVersion"] and r["currentStep"] is not None:
-            out.print(f"  canary {r['canaryVersion']} at step {r['currentStep']}, "
-                      f"{r['currentWeight']}%: {r['trafficSplit']}")  # fmt: skip
+            out.print(f"  canary {r['canaryVersion']} at step {r['currentStep']}: "
+                      f"{r['trafficSplit']}")  # fmt: skip
     images = any(t["model_image"] for t in s["tracks"])
     columns = ["track", "version", *(["model image"] if images else [])]
     table = Table(*columns, "desired", "updated", "ready", "available", "rollout")

@@ -39,6 +39,7 @@ from mlscale.rollout.resource import (
     now_iso,
     request_annotation,
 )
+from mlscale.rollout.traffic import Route, Split
 
 log = logging.getLogger("mlscale.operator")
 RESYNC = 30.0  # seconds between looks at a rollout with nothing under way
@@ -49,6 +50,7 @@ NO_ROLLOUT: dict[str, Any] = {
     "canaryImage": None,
     "currentStep": None,
     "currentWeight": 0,
+    "currentMirror": None,
     "trafficSplit": None,
 }
 
@@ -68,6 +70,15 @@ class Rollout:
         self.written = copy.deepcopy(self.status)
         self.reason = ""  # the Healthy condition's reason, when it is not the phase's own
         self.events: list[tuple[str, str, str]] = []
+
+    def route(self, release: Release, stable: V1Deployment) -> Route | None:
+        """The release's HTTPRoute, where traffic goes through a gateway; None where it is split
+        by replica ratio. Objects the controller makes for it are owned by this resource."""
+        if not self.spec.traffic.gateway:
+            return None
+        owner = {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid,
+                 "controller": True}  # fmt: skip
+        return Route(release, stable, self.spec.traffic, owner)
 
     def asked(self, verb: str) -> bool:
         """A request annotation (abort, promote, retry) not acted on yet."""
@@ -194,7 +205,7 @@ class Reconciler:
                 ro.handled(verb)
         live = (version_of(stable), model_image_of(stable) or "")
         if want == live:
-            self._remove_orphan(ro, release)
+            self._remove_orphan(ro, release, stable)
             ro.status.pop("failedGeneration", None)
             ro.set(HEALTHY, f"serving version {live[0]}", stableVersion=live[0],
                    stableImage=live[1], **NO_ROLLOUT)  # fmt: skip
@@ -209,7 +220,7 @@ class Reconciler:
         self, ro: Rollout, release: Release, stable: V1Deployment, live: tuple[str, str]
     ) -> None:
         spec = ro.spec
-        self._remove_orphan(ro, release)
+        self._remove_orphan(ro, release, stable)
         run: dict[str, Any] = {
             "strategy": spec.strategy,
             "version": spec.version,
@@ -221,6 +232,9 @@ class Reconciler:
             "step": 0,
             "gated": not spec.gate,
         }
+        route = ro.route(release, stable)
+        if route is not None and (why := route.unusable()) is not None:
+            return self._refuse(ro, run, f"traffic cannot move through the gateway: {why}")
         if spec.model_image and not live[1]:
             return self._refuse(ro, run, f"{name_of(stable)} serves the models of its server "
                                 "image (installed without model.image): a model image cannot be "
@@ -244,9 +258,12 @@ class Reconciler:
         ro.commit()  # the intent first: a successor finds the rollout even if we die now
 
     @staticmethod
-    def _remove_orphan(ro: Rollout, release: Release) -> None:
+    def _remove_orphan(ro: Rollout, release: Release, stable: V1Deployment) -> None:
         """A canary no rollout in the status knows of: its controller died between creating
-        it and recording that (or it was made by hand)."""
+        it and recording that (or it was made by hand); and a route that still sends it
+        requests."""
+        if (route := ro.route(release, stable)) is not None and route.set(Split()):
+            ro.say("RouteReset", f"HTTPRoute {route.name}: every request to stable")
         if (orphan := canary.remove(release)) is not None:
             ro.say("CanaryRemoved", f"removed {orphan}, left by an earlier rollout")
 
@@ -267,8 +284,9 @@ class Reconciler:
                 promote = ro.asked(PROMOTE)
                 ro.handled(PROMOTE)
                 outcome = canary.advance(
-                    release, stable, ro.status, ro.spec, windows, ro.say, promote
-                )
+                    release, stable, ro.status, ro.spec, windows, ro.say,
+                    ro.route(release, stable), promote,
+                )  # fmt: skip
             else:
                 outcome = rolling.advance(
                     release, stable, run, ro.spec.timeout, ro.spec.max_regression
@@ -314,6 +332,11 @@ class Reconciler:
         the rollout began (a no-op unless a rolling update or a promotion had moved it)."""
         run = ro.status["rollout"]
         back, image = run["previousVersion"], run.get("previousImage") or None
+        if (route := ro.route(release, stable)) is not None:
+            try:  # requests leave the canary before it goes (it drains what is in flight)
+                route.set(Split())
+            except Refused as exc:  # no route, or no Service to send stable's requests to
+                ro.say("RouteNotReset", str(exc), warning=True)
         if (gone := canary.remove(release)) is not None:
             ro.say("CanaryRemoved", f"removed {gone}")
         if version_of(stable) != back or (image and model_image_of(stable) != image):

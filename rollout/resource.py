@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from mlscale.service.contract import VERSION_HEADER
+
 GROUP, VERSION, PLURAL, KIND = "mlscale.dev", "v1alpha1", "modelrollouts", "ModelRollout"
 API_VERSION = f"{GROUP}/{VERSION}"
 
@@ -30,11 +32,40 @@ def request_annotation(verb: str) -> str:
 
 KEEP_HISTORY = 20  # the CRD's maxItems for status.history
 
+# spec.traffic: how a canary meets requests (traffic.py), and how the gateway is told.
+REPLICA_RATIO, GATEWAY = "ReplicaRatio", "Gateway"
+STANDARD, TRAEFIK = "Standard", "Traefik"
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """spec.traffic, with the CRD's defaults."""
+
+    router: str = REPLICA_RATIO
+    implementation: str = STANDARD
+    pin_header: str = VERSION_HEADER
+    retries: int = 1
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any] | None) -> "Traffic":
+        spec = spec or {}
+        return cls(
+            router=spec.get("router", cls.router),
+            implementation=spec.get("implementation", cls.implementation),
+            pin_header=spec.get("pinHeader", cls.pin_header),
+            retries=int(spec.get("retries", cls.retries)),
+        )
+
+    @property
+    def gateway(self) -> bool:
+        return self.router == GATEWAY
+
 
 @dataclass(frozen=True)
 class Step:
     weight: int  # canary traffic in %
     seconds: int  # of traffic judged
+    mirror: int = 0  # % of requests copied to the canary, its answers discarded (a shadow step)
 
 
 @dataclass(frozen=True)
@@ -53,15 +84,17 @@ class Spec:
     max_p99_ratio: float = 1.5
     min_requests: int = 20
     max_intervals: int = 3
+    max_output_drift: float = 0.2
     gate: bool = True
     max_regression: float = 0.05
+    traffic: Traffic = Traffic()
 
     @classmethod
     def parse(cls, spec: dict[str, Any]) -> "Spec":
         strategy = spec.get("strategy") or {}
         analysis = spec.get("analysis") or {}
         gate = spec.get("qualityGate") or {}
-        steps = tuple(Step(int(s["weight"]), int(s.get("seconds", 60)))
+        steps = tuple(Step(int(s["weight"]), int(s.get("seconds", 60)), int(s.get("mirror", 0)))
                       for s in strategy.get("steps") or ()) or cls.steps  # fmt: skip
         return cls(
             version=str(spec["version"]),
@@ -75,8 +108,10 @@ class Spec:
             max_p99_ratio=float(analysis.get("maxP99Ratio", cls.max_p99_ratio)),
             min_requests=int(analysis.get("minRequests", cls.min_requests)),
             max_intervals=int(analysis.get("maxIntervals", cls.max_intervals)),
+            max_output_drift=float(analysis.get("maxOutputDrift", cls.max_output_drift)),
             gate=bool(gate.get("enabled", True)),
             max_regression=float(gate.get("maxRegression", cls.max_regression)),
+            traffic=Traffic.parse(spec.get("traffic")),
         )
 
 

@@ -63,7 +63,7 @@ def status(release: Release) -> dict[str, Any]:
     except Refused:  # a release from before ModelRollouts: its Deployments alone
         resource = {}
     keys = ("phase", "message", "stableVersion", "canaryVersion", "currentStep",
-            "currentWeight", "trafficSplit", "analysis")  # fmt: skip
+            "currentWeight", "currentMirror", "trafficSplit", "analysis")  # fmt: skip
     return {
         "release": release.name,
         "namespace": release.namespace,

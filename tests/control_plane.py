@@ -42,6 +42,10 @@ KINDS = {
     "Event": ("v1", "events"),
     "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions"),
     "ModelRollout": ("mlscale.dev/v1alpha1", "modelrollouts"),
+    "HTTPRoute": ("gateway.networking.k8s.io/v1", "httproutes"),
+    "Gateway": ("gateway.networking.k8s.io/v1", "gateways"),
+    "Middleware": ("traefik.io/v1alpha1", "middlewares"),
+    "TraefikService": ("traefik.io/v1alpha1", "traefikservices"),
 }
 API_VERSIONS = {plural: api for api, plural in KINDS.values()}
 

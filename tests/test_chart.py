@@ -23,6 +23,13 @@ VALUE_SETS = {
         "networkPolicy": {"enabled": True, "from": [{"namespaceSelector": {}}]},
     },
     "networkpolicy-off": {"networkPolicy": {"enabled": False}},
+    "gateway": {
+        "gateway": {
+            "enabled": True,
+            "parentRefs": [{"name": "shared", "namespace": "gateways"}],
+            "implementation": "Traefik",
+        },
+    },
     "model-image": {
         "model": {
             "name": "flowers",
@@ -62,10 +69,10 @@ def render(helm: str, tmp_path: Path, values: dict, *extra: str) -> list[dict]:
 
 
 def kubernetes_kinds(docs: list[dict]) -> list[dict]:
-    """The objects Kubernetes' own schemas know: not those of CRDs (ServiceMonitor, and our
-    ModelRollout, which the real API server validates in test_rollout.py)."""
-    return [d for d in docs if not d["apiVersion"].startswith(("monitoring.coreos.com/",
-                                                              "mlscale.dev/"))]  # fmt: skip
+    """The objects Kubernetes' own schemas know: not those of CRDs (ServiceMonitor, the
+    HTTPRoute, and our ModelRollout, which the real API server validates in test_rollout.py)."""
+    return [d for d in docs if not d["apiVersion"].startswith(
+        ("monitoring.coreos.com/", "mlscale.dev/", "gateway.networking.k8s.io/"))]  # fmt: skip
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -429,3 +436,68 @@ def test_the_operator_runs_with_least_privilege_and_can_be_switched_off(helm: st
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
     off = render(helm, tmp_path, {"operator": {"enabled": False}})
     assert not [d for d in off if "operator" in d["metadata"]["name"]]
+
+
+def test_with_a_gateway_each_track_has_a_service_and_the_route_sends_all_to_stable(
+    helm: str, tmp_path: Path
+):
+    docs = render(helm, tmp_path, VALUE_SETS["gateway"])
+    pods = server_deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    stable, canary = by_kind(docs, "Service")
+    assert stable["spec"]["selector"]["mlscale.dev/track"] == "stable"  # clients meet no canary
+    assert canary["metadata"]["name"] == "demo-mlscale-canary"
+    assert canary["spec"]["selector"] == {
+        **stable["spec"]["selector"],
+        "mlscale.dev/track": "canary",
+    }
+    assert stable["spec"]["selector"].items() <= pods.items()
+    (route,) = by_kind(docs, "HTTPRoute")
+    assert route["metadata"]["name"] == "demo-mlscale"  # the name the controller derives
+    assert route["spec"]["parentRefs"] == [{"name": "shared", "namespace": "gateways"}]
+    (rule,) = route["spec"]["rules"]
+    assert rule["backendRefs"] == [{"group": "", "kind": "Service", "name": "demo-mlscale",
+                                    "port": 80, "weight": 100}]  # fmt: skip
+    (ro,) = by_kind(docs, "ModelRollout")
+    assert ro["spec"]["traffic"] == {"router": "Gateway", "implementation": "Traefik",
+                                     "pinHeader": "x-model-version", "retries": 1}  # fmt: skip
+    (role,) = by_kind(docs, "Role")
+    allowed = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"]}  # fmt: skip
+    assert allowed[("gateway.networking.k8s.io", "httproutes")] == {"get", "patch"}
+    assert allowed[("traefik.io", "traefikservices")] == {"get", "create", "patch"}
+    # Without one: one Service over both tracks, no route, the split a replica ratio.
+    plain = render(helm, tmp_path, {})
+    assert len(by_kind(plain, "Service")) == 1 and not by_kind(plain, "HTTPRoute")
+    assert by_kind(plain, "ModelRollout")[0]["spec"]["traffic"] == {"router": "ReplicaRatio"}
+    assert ("gateway.networking.k8s.io", "httproutes") not in {
+        (g, r) for rule in by_kind(plain, "Role")[0]["rules"] for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }  # fmt: skip
+
+
+def test_a_gateway_of_the_releases_own(helm: str, tmp_path: Path):
+    values = {"gateway": {"enabled": True, "create": {"enabled": True, "className": "eg"}}}
+    docs = render(helm, tmp_path, values)
+    (gateway,) = by_kind(docs, "Gateway")
+    assert gateway["spec"]["gatewayClassName"] == "eg"
+    (route,) = by_kind(docs, "HTTPRoute")
+    assert route["spec"]["parentRefs"] == [{"name": gateway["metadata"]["name"]}]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"gateway": {"enabled": True}}, "gateway.enabled needs a Gateway to attach the route to"),
+        ({"gateway": {"enabled": True, "create": {"enabled": True}}},
+         "gateway.create.enabled needs gateway.create.className"),
+        ({"rollout": {"steps": [{"weight": 0, "mirror": 20}, {"weight": 50}]}},
+         "a step of weight 0 (pinned requests only) or one that mirrors needs a gateway"),
+        ({"rollout": {"steps": [{"weight": 101}]}}, "weight"),
+        ({"gateway": {"enabled": True, "parentRefs": [{"name": "g"}], "implementation": "Envoy"}},
+         "implementation"),
+    ],
+    ids=["no-parent", "no-class", "mirror-without-gateway", "weight-over-100", "implementation"],
+)  # fmt: skip
+def test_gateway_values_that_cannot_work_are_refused(helm: str, tmp_path: Path, values, message):
+    result = run_helm(helm, "template", "demo", str(CHART), values=values, tmp_path=tmp_path)
+    assert result.returncode != 0 and message in result.stderr, result.stderr

@@ -32,6 +32,7 @@ from mlscale.service.store import Manifest
 from tests.apiproxy import FaultProxy
 from tests.conftest import ROOT, Envtest, free_port
 from tests.control_plane import ADMIN_TOKEN, Admin, ApiServerError
+from tests.gateway import Gateway
 from tests.kubelet import Tenant
 from tests.test_chart import render
 
@@ -99,6 +100,10 @@ class Cluster:
     error_rate: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     slow: set[str] = field(default_factory=set)
     served: Counter[str] = field(default_factory=Counter)  # pod -> requests so far
+    # version -> share of each label in what its pods answer (4 rows a request)
+    answers: dict[str, dict[str, float]] = field(
+        default_factory=lambda: defaultdict(lambda: {"0": 0.5, "1": 0.5})
+    )
     said: list[str] = field(default_factory=list)
     respond: PodAnswer | None = None  # how the pods answer HTTP; `pod_answers` unless replaced
     operators: list[Operator] = field(default_factory=list)
@@ -213,12 +218,18 @@ class Cluster:
             errors = round(n * self.error_rate[version])
             le = "0.5" if version in self.slow else "0.005"
             labels = f'endpoint="/v2/models/{{name}}/infer",model="iris",version="{version}"'
+            answered = [
+                f'mlscale_predictions_total{{label="{label}",model="iris",version="{version}"}} '
+                f"{round(4 * n * share)}"
+                for label, share in self.answers[version].items()
+            ]
             return 200, "\n".join(
                 [
                     f'mlscale_requests_total{{code="200",{labels}}} {n - errors}',
                     f'mlscale_requests_total{{code="500",{labels}}} {errors}',
                     f'mlscale_request_duration_seconds_bucket{{code="200",{labels},le="{le}"}} {n}',
                     f'mlscale_request_duration_seconds_bucket{{code="200",{labels},le="+Inf"}} {n}',
+                    *answered,
                 ]
             ) + "\n"
         return 404, "{}"
@@ -241,12 +252,13 @@ def crd(control_plane: Envtest) -> None:
 
 @contextmanager
 def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict,
-                  operator: bool = True) -> Iterator[Cluster]:  # fmt: skip
-    """The chart rendered with these model values and created in a namespace of its own, its
-    pods run by the simulated nodes, and (unless `operator` is False) a controller started."""
+                  operator: bool = True, **values: object) -> Iterator[Cluster]:  # fmt: skip
+    """The chart rendered with these model values (and any others) and created in a namespace
+    of its own, its pods run by the simulated nodes, and (unless `operator` is False) a
+    controller started."""
     plane, admin = envtest.plane, envtest.plane.admin
     ns = plane.namespace()
-    docs = render(helm, tmp_path, {"model": model, "progressDeadlineSeconds": 2})
+    docs = render(helm, tmp_path, {"model": model, "progressDeadlineSeconds": 2, **values})
     for doc in docs:
         if "helm.sh/hook" in doc["metadata"].get("annotations", {}):
             continue  # helm test's pod: not part of the release
@@ -307,8 +319,20 @@ def test_the_chart_renders_a_healthy_rollout_with_its_defaults_and_conditions(cl
     ("spec", "message"),
     [
         (
-            {"version": "2", "strategy": {"steps": [{"weight": 0}]}},
-            "should be greater than or equal to 1",
+            {"version": "2", "strategy": {"steps": [{"weight": 101}]}},
+            "should be less than or equal to 100",
+        ),
+        (
+            {"version": "2", "strategy": {"steps": [{"weight": 0}, {"weight": 50}]}},
+            "a step of weight 0 or one that mirrors needs spec.traffic.router Gateway",
+        ),
+        (
+            {
+                "version": "2",
+                "traffic": {"router": "Gateway"},
+                "strategy": {"steps": [{"weight": 10, "mirror": 20}]},
+            },
+            "a shadow step (mirror > 0) sends users nothing from the canary: its weight must be 0",
         ),
         (
             {"version": "2", "strategy": {"steps": [{"weight": 50}, {"weight": 10}]}},
@@ -324,7 +348,15 @@ def test_the_chart_renders_a_healthy_rollout_with_its_defaults_and_conditions(cl
             "a rolling update cannot be paused",
         ),
     ],
-    ids=["weight-0", "decreasing", "image-tag", "bad-version", "paused-rolling"],
+    ids=[
+        "weight-101",
+        "weight-0-without-gateway",
+        "mirror-with-weight",
+        "decreasing",
+        "image-tag",
+        "bad-version",
+        "paused-rolling",
+    ],
 )
 def test_a_spec_the_schema_rejects_gets_the_api_servers_message(cluster: Cluster, spec, message):
     body = {"apiVersion": "mlscale.dev/v1alpha1", "kind": "ModelRollout",
@@ -987,3 +1019,173 @@ def test_a_canary_of_a_model_image_is_promoted_with_it(image_cluster: Cluster):
 def test_model_images_need_a_release_installed_with_one(cluster: Cluster):
     with pytest.raises(Refused, match=r"installed without model\.image"):
         cluster.deploy("2", model_image=f"{IMAGE}:2")
+
+
+# --- through a gateway ----------------------------------------------------------------------
+# The Gateway API's CRDs and Traefik's are the real ones (k8s/nodeimage/build.sh control-plane
+# gathers them); the gateway's controller is simulated (tests/gateway.py): it programs routes
+# as a gateway says it has, and carries no request. test_kind.py runs the real one.
+
+GATEWAY_STEPS = [{"weight": 0, "mirror": 50, "seconds": 1}, {"weight": 5, "seconds": 1},
+                 {"weight": 50, "seconds": 1}]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gateway_crds(control_plane: Envtest) -> None:
+    crds = subprocess.run([ROOT / "k8s" / "nodeimage" / "build.sh", "--gateway-crds"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    if not Path(crds).is_file():
+        pytest.skip(f"no gateway CRDs at {crds}: run k8s/nodeimage/build.sh control-plane")
+    admin = control_plane.plane.admin
+    names = []
+    for doc in yaml.safe_load_all(Path(crds).read_text()):
+        if not doc:
+            continue
+        names.append(doc["metadata"]["name"])
+        if admin.get("customresourcedefinitions", "", names[-1]) is None:
+            admin.create(doc)
+
+    def established() -> bool:
+        found = [admin.get("customresourcedefinitions", "", n) or {} for n in names]
+        conditions = [(f.get("status") or {}).get("conditions") or [] for f in found]
+        return all(
+            any(c["type"] == "Established" and c["status"] == "True" for c in these)
+            for these in conditions
+        )
+
+    wait_for(established, 30, "the gateway CRDs to be established")
+
+
+@contextmanager
+def gateway_cluster(envtest: Envtest, helm: str, tmp_path: Path, implementation: str,
+                    gateway: bool = True) -> Iterator[tuple[Cluster, Gateway | None]]:  # fmt: skip
+    values = {"enabled": True, "parentRefs": [{"name": "shared", "namespace": "gateways"}],
+              "implementation": implementation}  # fmt: skip
+    with ExitStack() as stack:
+        cluster = stack.enter_context(start_cluster(envtest, helm, tmp_path, {"name": "iris",
+                                      "version": "1"}, operator=False, gateway=values))  # fmt: skip
+        simulated = stack.enter_context(Gateway(cluster.admin, cluster.ns)) if gateway else None
+        cluster.start_operator()
+        wait_for(lambda: cluster.status().get("phase") == "Healthy", 30, "a Healthy rollout")
+        yield cluster, simulated
+
+
+def shadow_canary(cluster: Cluster, version: str, steps: list[dict] = GATEWAY_STEPS,
+                  **analysis: object) -> client.Outcome:  # fmt: skip
+    body = client.spec_for(version, timeout=60, strategy={"type": "Canary", "steps": steps})
+    body["analysis"] = {"maxErrorRate": 0.05, "maxP99Ms": 100, "minRequests": 20, **analysis}
+    return client.roll(cluster.kube(), "demo", body, say=cluster.say, timeout=60)
+
+
+def default_rule(rules: list[dict]) -> dict:
+    return rules[-1]
+
+
+def test_through_traefik_each_step_is_a_route_and_a_shadow_step_a_mirror(
+    control_plane: Envtest, crd: None, gateway_crds: None, helm: str, tmp_path: Path
+):
+    with gateway_cluster(control_plane, helm, tmp_path, "Traefik") as (cluster, gateway):
+        assert gateway is not None
+        assert shadow_canary(cluster, "2").outcome == "succeeded"
+        seen = gateway.rules
+        middleware = {"group": "traefik.io", "kind": "Middleware", "name": "demo-mlscale-retry"}
+        retry = [{"type": "ExtensionRef", "extensionRef": middleware}]
+        shadow = next(r for r in seen if len(r) == 2 and default_rule(r)["backendRefs"][0]
+                      ["kind"] == "TraefikService")  # fmt: skip
+        pin, rest = shadow
+        assert pin["matches"][0]["headers"] == [
+            {"type": "Exact", "name": "x-model-version", "value": "2"}]  # fmt: skip
+        assert pin["backendRefs"][0]["name"] == "demo-mlscale-canary"
+        assert pin["filters"] == rest["filters"] == retry
+        weights = [{b["name"]: b["weight"] for b in default_rule(r)["backendRefs"]} for r in seen]
+        assert {"demo-mlscale": 95, "demo-mlscale-canary": 5} in weights
+        assert {"demo-mlscale": 50, "demo-mlscale-canary": 50} in weights
+        assert weights[-1] == {"demo-mlscale": 100} and len(seen[-1]) == 1  # back to stable
+        assert weights.index({"demo-mlscale": 95, "demo-mlscale-canary": 5}) < weights.index(
+            {"demo-mlscale": 50, "demo-mlscale-canary": 50})  # fmt: skip
+        mirror = cluster.admin.get("traefikservices", cluster.ns, "demo-mlscale-mirror")
+        assert mirror is not None and mirror["spec"]["mirroring"] == {
+            "name": "demo-mlscale", "port": 80,
+            "mirrors": [{"name": "demo-mlscale-canary", "port": 80, "percent": 50}]}  # fmt: skip
+        assert mirror["metadata"]["ownerReferences"][0]["kind"] == "ModelRollout"
+        made = cluster.admin.get("middlewares", cluster.ns, "demo-mlscale-retry")
+        assert made is not None and made["spec"] == {"retry": {"attempts": 2}}
+        assert cluster.deployment("demo-mlscale-canary") is None and cluster.stable_version() == "2"
+        passed = [m for r, m in cluster.events() if r == "StepPassed"]
+        assert passed[0].startswith("step 0 (shadow 50%)") and "answers drift 0.000" in passed[0]
+        assert "step 1 (5%)" in passed[1] and "step 2 (50%)" in passed[2]
+        shares = [line for line in cluster.said if "of requests" in line]
+        assert any("shadow: 50% of requests copied to the canary" in line for line in shares)
+        assert any("5% of requests to the canary; x-model-version: 2 pins a request to it"
+                   in line for line in shares), cluster.said  # fmt: skip
+
+
+def test_a_shadow_step_whose_answers_differ_from_stables_fails_and_users_never_met_it(
+    control_plane: Envtest, crd: None, gateway_crds: None, helm: str, tmp_path: Path
+):
+    with gateway_cluster(control_plane, helm, tmp_path, "Traefik") as (cluster, gateway):
+        assert gateway is not None
+        cluster.answers["2"] = {"0": 0.9, "1": 0.1}  # stable answers half and half
+        with pytest.raises(RolloutError, match=r"answers drift 0\.400 from stable's"):
+            shadow_canary(cluster, "2", steps=[*GATEWAY_STEPS[:1], {"weight": 100}])
+        assert cluster.stable_version() == "1" and cluster.deployment("demo-mlscale-canary") is None
+        analysis = cluster.status()["analysis"]
+        assert (analysis["mirror"], analysis["outputDrift"]) == (50, 0.4)
+        # No rule ever gave the canary a weight: users met stable only, then the route reset.
+        assert all(b["name"] != "demo-mlscale-canary" for r in gateway.rules
+                   for b in default_rule(r)["backendRefs"])  # fmt: skip
+        (last,) = gateway.rules[-1]
+        assert [b["name"] for b in last["backendRefs"]] == ["demo-mlscale"]
+
+
+def test_a_standard_gateway_is_asked_for_its_own_mirror_filter(
+    control_plane: Envtest, crd: None, gateway_crds: None, helm: str, tmp_path: Path
+):
+    with gateway_cluster(control_plane, helm, tmp_path, "Standard") as (cluster, gateway):
+        assert gateway is not None
+        steps = [{"weight": 0, "mirror": 20, "seconds": 1}, {"weight": 100, "seconds": 1}]
+        assert shadow_canary(cluster, "2", steps=steps).outcome == "succeeded"
+        shadow = next(r for r in gateway.rules if "filters" in default_rule(r))
+        (mirror,) = default_rule(shadow)["filters"]
+        canary = {"group": "", "kind": "Service", "name": "demo-mlscale-canary", "port": 80}
+        assert mirror == {"type": "RequestMirror",
+                          "requestMirror": {"percent": 20, "backendRef": canary}}  # fmt: skip
+        assert cluster.admin.list("traefikservices", cluster.ns) == []  # nothing of Traefik's
+
+
+def test_a_route_the_gateway_refuses_stops_the_rollout_with_the_condition(
+    control_plane: Envtest, crd: None, gateway_crds: None, helm: str, tmp_path: Path
+):
+    with gateway_cluster(control_plane, helm, tmp_path, "Traefik") as (cluster, gateway):
+        assert gateway is not None
+        # Programmed now, refused once the controller writes the canary's first step.
+        gateway.refuse = ("ResolvedRefs", "BackendNotFound")
+        gateway.refuse_from = cluster.admin.get("httproutes", cluster.ns, "demo-mlscale")[
+            "metadata"]["generation"] + 1  # fmt: skip
+        with pytest.raises(RolloutError, match=r"did not program HTTPRoute demo-mlscale: "
+                           r"ResolvedRefs is False \(BackendNotFound"):  # fmt: skip
+            shadow_canary(cluster, "2", steps=[{"weight": 5, "seconds": 1}])
+        assert cluster.stable_version() == "1" and cluster.deployment("demo-mlscale-canary") is None
+        route = cluster.admin.get("httproutes", cluster.ns, "demo-mlscale")
+        assert [b["name"] for b in route["spec"]["rules"][-1]["backendRefs"]] == ["demo-mlscale"]
+
+
+def test_a_route_no_gateway_has_accepted_refuses_the_rollout_before_anything_moves(
+    control_plane: Envtest, crd: None, gateway_crds: None, helm: str, tmp_path: Path
+):
+    with gateway_cluster(control_plane, helm, tmp_path, "Traefik", gateway=False) as (cluster, _):
+        with pytest.raises(RolloutError, match="no gateway has taken up HTTPRoute demo-mlscale"):
+            shadow_canary(cluster, "2")
+        assert cluster.status()["phase"] == "Degraded"
+        assert cluster.deployment("demo-mlscale-canary") is None  # not even created
+
+
+def test_the_cli_refuses_a_shadow_step_without_a_gateway(cluster: Cluster):
+    args = ["rollout", "--server", cluster.user_url, "-n", cluster.ns, "-r", "demo", "canary",
+            "--version", "2", "--shadow", "50"]  # fmt: skip
+    result = CliRunner().invoke(mlscale, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "need the release's traffic to go through a gateway" in said
+    assert cluster.rollout()["spec"]["version"] == "1"  # nothing changed
+    bad = CliRunner().invoke(mlscale, [*args[:-2], "--steps", "50,10"])
+    assert bad.exit_code == 2 and "strictly increasing" in " ".join(bad.output.split())

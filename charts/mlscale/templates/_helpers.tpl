@@ -95,6 +95,20 @@ app.kubernetes.io/component: model-server
 {{- $errors = append $errors (printf "a PodDisruptionBudget with %v replica: a node drain evicts the only pod and the service is down until it is back. Run at least 2 replicas (autoscaling.minReplicas, or replicaCount), or set pdb.enabled=false to accept that." $floor) -}}
 {{- end -}}
 {{- end -}}
+{{- if .Values.gateway.enabled -}}
+{{- if not (or .Values.gateway.parentRefs .Values.gateway.create.enabled) -}}
+{{- $errors = append $errors "gateway.enabled needs a Gateway to attach the route to: name it in gateway.parentRefs (e.g. [{name: my-gateway, namespace: gateway-system}]), or set gateway.create.enabled=true with gateway.create.className." -}}
+{{- end -}}
+{{- if and .Values.gateway.create.enabled (not .Values.gateway.create.className) -}}
+{{- $errors = append $errors "gateway.create.enabled needs gateway.create.className: the GatewayClass of your Gateway API implementation (kubectl get gatewayclass)." -}}
+{{- end -}}
+{{- else -}}
+{{- range .Values.rollout.steps -}}
+{{- if or (eq (int .weight) 0) (gt (int (.mirror | default 0)) 0) -}}
+{{- $errors = append $errors (printf "rollout.steps has a step of weight %v, mirror %v: a step of weight 0 (pinned requests only) or one that mirrors needs a gateway (gateway.enabled=true); without one a canary takes a share of the pods' connections." .weight (.mirror | default 0)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nmlscale: invalid values:\n  - %s\n" (join "\n  - " $errors)) -}}
 {{- end -}}
@@ -151,9 +165,32 @@ fought over (Helm 4's server-side apply would see another manager's fields).
 {{- end -}}
 {{- end -}}
 
-{{/* A digest of the values the ModelRollout is rendered from. */}}
+{{/* A digest of the values the ModelRollout is rendered from (the gateway's only where it
+is on, so that releases without one keep the digest charts before it gave them). */}}
 {{- define "mlscale.rolloutValues" -}}
-{{- dict "version" .Values.model.version "image" .Values.model.image "rollout" .Values.rollout | toJson | sha256sum | trunc 16 -}}
+{{- $values := dict "version" .Values.model.version "image" .Values.model.image "rollout" .Values.rollout -}}
+{{- if .Values.gateway.enabled -}}
+{{- $_ := set $values "gateway" (include "mlscale.traffic" . | fromJson) -}}
+{{- end -}}
+{{- $values | toJson | sha256sum | trunc 16 -}}
+{{- end -}}
+
+{{/* The ModelRollout's spec.traffic, as JSON. */}}
+{{- define "mlscale.traffic" -}}
+{{- if .Values.gateway.enabled -}}
+{{- dict "router" "Gateway" "implementation" .Values.gateway.implementation "pinHeader" .Values.gateway.pinHeader "retries" .Values.gateway.retries | toJson -}}
+{{- else -}}
+{{- dict "router" "ReplicaRatio" | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Gateways the HTTPRoute attaches to, as a JSON array. */}}
+{{- define "mlscale.gatewayParents" -}}
+{{- if .Values.gateway.parentRefs -}}
+{{- toJson .Values.gateway.parentRefs -}}
+{{- else -}}
+{{- list (dict "name" (include "mlscale.fullname" .)) | toJson -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "mlscale.operatorName" -}}

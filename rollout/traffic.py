@@ -1,0 +1,256 @@
+"""How a canary meets traffic: by replica ratio behind the release's one Service (per
+connection), or through a Gateway API HTTPRoute whose rules the controller writes (per request).
+
+With a gateway (`spec.traffic.router: Gateway`) the chart renders the HTTPRoute, named like the
+stable Deployment, with its parentRefs and hostnames, and a Service per track: the release's
+Service selects the stable track only, `<name>-canary` the canary. The controller owns the
+route's rules, a pure function of the step (`Split`) and `spec.traffic`:
+- a rule pinning requests whose header `pinHeader` names the canary's version to the canary,
+  at any weight, 0 included;
+- the default rule: stable and canary Services weighted by the step, or, in a shadow step,
+  stable with a share of its requests mirrored to the canary (the gateway drops the copies'
+  answers);
+- retries of a request whose connection to a pod failed.
+
+Mirroring and retries are written the way the gateway takes them (`implementation`): the
+Gateway API's own RequestMirror filter and `retry` field (Standard), or Traefik's
+TraefikService and Retry Middleware (Traefik v3.6 implements neither of the former: it answers
+500 for a route with a RequestMirror filter). The controller owns those Traefik objects too.
+
+A route change counts once the gateway says so: every parent's Accepted and ResolvedRefs
+conditions True for the route's generation. One that is False stops the rollout, by name.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client import V1Deployment
+
+from mlscale.rollout.kube import NotFound, Refused
+from mlscale.rollout.progress import Progress, State
+from mlscale.rollout.release import Release, name_of, pod_ready
+from mlscale.rollout.resource import TRAEFIK, Traffic, now_iso, seconds_since
+
+ROUTE_API = ("gateway.networking.k8s.io", "v1", "httproutes")
+TRAEFIK_GROUP, TRAEFIK_VERSION = "traefik.io", "v1alpha1"
+MIDDLEWARES, TRAEFIK_SERVICES = "middlewares", "traefikservices"
+# How long a written route may go without the gateway accepting it before the step fails.
+ROUTE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Split:
+    """What the route does at one moment: no canary (None), or a canary of `version` taking
+    `weight` % of requests, or a copy of `mirror` % of them."""
+
+    version: str | None = None
+    weight: int = 0
+    mirror: int = 0
+
+
+def canary_replicas(percent: int, stable_replicas: int) -> int:
+    """Canary pods for a step: its share (weight, or mirrored share) of stable's, at least one."""
+    return max(1, math.ceil(stable_replicas * percent / 100))
+
+
+def replica_ratio(release: Release) -> str:
+    """The split as it is behind the one Service: Ready pods per track, per connection."""
+    canary = sum(pod_ready(p) for p in release.pods("canary"))
+    stable = sum(pod_ready(p) for p in release.pods("stable"))
+    share = canary / (canary + stable) if canary + stable else 0.0
+    return (
+        f"{canary} canary and {stable} stable pods Ready, ~{share:.0%} of connections "
+        "(replica ratio, per connection)"
+    )
+
+
+def route_progress(route: dict[str, Any]) -> Progress:
+    """Has the gateway programmed this generation of the route? Every parent in its status
+    must say Accepted and ResolvedRefs, True, for it."""
+    name, generation = route["metadata"]["name"], route["metadata"].get("generation", 1)
+    parents = (route.get("status") or {}).get("parents") or []
+    if not parents:
+        return Progress(State.WAITING, f"no gateway has taken up HTTPRoute {name} (its status "
+                        "names no parent): is the gateway running, and do the route's "
+                        "parentRefs name a Gateway that exists?")  # fmt: skip
+    for parent in parents:
+        gateway = parent.get("parentRef", {}).get("name", "?")
+        conditions = {c["type"]: c for c in parent.get("conditions") or []}
+        for kind in ("Accepted", "ResolvedRefs"):
+            c = conditions.get(kind)
+            if c is None or c.get("observedGeneration", 0) < generation:
+                return Progress(State.WAITING, f"gateway {gateway} has not yet programmed "
+                                f"generation {generation} of HTTPRoute {name}")  # fmt: skip
+            if c["status"] != "True":
+                return Progress(State.FAILED, f"gateway {gateway} did not program HTTPRoute "
+                                f"{name}: {kind} is {c['status']} ({c.get('reason', '')}: "
+                                f"{c.get('message', '')})")  # fmt: skip
+    return Progress(State.DONE, f"HTTPRoute {name} programmed")
+
+
+class Route:
+    """A release's HTTPRoute and, on Traefik, the objects its rules name."""
+
+    def __init__(
+        self, release: Release, stable: V1Deployment, traffic: Traffic, owner: dict[str, Any]
+    ) -> None:
+        self.release, self.traffic, self.owner = release, traffic, owner
+        self.name = name_of(stable)
+        self.stable_service, self.canary_service = self.name, f"{self.name}-canary"
+        self.kube = release.kube
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return self.kube.call(self.kube.custom.get_namespaced_custom_object, *ROUTE_API[:2],
+                                  self.kube.namespace, ROUTE_API[2], self.name)  # fmt: skip
+        except NotFound:
+            raise Refused(
+                f"HTTPRoute {self.name} not found in {self.kube.namespace}: spec.traffic.router "
+                "is Gateway, so the release needs its route (the chart renders it with "
+                "gateway.enabled=true)"
+            ) from None
+
+    def _port(self, service: str) -> int:
+        """The Service's port (a route's backendRef names one)."""
+        try:
+            found = self.kube.call(self.kube.core.read_namespaced_service, service,
+                                   self.kube.namespace)  # fmt: skip
+        except NotFound:
+            raise Refused(
+                f"Service {service} not found in {self.kube.namespace}: the route's backend for "
+                "a track (the chart renders it with gateway.enabled=true)"
+            ) from None
+        return int(found.spec.ports[0].port)
+
+    def unusable(self) -> str | None:
+        """Why the route cannot carry a canary now (missing, taken up by no gateway, or a
+        condition False), or None. Checked before a rollout moves any traffic."""
+        route = self.read()
+        progress = route_progress(route)
+        if progress.state is State.FAILED or not (route.get("status") or {}).get("parents"):
+            return progress.message
+        return None
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def rules(self, split: Split, port: int) -> list[dict[str, Any]]:
+        """The route's rules for `split`, every field as the API server defaults it (so a live
+        route that needs no change compares equal)."""
+        t = self.traffic
+        everything = {"path": {"type": "PathPrefix", "value": "/"}}
+
+        def service(name: str, weight: int = 1) -> dict[str, Any]:
+            return {"group": "", "kind": "Service", "name": name, "port": port, "weight": weight}
+
+        retry: dict[str, Any] = {}  # the Gateway API's own (GEP-1731, experimental channel)
+        filters: list[dict[str, Any]] = []
+        if t.retries and t.implementation == TRAEFIK:
+            middleware = {"group": TRAEFIK_GROUP, "kind": "Middleware", "name": self._retry_name}
+            filters.append({"type": "ExtensionRef", "extensionRef": middleware})
+        elif t.retries:
+            retry = {"retry": {"attempts": t.retries}}
+
+        def rule(match: dict[str, Any], backends: list[dict[str, Any]],
+                 filters: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+            return {"matches": [match], "backendRefs": backends,
+                    **({"filters": filters} if filters else {}), **retry}  # fmt: skip
+
+        rules = []
+        if split.version is not None:
+            header = {"type": "Exact", "name": t.pin_header, "value": split.version}
+            pinned = {**everything, "headers": [header]}
+            rules.append(rule(pinned, [service(self.canary_service)], filters))
+        backends = [service(self.stable_service, 100 - split.weight)]
+        if split.weight:
+            backends.append(service(self.canary_service, split.weight))
+        if split.mirror and t.implementation == TRAEFIK:
+            mirror = {"group": TRAEFIK_GROUP, "kind": "TraefikService", "name": self._mirror_name}
+            backends = [{**mirror, "weight": 1}]
+        elif split.mirror:
+            to = {"group": "", "kind": "Service", "name": self.canary_service, "port": port}
+            mirror_filter = {"backendRef": to, "percent": split.mirror}
+            filters = [*filters, {"type": "RequestMirror", "requestMirror": mirror_filter}]
+        rules.append(rule(everything, backends, filters))
+        return rules
+
+    def set(self, split: Split) -> bool:
+        """Make the route do `split`; True when it was changed (the gateway has to program
+        it). What its rules name is in place before the rules name it."""
+        port = self._port(self.stable_service)
+        if split.version is not None:
+            self._port(self.canary_service)  # it must exist: a missing backend answers 500
+        if self.traffic.implementation == TRAEFIK:
+            self._traefik_objects(split, port)
+        want = self.rules(split, port)
+        live = self.read()
+        if (live.get("spec") or {}).get("rules") == want:
+            return False
+        self.kube.call(self.kube.custom.patch_namespaced_custom_object, *ROUTE_API[:2],
+                       self.kube.namespace, ROUTE_API[2], self.name,
+                       {"spec": {"rules": want}})  # fmt: skip
+        return True
+
+    def describe(self, split: Split) -> str:
+        """The split as status says it."""
+        if split.mirror:
+            what = (f"shadow: {split.mirror}% of requests copied to the canary, its answers "
+                    "discarded")  # fmt: skip
+        else:
+            what = f"{split.weight}% of requests to the canary"
+        pin = f"{self.traffic.pin_header}: {split.version} pins a request to it"
+        return f"{what}; {pin} (HTTPRoute {self.name}, per request)"
+
+    def settle(self, split: Split, run: dict[str, Any]) -> Progress:
+        """Set the route and wait for the gateway to program it: DONE once it has, FAILED when
+        it says it cannot or does not answer within ROUTE_TIMEOUT. When the wait began lives in
+        the rollout's status (`routeSince`), so a new controller keeps the same deadline."""
+        if self.set(split) or not run.get("routeSince"):
+            run["routeSince"] = now_iso()
+        progress = route_progress(self.read())
+        if progress.state is State.DONE:
+            run.pop("routeSince", None)
+        elif progress.state is State.WAITING and seconds_since(run["routeSince"]) > ROUTE_TIMEOUT:
+            return Progress(State.FAILED, f"{progress.message} (waited {ROUTE_TIMEOUT:.0f} s)")
+        return progress
+
+    # --- Traefik's own objects ---------------------------------------------------------------
+
+    @property
+    def _retry_name(self) -> str:
+        return f"{self.name}-retry"
+
+    @property
+    def _mirror_name(self) -> str:
+        return f"{self.name}-mirror"
+
+    def _traefik_objects(self, split: Split, port: int) -> None:
+        if self.traffic.retries:
+            # Traefik's attempts count the first try: one retry is two attempts.
+            self._ensure(MIDDLEWARES, "Middleware", self._retry_name,
+                         {"retry": {"attempts": self.traffic.retries + 1}})  # fmt: skip
+        if split.mirror:
+            self._ensure(TRAEFIK_SERVICES, "TraefikService", self._mirror_name, {"mirroring": {
+                "name": self.stable_service, "port": port,
+                "mirrors": [{"name": self.canary_service, "port": port,
+                             "percent": split.mirror}]}})  # fmt: skip
+
+    def _ensure(self, plural: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+        """Create the object, or bring its spec to `spec`. Owned by the ModelRollout: it goes
+        when the rollout resource does."""
+        kube, api = self.kube, (TRAEFIK_GROUP, TRAEFIK_VERSION, self.kube.namespace, plural)
+        try:
+            live = kube.call(kube.custom.get_namespaced_custom_object, *api, name)
+        except NotFound:
+            body = {
+                "apiVersion": f"{TRAEFIK_GROUP}/{TRAEFIK_VERSION}",
+                "kind": kind,
+                "metadata": {"name": name, "ownerReferences": [self.owner]},
+                "spec": spec,
+            }
+            kube.call(kube.custom.create_namespaced_custom_object, *api, body)
+            return
+        if live.get("spec") != spec:
+            kube.call(kube.custom.patch_namespaced_custom_object, *api, name, {"spec": spec})
