@@ -145,7 +145,7 @@ def advance(
     i = min(run.get("step", 0), len(spec.steps) - 1)
     step = spec.steps[i]
     status.update(currentStep=i, currentWeight=step.weight, currentMirror=step.mirror)
-    replicas = canary_replicas(max(step.weight, step.mirror), stable.spec.replicas or 1)
+    replicas = canary_replicas(step, stable.spec.replicas or 1, route is not None)
     canary, name = release.canary(), canary_name(stable)
     if canary is None:
         body = canary_body(stable, name, target, replicas, image)

@@ -30,7 +30,7 @@ from kubernetes.client import V1Deployment
 from mlscale.rollout.kube import NotFound, Refused
 from mlscale.rollout.progress import Progress, State
 from mlscale.rollout.release import Release, name_of, pod_ready
-from mlscale.rollout.resource import TRAEFIK, Traffic, now_iso, seconds_since
+from mlscale.rollout.resource import TRAEFIK, Step, Traffic, now_iso, seconds_since
 
 ROUTE_API = ("gateway.networking.k8s.io", "v1", "httproutes")
 TRAEFIK_GROUP, TRAEFIK_VERSION = "traefik.io", "v1alpha1"
@@ -49,9 +49,14 @@ class Split:
     mirror: int = 0
 
 
-def canary_replicas(percent: int, stable_replicas: int) -> int:
-    """Canary pods for a step: its share (weight, or mirrored share) of stable's, at least one."""
-    return max(1, math.ceil(stable_replicas * percent / 100))
+def canary_replicas(step: Step, stable_replicas: int, gateway: bool) -> int:
+    """Canary pods for a step: its share (weight, or mirrored share) of stable's, at least one.
+    Through a gateway a canary that users meet gets two where stable has two: the route sends
+    it its share of requests whatever its pods, and with one pod, that pod's death would leave
+    the share nowhere to go (the gateway answers 503) until a new one is ready."""
+    share = math.ceil(stable_replicas * max(step.weight, step.mirror) / 100)
+    floor = min(2, stable_replicas) if gateway and step.weight else 1
+    return max(floor, share)
 
 
 def replica_ratio(release: Release) -> str:

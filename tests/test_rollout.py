@@ -1189,3 +1189,15 @@ def test_the_cli_refuses_a_shadow_step_without_a_gateway(cluster: Cluster):
     assert cluster.rollout()["spec"]["version"] == "1"  # nothing changed
     bad = CliRunner().invoke(mlscale, [*args[:-2], "--steps", "50,10"])
     assert bad.exit_code == 2 and "strictly increasing" in " ".join(bad.output.split())
+
+
+def test_a_canary_users_meet_through_a_gateway_never_rests_on_one_pod():
+    from mlscale.rollout.resource import Step
+    from mlscale.rollout.traffic import canary_replicas
+
+    assert canary_replicas(Step(50, 60), 2, gateway=False) == 1  # the replica ratio: its share
+    assert canary_replicas(Step(5, 60), 3, gateway=True) == 2  # one pod's death: the other
+    assert canary_replicas(Step(5, 60), 1, gateway=True) == 1  # as many as stable has, at most
+    assert canary_replicas(Step(50, 60), 10, gateway=True) == 5
+    assert canary_replicas(Step(0, 60), 10, gateway=True) == 1  # pinned requests only
+    assert canary_replicas(Step(0, 60, mirror=50), 6, gateway=True) == 3  # copies of half
