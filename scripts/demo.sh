@@ -23,7 +23,7 @@ if [ ${#missing[@]} -eq 0 ]; then
   scripts/kind.sh deploy
   # Back at version 1 on a re-run, so the rollout below has something to do.
   "$BIN/python" -m mlscale.rollout --context kind-mlscale deploy --version 1 --timeout 300
-  exec "$BIN/python" -m mlscale.loadtest --url http://127.0.0.1:30080 --model iris --cluster \
+  exec "$BIN/python" -m mlscale.loadtest --url http://127.0.0.1:30090 --model iris --cluster \
     --release mlscale --namespace mlscale --context kind-mlscale \
     --users 60 --steps 4 --step-seconds 30 --hold-seconds 120 --down-seconds 20 \
     --rollout-version 2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local cluster: `scripts/kind.sh prepare|up|load|deploy|logs|down` (`make kind-up` etc.).
 #   prepare make sure kind and a node image are at hand (builds them offline where needed)
-#   up      create the kind cluster (1 control plane, 3 workers) and metrics-server; wait
+#   up      create the kind cluster (1 control plane, 3 workers), metrics-server and the gateway
 #   load    load mlscale:<version> into the nodes (build it first: make image), or the images
 #           named after it (model images from `mlscale package`): load mlscale-model/flowers:2
 #   deploy  helm upgrade --install --wait with k8s/values-kind.yaml into namespace mlscale
@@ -129,6 +129,17 @@ case ${1:-} in
       metrics_api 120
     fi
     kubectl top nodes
+    # The gateway: the CRDs it serves first (server-side: the Gateway API's are too big for
+    # the annotation a client-side apply keeps), then Traefik, its class and the demo's Gateway.
+    crds=$(k8s/nodeimage/build.sh --gateway-crds)
+    [ -s "$crds" ] || k8s/nodeimage/build.sh gateway-crds >/dev/null
+    kubectl apply --server-side --force-conflicts -f "$crds" >/dev/null
+    kubectl wait --for condition=established --timeout=60s \
+      crd/gateways.gateway.networking.k8s.io crd/httproutes.gateway.networking.k8s.io \
+      crd/middlewares.traefik.io crd/traefikservices.traefik.io >/dev/null
+    kubectl apply -f k8s/gateway.yaml
+    kubectl -n mlscale-gateway rollout status deployment/traefik --timeout=180s
+    kubectl -n mlscale-gateway wait --for=condition=Programmed gateway/mlscale --timeout=120s
     ;;
   load)
     need kind docker

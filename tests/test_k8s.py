@@ -1,4 +1,4 @@
-"""k8s/: the kind cluster, namespace and metrics-server manifests (the cluster itself
+"""k8s/: the kind cluster, namespace, metrics-server and gateway manifests (the cluster itself
 is exercised in test_kind.py)."""
 
 from pathlib import Path
@@ -50,3 +50,25 @@ def test_metrics_server_trusts_kind_kubelets_and_needs_no_download():
     assert "--kubelet-insecure-tls" in container["args"]
     # The tag the offline node image pre-imports (k8s/nodeimage/versions.env).
     assert container["image"].endswith(":" + pins()["METRICS_SERVER_VERSION"])
+
+
+def test_the_gateway_is_the_pinned_traefik_serving_the_node_port_kind_maps():
+    docs = manifests("gateway.yaml")
+    core = [d for d in docs if not d["apiVersion"].startswith("gateway.networking.k8s.io")]
+    for doc in core:  # the Gateway API's own kinds are checked by its CRDs, on the cluster
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "traefik:" + pins()["TRAEFIK_VERSION"]  # what the node holds
+    assert "--global.sendAnonymousUsage=false" in container["args"]  # no calls out
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    (cluster,) = manifests("kind-cluster.yaml")
+    mapped = {m["containerPort"] for n in cluster["nodes"] for m in n.get("extraPortMappings", [])}
+    assert service["spec"]["ports"][0]["nodePort"] in mapped
+    (gateway,) = [d for d in docs if d["kind"] == "Gateway"]
+    values = yaml.safe_load((K8S / "values-kind.yaml").read_text())
+    assert values["gateway"]["parentRefs"] == [
+        {"name": gateway["metadata"]["name"], "namespace": gateway["metadata"]["namespace"]}
+    ]
+    port = gateway["spec"]["listeners"][0]["port"]
+    assert f"--entryPoints.web.address=:{port}" in container["args"]  # Traefik's listener rule

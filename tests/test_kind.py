@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,7 +35,9 @@ pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
 NAMESPACE = RELEASE = "mlscale"
 CONTEXT = "kind-mlscale"
 NODE_PORT = "http://127.0.0.1:30080"  # k8s/kind-cluster.yaml maps the demo NodePort here
+GATEWAY = "http://127.0.0.1:30090"  # and the gateway's (k8s/gateway.yaml)
 SERVER_PODS = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=model-server"
+TRACK = "mlscale.dev/track"
 IRIS_ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
                         "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
 
@@ -117,22 +119,27 @@ def requests_served(pod: str) -> float:
 def steady_load(
     threads: int = 4,
     pause: float = 0.0,
-    url: str = NODE_PORT + "/v2/models/iris/infer",
+    url: str = GATEWAY + "/v2/models/iris/infer",
     body: dict = IRIS_ROW,
+    headers: dict[str, str] | None = None,
+    answered: list[tuple[float, str]] | None = None,
 ) -> Iterator[list]:
-    """Keep-alive clients, one per thread for the whole block, sending `body` to `url` in a
-    loop until the block ends (`pause` seconds apart, for a light load); yields the failures.
-    They reconnect only when the server closes."""
+    """Keep-alive clients, one per thread for the whole block, sending `body` to `url` (the
+    gateway, by default) in a loop until the block ends (`pause` seconds apart, for a light
+    load); yields the failures, and records in `answered` when each answer came and the
+    version that gave it. They reconnect only when the server closes."""
     failures: list = []
     stop = threading.Event()
 
     def loop() -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=10, headers=headers) as client:
             while not stop.wait(pause):
                 try:
                     r = client.post(url, json=body)
                     if r.status_code != 200:
                         failures.append(r.status_code)
+                    elif answered is not None:
+                        answered.append((time.monotonic(), r.headers["x-model-version"]))
                 except httpx.HTTPError as exc:
                     failures.append(repr(exc))
 
@@ -192,10 +199,19 @@ def test_helm_test_passes(cluster: str):
     helm("test", RELEASE, "--namespace", cluster, "--logs")
 
 
-def test_inference_through_the_node_port(cluster: str):
-    r = httpx.post(NODE_PORT + "/v2/models/iris/infer", json=IRIS_ROW, timeout=10)
+@pytest.mark.parametrize("url", [NODE_PORT, GATEWAY], ids=["node-port", "gateway"])
+def test_inference_through_the_node_port_and_the_gateway(cluster: str, url: str):
+    r = httpx.post(url + "/v2/models/iris/infer", json=IRIS_ROW, timeout=10)
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0]
     assert r.headers["x-model-version"] == live_version()
+
+
+def test_the_gateway_programs_the_releases_route(cluster: str):
+    route = json.loads(kubectl("-n", NAMESPACE, "get", "httproute", "mlscale", "-o", "json"))
+    (parent,) = route["status"]["parents"]
+    assert parent["controllerName"] == "traefik.io/gateway-controller"
+    conditions = {c["type"]: c["status"] for c in parent["conditions"]}
+    assert conditions["Accepted"] == conditions["ResolvedRefs"] == "True", parent
 
 
 def test_metrics_api_reports_pod_cpu(cluster: str):
@@ -245,15 +261,73 @@ def test_a_version_that_never_becomes_ready_is_rolled_back(cluster: str):
     assert (last["version"], last["outcome"]) == ("9", "rolled-back")  # recorded as it happened
 
 
-def test_a_canary_is_promoted(cluster: str):
-    with steady_load() as failures:
-        done = rollout("canary", "--version", "2", "--steps", "50,100", "--interval", "12",
-                       "--min-requests", "10", "--force")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert failures == []
-    assert live_version() == "2"
-    status = json.loads(rollout("-o", "json", "status").stdout)
-    assert [t["track"] for t in status["tracks"]] == ["stable"]  # the canary is gone
+def share_of(answered: list[tuple[float, str]], version: str, since: float,
+             until: float) -> tuple[float, int]:  # fmt: skip
+    """The share of the answers between two moments that `version` gave, and how many."""
+    window = [v for t, v in answered if since <= t <= until]
+    return (window.count(version) / len(window) if window else float("nan")), len(window)
+
+
+def test_canary_weights_are_shares_of_requests_through_the_gateway(cluster: str):
+    """A canary at 0% (reachable only with the pin header), then 5%, then 50% of the requests
+    through the gateway: each share is the route's weight, per request, whatever the pod
+    counts, measured from every answer's x-model-version. A canary pod killed at 50% costs no
+    request; nor does the promotion."""
+    assert live_version() == "1"
+    # The split is what this test is about: latency against stable's is left to the others
+    # (a fresh pod's first few hundred requests, all this machine's 2 cores can give it at 0%,
+    # have a noisy p99).
+    started = rollout("canary", "--version", "2", "--steps", "0,5,50", "--interval", "15",
+                      "--min-requests", "10", "--max-p99-ratio", "5", "--force",
+                      "--no-wait")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    generation = json.loads(kubectl("-n", NAMESPACE, "get", "mro", RELEASE, "-o", "json"))[
+        "metadata"]["generation"]  # fmt: skip
+    opened: dict[int, float] = {}  # step -> when its window opened (the route programmed)
+    ended: dict[int, float] = {}
+    answered: list[tuple[float, str]] = []
+    pinned: list[tuple[float, str]] = []
+    killed, pin_failures, pinning = "", [], False
+    with steady_load(answered=answered) as failures, ExitStack() as pins:
+        while True:
+            status = rollout_status()
+            run, now = status.get("rollout") or {}, time.monotonic()
+            step = run.get("step", 0) if not run.get("promoting") else len(opened)
+            if run.get("stepStartedAt") and step not in opened:
+                opened[step] = now
+            for earlier in opened.keys() - ended.keys():
+                if earlier < step:  # it passed: the route moves on from here
+                    ended[earlier] = now
+            if step == 0 and 0 in opened and not pinning:  # pinned requests while at 0%
+                to_canary = {"x-model-version": "2"}
+                pin_failures = pins.enter_context(
+                    steady_load(threads=1, pause=0.05, headers=to_canary, answered=pinned)
+                )
+                pinning = True
+            if step > 0:
+                pins.close()
+            if 2 in opened and not killed and now - opened[2] > 5:  # mid-step: kill a canary pod
+                canary = [p for p in server_pods() if p["metadata"]["labels"][TRACK] == "canary"]
+                killed = canary[0]["metadata"]["name"]
+                kubectl("-n", NAMESPACE, "delete", "pod", killed, "--grace-period=0", "--force")
+            taken = status.get("observedGeneration", 0) >= generation
+            if taken and status.get("phase") in ("Healthy", "Aborted", "Degraded") and not run:
+                break
+            time.sleep(0.25)
+    assert status["phase"] == "Healthy" and status["stableVersion"] == "2", status
+    assert failures == [] and killed, failures[:5]
+    assert pinning and pin_failures == [] and {v for _, v in pinned} == {"2"}, pinned[-5:]
+    table = {}
+    for step, weight in enumerate((0, 5, 50)):
+        # From a second after the route was programmed (Traefik applies changes within half a
+        # second) to the step's end.
+        share, n = share_of(answered, "2", opened[step] + 1, ended[step])
+        table[weight] = (round(share * 100, 2), n)
+        assert abs(share * 100 - weight) <= 2 and n > 500, table
+    print("canary share of requests by weight:", table)
+    assert [t["track"] for t in json.loads(rollout("-o", "json", "status").stdout)["tracks"]] == [
+        "stable"
+    ]  # the canary is gone
 
 
 def test_a_canary_failing_its_analysis_is_aborted(cluster: str):
@@ -304,7 +378,9 @@ spec:
     steps: [{weight: 50, seconds: 15}, {weight: 100, seconds: 15}]
   # Whole, as a manifest kept in Git is: `kubectl apply` keeps fields it does not name, such as
   # the thresholds an earlier `mlscale rollout canary` set.
-  analysis: {maxErrorRate: 0.01, maxP99Ms: 250, maxP99Ratio: 1.5, minRequests: 10, maxIntervals: 3}
+  analysis: {maxErrorRate: 0.01, maxP99Ms: 250, maxP99Ratio: 1.5, minRequests: 10, maxIntervals: 3,
+             maxOutputDrift: 0.2}
+  traffic: {router: Gateway, implementation: Traefik, pinHeader: x-model-version, retries: 1}
   qualityGate: {enabled: false}
   progressTimeoutSeconds: 600
   paused: false
@@ -364,7 +440,7 @@ def test_keep_alive_clients_reach_pods_added_after_they_connected(cluster: str):
     lifetime (chart default) is what moves long-lived clients onto new pods."""
     scale(1, exact=True)
     (first,) = [p["metadata"]["name"] for p in server_pods()]
-    with steady_load():
+    with steady_load(url=NODE_PORT + "/v2/models/iris/infer"):  # the Service, not the gateway
         scale(3)
         added = [p["metadata"]["name"] for p in server_pods() if p["metadata"]["name"] != first]
         served = {pod: requests_served(pod) for pod in added}
@@ -399,7 +475,7 @@ def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
 ):
     scale(1, exact=True)
     before = {p["metadata"]["name"] for p in server_pods()}
-    cmd = [sys.executable, "-m", "mlscale.loadtest", "--url", NODE_PORT, "--model", "iris",
+    cmd = [sys.executable, "-m", "mlscale.loadtest", "--url", GATEWAY, "--model", "iris",
            "--cluster", "--release", RELEASE, "--namespace", cluster, "--context", CONTEXT,
            "--users", "60", "--steps", "4", "--step-seconds", "30", "--hold-seconds", "120",
            "--rollout-version", "2", "--out", str(tmp_path)]  # fmt: skip
@@ -433,57 +509,90 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
 ):
     """The README's walk-through: two versions of a pipeline nobody wrote for mlscale, published,
     packaged as model images, loaded into the nodes, installed with version 1 beside the demo
-    (the same server image), then version 2 canaried under load and promoted."""
+    (the same server image, no gateway: a replica ratio), then version 2 canaried under load
+    and promoted. Then the release moves to the gateway, and shadow steps judge candidates on
+    their answers: one retrained on mislabelled data fails (stable untouched, users never met
+    it), one that answers like stable passes and is promoted."""
     store = tmp_path / "models"
     trained = {}
-    for version, seed in (("1", 0), ("2", 1)):
+    x, y = flowers.load()
+    rotate = {"setosa": "virginica", "versicolor": "setosa", "virginica": "versicolor"}
+    for version, seed in (("1", 0), ("2", 1), ("3", 0)):
         pipe, x_train, x_test, y_test = flowers.train(seed)
+        if version == "3":  # the same pipeline, fitted on labels that were mixed up
+            pipe.fit(x_train, y.loc[x_train.index].map(rotate))
         publish(pipe, "flowers", model_dir=store, version=version, sample=x_train.head(),
                 holdout=(x_test, y_test))  # fmt: skip
         trained[version] = pipe
     mlscale = str(Path(sys.executable).parent / "mlscale")
-    images = [f"mlscale-model/flowers:{v}" for v in ("1", "2")]
-    for image in images:
+    images = {v: f"mlscale-model/flowers:{v}" for v in ("1", "2", "3")}
+    for image in images.values():
         run(mlscale, "package", image.rsplit("/", 1)[1], "--model-dir", str(store))
-    run(str(ROOT / "scripts" / "kind.sh"), "load", *images)
+    run(str(ROOT / "scripts" / "kind.sh"), "load", *images.values())
     values = tmp_path / "flowers.yaml"
     values.write_text(json.dumps({
         "image": {"tag": service.__version__},  # the demo's server image: no rebuild
         "service": {"nodePort": 30081},
         "model": {"name": "flowers", "version": "1",
                   "image": {"repository": "mlscale-model/flowers", "tag": "1"}},
+        "gateway": {"enabled": False},
     }))  # fmt: skip
     helm("upgrade", "--install", "flowers", "charts/mlscale", "-n", "flowers", "--create-namespace",
          "-f", "k8s/values-kind.yaml", "-f", str(values), "--wait", "--timeout", "5m")  # fmt: skip
+    flowers_rollout = ("-n", "flowers", "-r", "flowers")
     try:
         worker = json.loads(kubectl("get", "nodes", "-o", "json"))["items"][-1]
         address = next(a["address"] for a in worker["status"]["addresses"]
                        if a["type"] == "InternalIP")  # fmt: skip
         url = f"http://{address}:30081/v2/models/flowers/infer"
-        rows = flowers.load()[0].head(3)
+        rows = x.head(3)
         body = by_column(rows, ["predict"])
         with httpx.Client(timeout=10) as client:
             first = client.post(url, json=body).json()
         assert first["model_version"] == "1"
         assert first["outputs"][0]["data"] == trained["1"].predict(rows).tolist()
         with steady_load(url=url, body=body) as failures:
-            done = rollout("-n", "flowers", "-r", "flowers", "canary",
-                           "--model-image", images[1], "--steps", "100", "--interval", "12",
-                           "--min-requests", "10")  # fmt: skip
+            done = rollout(*flowers_rollout, "canary", "--model-image", images["2"], "--steps",
+                           "100", "--interval", "12", "--min-requests", "10")  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert failures == []
-        status = json.loads(
-            rollout("-n", "flowers", "-r", "flowers", "-o", "json", "status").stdout
-        )
+        status = json.loads(rollout(*flowers_rollout, "-o", "json", "status").stdout)
         assert [(t["track"], t["version"]) for t in status["tracks"]] == [("stable", "2")]
+        assert "(replica ratio, per connection)" in done.stderr  # said while it ran
         deployment = json.loads(kubectl("-n", "flowers", "get", "deploy", "flowers-mlscale",
                                         "-o", "json"))  # fmt: skip
         (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
-        assert init["image"] == images[1]
+        assert init["image"] == images["2"]
         with httpx.Client(timeout=10) as client:
             after = client.post(url, json=body).json()
         assert after["model_version"] == "2"
         assert after["outputs"][0]["data"] == trained["2"].predict(rows).tolist()
+
+        # Through the gateway, on a host name of its own beside the demo's route.
+        helm("upgrade", "flowers", "charts/mlscale", "-n", "flowers", "--reuse-values",
+             "--set", "gateway.enabled=true,gateway.hostnames[0]=flowers.local", "--set-string",
+             "model.version=2,model.image.tag=2", "--wait", "--timeout", "5m")  # fmt: skip
+        gateway_url, host = GATEWAY + "/v2/models/flowers/infer", {"host": "flowers.local"}
+
+        def routed() -> bool:
+            return httpx.post(gateway_url, json=body, headers=host, timeout=10).status_code == 200
+
+        wait_for(routed, 60, "the flowers route")
+        shadow = ("canary", "--shadow", "50", "--steps", "100", "--interval", "12",
+                  "--min-requests", "10", "--force")  # fmt: skip
+        with steady_load(url=gateway_url, body=body, headers=host) as failures:
+            mixed_up = rollout(*flowers_rollout, *shadow, "--model-image", images["3"])
+        assert mixed_up.returncode == 1 and "answers drift" in mixed_up.stderr, mixed_up.stderr
+        assert failures == []
+        status = json.loads(rollout(*flowers_rollout, "-o", "json", "status").stdout)
+        assert [(t["track"], t["version"]) for t in status["tracks"]] == [("stable", "2")]
+        analysis = status["rollout"]["analysis"]
+        assert analysis["mirror"] == 50 and analysis["outputDrift"] > 0.2, analysis
+        answered: list[tuple[float, str]] = []
+        with steady_load(url=gateway_url, body=body, headers=host, answered=answered) as failures:
+            same = rollout(*flowers_rollout, *shadow, "--model-image", images["1"])
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert failures == [] and answered[-1][1] == "1"
     finally:
         helm("uninstall", "flowers", "-n", "flowers", "--wait")
         kubectl("delete", "namespace", "flowers", "--wait=false")

@@ -6,15 +6,20 @@
 #     (kind's base files, systemd, containerd, runc, CNI plugins, crictl, kubeadm/kubelet/kubectl)
 #     with every image the node runs pre-imported into containerd's k8s.io namespace under the
 #     names kubeadm and the manifests ask for;
-#   - the add-on images: metrics-server, and the node network agent (k8s/nodeimage/kind-net.yaml).
+#   - the add-on images: metrics-server, the node network agent (k8s/nodeimage/kind-net.yaml),
+#     and the gateway (Traefik), with the CRDs it serves (Gateway API's and Traefik's own).
 # Pins live in k8s/nodeimage/versions.env. Everything is cached under $MLSCALE_CACHE (default
 # ~/.cache/mlscale) keyed by those pins, and nothing already built is built again.
 #
 # Usage: k8s/nodeimage/build.sh            build what is missing; print the node image's name
 #        k8s/nodeimage/build.sh --print    print the node image's name and build nothing
+#        k8s/nodeimage/build.sh --gateway-crds   print the gateway CRDs' file (after a build)
+#        k8s/nodeimage/build.sh gateway-crds     only gather those CRDs (a cluster from kind's
+#            public node image pulls Traefik's public image, and needs only them)
 #        k8s/nodeimage/build.sh metrics-server-manifest   regenerate k8s/metrics-server.yaml
 #        k8s/nodeimage/build.sh control-plane   only etcd, kube-apiserver and
-#            kube-controller-manager (the operator's tests run them; no Docker needed)
+#            kube-controller-manager, and the gateway CRDs (the operator's tests run them; no
+#            Docker needed)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -34,7 +39,9 @@ key() {
   ) | sha256sum | cut -c1-12
 }
 NODE_IMAGE=mlscale/kind-node:$KUBERNETES_VERSION-$(key)
+GATEWAY_CRDS=$CACHE/gateway-crds-$GATEWAY_API_VERSION-traefik-$TRAEFIK_VERSION.yaml
 if [ "${1:-}" = --print ]; then echo "$NODE_IMAGE"; exit 0; fi
+if [ "${1:-}" = --gateway-crds ]; then echo "$GATEWAY_CRDS"; exit 0; fi
 
 log() { printf '\033[1m[kind-images]\033[0m %s\n' "$*" >&2; }
 # step NAME CHECK-COMMAND BUILD-FUNCTION: run the build unless the check already passes, timed.
@@ -112,6 +119,35 @@ build_containerd() {
       -tags "no_btrfs no_devmapper no_zfs no_aufs"
   done
 }
+TRAEFIK_BIN=$BIN/traefik-$TRAEFIK_VERSION
+build_traefik() {
+  need_go
+  mkdir -p "$TRAEFIK_BIN"
+  (cd "$HERE/go/traefik" && go build -o "$TRAEFIK_BIN/traefik.tmp" \
+    -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+    github.com/traefik/traefik/v3/cmd/traefik)
+  mv "$TRAEFIK_BIN/traefik.tmp" "$TRAEFIK_BIN/traefik"
+}
+# module_dir DIR MODULE@VERSION: where the Go module cache holds a module's files.
+module_dir() {
+  (cd "$1" && go mod download -json "$2" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+}
+# The CRDs the gateway serves, from the modules themselves: the Gateway API's standard channel
+# and Traefik's own (its TraefikService mirrors, its Middleware retries).
+build_gateway_crds() {
+  need_go
+  local gateway traefik file
+  gateway=$(module_dir "$HERE/go/traefik" "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")
+  traefik=$(module_dir "$HERE/go/traefik" "github.com/traefik/traefik/v3@$TRAEFIK_VERSION")
+  {
+    for file in "$gateway"/config/crd/standard/*.yaml \
+      "$traefik"/docs/content/reference/dynamic-configuration/kubernetes-crd-definition-v1.yml; do
+      echo "---"
+      cat "$file"
+    done
+  } >"$GATEWAY_CRDS.tmp"
+  mv "$GATEWAY_CRDS.tmp" "$GATEWAY_CRDS"
+}
 PAUSE_BIN=$BIN/pause-$PAUSE_VERSION
 build_pause() {
   need_go
@@ -164,6 +200,7 @@ K8S_IMAGES=(
   "registry.k8s.io/coredns/coredns:$COREDNS_VERSION|$COREDNS_BIN/coredns|/coredns"
   "registry.k8s.io/pause:$PAUSE_VERSION|$PAUSE_BIN/pause|/pause"
   "registry.k8s.io/metrics-server/metrics-server:$METRICS_SERVER_VERSION|$METRICS_BIN/metrics-server|/metrics-server"
+  "traefik:$TRAEFIK_VERSION|$TRAEFIK_BIN/traefik|/usr/local/bin/traefik"
 )
 KUBE_PROXY_IMAGE=registry.k8s.io/kube-proxy:$KUBERNETES_VERSION
 KIND_NET_IMAGE=$(sed -n 's/^ *image: *//p' "$HERE/kind-net.yaml" | head -1)
@@ -203,8 +240,7 @@ build_images() {
 build_node_image() {
   local ctx kind_dir
   ctx=$(mktemp -d "$CACHE/node-context.XXXXXX")
-  kind_dir=$(cd "$HERE/go/kubernetes" && go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" \
-    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  kind_dir=$(module_dir "$HERE/go/kubernetes" "sigs.k8s.io/kind@$KIND_VERSION")
   cp -r "$kind_dir/images/base/files" "$ctx/kind-base"
   chmod -R u+w "$ctx/kind-base"
   mkdir -p "$ctx/overlay"
@@ -228,8 +264,7 @@ metrics_server_manifest() {
   local dir out=$ROOT/k8s/metrics-server.yaml kubectl
   kubectl=$(command -v kubectl || echo "$ROOT/.tools/bin/kubectl")
   dir=$(mktemp -d)
-  cp -r "$(cd "$HERE/go/kubernetes" && go mod download -json \
-    "sigs.k8s.io/metrics-server@$METRICS_SERVER_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/manifests" "$dir/"
+  cp -r "$(module_dir "$HERE/go/kubernetes" "sigs.k8s.io/metrics-server@$METRICS_SERVER_VERSION")/manifests" "$dir/"
   chmod -R u+w "$dir"
   mkdir "$dir/manifests/overlays/mlscale"
   cat >"$dir/manifests/overlays/mlscale/kustomization.yaml" <<'EOF'
@@ -255,9 +290,14 @@ EOF
 }
 
 if [ "${1:-}" = metrics-server-manifest ]; then metrics_server_manifest; exit 0; fi
+if [ "${1:-}" = gateway-crds ]; then
+  step "gateway CRDs" "test -s $GATEWAY_CRDS" build_gateway_crds
+  exit 0
+fi
 if [ "${1:-}" = control-plane ]; then
   step "kubernetes $KUBERNETES_VERSION" "test -x $KUBE_BIN/kube-proxy" build_kubernetes
   step "etcd $ETCD_VERSION" "test -x $ETCD_BIN/etcd" build_etcd
+  step "gateway CRDs" "test -s $GATEWAY_CRDS" build_gateway_crds
   exit 0
 fi
 
@@ -272,6 +312,8 @@ step "containerd $CONTAINERD_VERSION" "test -x $CONTAINERD_BIN/ctr/ctr" build_co
 step "crictl $CRICTL_VERSION" "test -x $CRICTL_BIN/crictl" build_crictl
 step "coredns $COREDNS_VERSION" "test -x $COREDNS_BIN/coredns" build_coredns
 step "metrics-server $METRICS_SERVER_VERSION" "test -x $METRICS_BIN/metrics-server" build_metrics_server
+step "traefik $TRAEFIK_VERSION" "test -x $TRAEFIK_BIN/traefik" build_traefik
+step "gateway CRDs (Gateway API $GATEWAY_API_VERSION, Traefik $TRAEFIK_VERSION)" "test -s $GATEWAY_CRDS" build_gateway_crds
 step "pause $PAUSE_VERSION" "test -x $PAUSE_BIN/pause" build_pause
 step "node base rootfs ($DEBIAN_SUITE)" "$DOCKER image inspect $NODE_BASE" build_node_base
 step "tools base rootfs ($DEBIAN_SUITE)" "$DOCKER image inspect $TOOLS_BASE" build_tools_base
