@@ -4,7 +4,9 @@ and report.md.
 
 Examples:
   python -m mlscale.loadtest --url http://127.0.0.1:8080 --model iris --users 20
-  python -m mlscale.loadtest --url http://127.0.0.1:30080 --cluster --rollout-version 2
+  python -m mlscale.loadtest --url http://127.0.0.1:30090 --cluster --rollout-version 2  # kind
+  python -m mlscale.loadtest --url http://127.0.0.1:30090 --cluster --rollout-version 2 \
+      --canary-steps 1,5,25,50 --steps 1 --hold-seconds 240   # shares through the gateway
 """
 
 # Locust patches the standard library for gevent on import: it goes first.
@@ -44,6 +46,14 @@ def main(
             help="Seconds after the start to begin the rollout (default: 10 s into the hold)."
         ),
     ] = None,
+    canary_steps: Annotated[
+        str,
+        typer.Option(
+            help="Roll out as a canary of these weights, e.g. 1,5,25,50 (default: a rolling "
+            "update); the report plots the canary's share of answers against its weight."
+        ),
+    ] = "",
+    canary_interval: Annotated[float, typer.Option(help="Seconds per canary step.")] = 30,
 ) -> None:
     """Load test with a stepped shape and a report; see the module help for examples."""
     sampler = target = None
@@ -61,6 +71,10 @@ def main(
         sampler = ClusterSampler(target)
     elif rollout_version:
         raise typer.BadParameter("--rollout-version needs --cluster")
+    try:
+        weights = tuple(int(w) for w in canary_steps.split(",") if w.strip())
+    except ValueError:
+        raise typer.BadParameter("--canary-steps are percentages, e.g. 1,5,25,50") from None
     plan = Plan(
         url,
         model,
@@ -73,6 +87,8 @@ def main(
         out,
         rollout_version,
         rollout_at,
+        weights,
+        canary_interval,
     )
     folder = run(plan, sampler, target)
     summary = json.loads((folder / "summary.json").read_text())

@@ -3,6 +3,7 @@
 import csv
 import json
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class Row:
     ready_pods: int | None = None
     pods_per_node: dict[str, int] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, int] = field(default_factory=dict)  # since the last row, per version
+    canary_weight: int | None = None  # the running canary's share of requests, in %
 
 
 def write_timeline(rows: list[Row], path: Path) -> None:
@@ -40,6 +43,7 @@ def write_timeline(rows: list[Row], path: Path) -> None:
             record = dict(row.__dict__)
             record["pods_per_node"] = json.dumps(row.pods_per_node, sort_keys=True)
             record["versions"] = json.dumps(row.versions, sort_keys=True)
+            record["answers"] = json.dumps(row.answers, sort_keys=True)
             writer.writerow(record)
 
 
@@ -49,9 +53,11 @@ def _mark_rollout(ax: Any, rows: list[Row]) -> None:
         ax.axvspan(min(times), max(times), color="orange", alpha=0.2, label="rollout")
 
 
-def plot(rows: list[Row], path: Path, title: str, cluster: bool) -> None:
+def plot(rows: list[Row], path: Path, title: str, cluster: bool, canary: str | None = None) -> None:
     t = [r.t for r in rows]
-    fig, axes = plt.subplots(4, 1, figsize=FIGSIZE, dpi=DPI, sharex=True)
+    panels = 5 if canary else 4
+    fig, axes = plt.subplots(panels, 1, figsize=(FIGSIZE[0], FIGSIZE[1] * panels / 4), dpi=DPI,
+                             sharex=True)  # fmt: skip
     fig.suptitle(title)
     ax = axes[0]
     ax.plot(t, [r.rps for r in rows], label="requests/s")
@@ -89,7 +95,13 @@ def plot(rows: list[Row], path: Path, title: str, cluster: bool) -> None:
             )
     ax.set_ylabel("replicas")
     ax3.set_ylabel("ready pods per node")
-    ax3.set_xlabel("seconds")
+    if canary:
+        ax = axes[4]
+        ax.step(t, [r.canary_weight for r in rows], where="post", label="canary weight %")
+        ax.plot(t, [share(r, canary) for r in rows], marker=".", linestyle="",
+                label=f"answers from version {canary}, %")  # fmt: skip
+        ax.set_ylabel("canary %")
+    axes[-1].set_xlabel("seconds")
     for a in axes:
         _mark_rollout(a, rows)
         if a.get_legend_handles_labels()[0]:
@@ -121,6 +133,26 @@ class RolloutWindow:
     start: float | None = None
     end: float | None = None
     outcome: str | None = None
+
+
+def share(row: Row, version: str) -> float | None:
+    """The share of a row's answers that `version` gave, in %."""
+    total = sum(row.answers.values())
+    return 100 * row.answers.get(version, 0) / total if total else None
+
+
+def canary_shares(rows: list[Row], version: str) -> dict[int, dict[str, float | None]]:
+    """Per canary weight: the share of answers the canary gave, over the rows wholly at that
+    weight (a row after a change of weight holds answers from before it too)."""
+    counted: dict[int, list[int]] = {}
+    for before, row in pairwise(rows):
+        if row.canary_weight is None or row.canary_weight != before.canary_weight:
+            continue
+        canary, total = counted.setdefault(row.canary_weight, [0, 0])
+        counted[row.canary_weight] = [canary + row.answers.get(version, 0),
+                                      total + sum(row.answers.values())]  # fmt: skip
+    return {w: {"share_pct": round(100 * c / n, 2) if n else None, "answers": n}
+            for w, (c, n) in sorted(counted.items())}  # fmt: skip
 
 
 def summarize(
@@ -158,6 +190,8 @@ def summarize(
             "nodes_used": sorted({n for r in rows for n in r.pods_per_node}),
         }
     if rollout is not None:
+        if any(r.canary_weight is not None for r in rows):
+            summary["canary_shares"] = canary_shares(rows, rollout.version)
         summary |= {
             "rollout_version": rollout.version,
             "rollout_outcome": rollout.outcome,

@@ -42,6 +42,8 @@ class Plan:
     out: Path = Path("reports")
     rollout_version: str | None = None  # roll out this version during the hold
     rollout_at: float | None = None  # seconds after the start (default: hold start + 10)
+    canary_steps: tuple[int, ...] = ()  # as a canary of these weights (else a rolling update)
+    canary_interval: float = 30  # seconds per canary step
 
 
 def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path:
@@ -59,6 +61,7 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
         # Rates from counter deltas between samples: Locust's own current_rps is a 10 s
         # moving average that lags a step change.
         last = (time.monotonic(), 0, 0)
+        seen = dict(tally.versions)
         while True:
             gevent.sleep(plan.sample_seconds)
             total = env.stats.total
@@ -79,7 +82,9 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
                 p95_ms=p95,
                 p99_ms=p99,
                 rollout=window is not None and window.start is not None and window.end is None,
+                answers={v: n - seen.get(v, 0) for v, n in tally.versions.items()},
             )
+            seen = dict(tally.versions)
             if sampler is not None:
                 try:
                     c = sampler.sample()
@@ -89,6 +94,7 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
                     row.hpa_current, row.hpa_desired = c.hpa_current, c.hpa_desired
                     row.cpu_percent, row.ready_pods = c.cpu_percent, c.ready_pods
                     row.pods_per_node, row.versions = c.pods_per_node, c.versions
+                    row.canary_weight = c.canary_weight
             rows.append(row)
 
     def roll_out(window: RolloutWindow) -> None:
@@ -98,9 +104,16 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
         at = plan.rollout_at if plan.rollout_at is not None else shape.ramp_end + 10
         gevent.sleep(at)
         window.start = round(time.monotonic() - started, 1)
+        strategy: dict[str, Any] = {"type": "Rolling"}
+        timeout = 600.0
+        if plan.canary_steps:
+            steps = [{"weight": w, "seconds": int(plan.canary_interval)} for w in plan.canary_steps]
+            strategy = {"type": "Canary", "steps": steps}
+            timeout += 3 * plan.canary_interval * len(steps)  # each step may take 3 intervals
         try:
-            spec = spec_for(window.version, strategy={"type": "Rolling"}, force=True)
-            window.outcome = roll(release.kube, release.name, spec, say=print).outcome
+            spec = spec_for(window.version, strategy=strategy, force=True, timeout=timeout)
+            window.outcome = roll(release.kube, release.name, spec, say=print,
+                                  timeout=timeout).outcome  # fmt: skip
         except RolloutError as exc:
             window.outcome = f"failed: {exc}"
         window.end = round(time.monotonic() - started, 1)
@@ -149,7 +162,8 @@ def write_report(plan: Plan, summary: dict[str, Any], rows: list[Row]) -> Path:
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     cluster = summary["cluster"]
     title = f"{plan.model} at {plan.url}, {plan.users} users" + ("" if cluster else " (local)")
-    plot(rows, folder / "report.png", title, cluster)
+    canary = summary.get("rollout_version") if "canary_shares" in summary else None
+    plot(rows, folder / "report.png", title, cluster, canary)
     write_markdown(summary, folder / "report.md")
     (folder / "plan.json").write_text(json.dumps(asdict(plan), default=str, indent=2) + "\n")
     return folder

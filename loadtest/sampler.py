@@ -1,9 +1,12 @@
 """What the cluster looks like, sampled while the load runs: HPA replicas and CPU, ready pods,
-pods per node, model version per pod. Read through the kubernetes client, like the operator."""
+pods per node, model version per pod, a canary's weight. Read through the kubernetes client,
+like the operator."""
 
 from collections import Counter
 from dataclasses import dataclass, field
 
+from mlscale.rollout.client import read
+from mlscale.rollout.kube import NotFound, Refused
 from mlscale.rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready
 
 
@@ -15,6 +18,7 @@ class ClusterSample:
     ready_pods: int = 0
     pods_per_node: dict[str, int] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)  # ready pods per model version
+    canary_weight: int | None = None  # while a canary runs: its share of requests, in %
 
 
 class ClusterSampler:
@@ -32,4 +36,10 @@ class ClusterSampler:
         out.ready_pods = len(ready)
         out.pods_per_node = dict(Counter(p.spec.node_name or "?" for p in ready))
         out.versions = dict(Counter((p.metadata.labels or {}).get(VERSION, "?") for p in ready))
+        try:
+            status = read(self.release.kube, self.release.name).get("status") or {}
+        except (Refused, NotFound):  # a release without a ModelRollout (or its CRD)
+            status = {}
+        if (status.get("rollout") or {}).get("stepStartedAt"):  # the step's traffic flows
+            out.canary_weight = status.get("currentWeight")
         return out

@@ -119,3 +119,19 @@ def test_the_hpa_cpu_reading_is_its_current_cpu_utilisation():
     assert hpa_cpu_percent(hpa(resource("memory", 40), resource("cpu", 83))) == 83
     assert hpa_cpu_percent(hpa(resource("memory", 40))) is None
     assert hpa_cpu_percent(hpa()) is None
+
+
+def test_a_canarys_share_of_answers_is_counted_only_where_its_weight_held():
+    from mlscale.loadtest.report import Row, canary_shares
+
+    def row(t: float, weight: int | None, canary: int, stable: int) -> Row:
+        return Row(t=t, users=10, rps=0, failures_per_s=0, p50_ms=0, p95_ms=0, p99_ms=0,
+                   answers={"2": canary, "1": stable}, canary_weight=weight)  # fmt: skip
+
+    rows = [row(0, None, 0, 100), row(2, 5, 50, 50),  # the first row at 5%: partly before
+            row(4, 5, 5, 95), row(6, 5, 6, 94), row(8, 50, 0, 100), row(10, 50, 49, 51),
+            row(12, None, 100, 0)]  # fmt: skip
+    assert canary_shares(rows, "2") == {
+        5: {"share_pct": 5.5, "answers": 200},
+        50: {"share_pct": 49.0, "answers": 100},
+    }
