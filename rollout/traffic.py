@@ -181,9 +181,9 @@ class Route:
         rules.append(rule(everything, backends, filters))
         return rules
 
-    def set(self, split: Split) -> bool:
-        """Make the route do `split`; True when it was changed (the gateway has to program
-        it). What its rules name is in place before the rules name it."""
+    def set(self, split: Split) -> tuple[bool, dict[str, Any]]:
+        """Make the route do `split`: whether it changed (the gateway has to program it), and
+        the route as it is now. What its rules name is in place before the rules name it."""
         port = self._port(self.stable_service)
         if split.version is not None:
             self._port(self.canary_service)  # it must exist: a missing backend answers 500
@@ -192,11 +192,11 @@ class Route:
         want = self.rules(split, port)
         live = self.read()
         if (live.get("spec") or {}).get("rules") == want:
-            return False
-        self.kube.call(self.kube.custom.patch_namespaced_custom_object, *ROUTE_API[:2],
-                       self.kube.namespace, ROUTE_API[2], self.name,
-                       {"spec": {"rules": want}})  # fmt: skip
-        return True
+            return False, live
+        patched = self.kube.call(self.kube.custom.patch_namespaced_custom_object, *ROUTE_API[:2],
+                                 self.kube.namespace, ROUTE_API[2], self.name,
+                                 {"spec": {"rules": want}})  # fmt: skip
+        return True, patched
 
     def describe(self, split: Split) -> str:
         """The split as status says it."""
@@ -212,9 +212,10 @@ class Route:
         """Set the route and wait for the gateway to program it: DONE once it has, FAILED when
         it says it cannot or does not answer within ROUTE_TIMEOUT. When the wait began lives in
         the rollout's status (`routeSince`), so a new controller keeps the same deadline."""
-        if self.set(split) or not run.get("routeSince"):
+        changed, route = self.set(split)
+        if changed or not run.get("routeSince"):
             run["routeSince"] = now_iso()
-        progress = route_progress(self.read())
+        progress = route_progress(route)
         if progress.state is State.DONE:
             run.pop("routeSince", None)
         elif progress.state is State.WAITING and seconds_since(run["routeSince"]) > ROUTE_TIMEOUT:
