@@ -21,6 +21,7 @@ A route change counts once the gateway says so: every parent's Accepted and Reso
 conditions True for the route's generation. One that is False stops the rollout, by name.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -218,9 +219,26 @@ class Route:
         progress = route_progress(route)
         if progress.state is State.DONE:
             run.pop("routeSince", None)
+            self.tidy(route)
         elif progress.state is State.WAITING and seconds_since(run["routeSince"]) > ROUTE_TIMEOUT:
             return Progress(State.FAILED, f"{progress.message} (waited {ROUTE_TIMEOUT:.0f} s)")
         return progress
+
+    def tidy(self, route: dict[str, Any] | None = None) -> None:
+        """Delete the TraefikService of a shadow step once the gateway has programmed rules
+        that no longer name it (before, it would answer for a route still using it). Left
+        alone, it names the canary's Service, and Traefik complains of it while no canary runs."""
+        if self.traffic.implementation != TRAEFIK:
+            return
+        route = route or self.read()
+        if route_progress(route).state is not State.DONE or self._mirror_name in str(
+            (route.get("spec") or {}).get("rules")
+        ):
+            return
+        kube = self.kube
+        with contextlib.suppress(NotFound):
+            kube.call(kube.custom.delete_namespaced_custom_object, TRAEFIK_GROUP, TRAEFIK_VERSION,
+                      kube.namespace, TRAEFIK_SERVICES, self._mirror_name)  # fmt: skip
 
     # --- Traefik's own objects ---------------------------------------------------------------
 

@@ -24,6 +24,8 @@ class Gateway:
         self.refuse: tuple[str, str] | None = None
         self.refuse_from = 1
         self.rules: list[list[dict[str, Any]]] = []  # each generation's, in the order seen
+        # and the TraefikServices there were when it was programmed (Traefik reads them too)
+        self.traefik_services: list[list[dict[str, Any]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -51,6 +53,7 @@ class Gateway:
         ):
             return
         self.rules.append(route["spec"]["rules"])
+        self.traefik_services.append(self.admin.list("traefikservices", self.ns))
         refused = self.refuse if generation >= self.refuse_from else None
         conditions = []
         for kind in ("Accepted", "ResolvedRefs"):
