@@ -152,6 +152,9 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
     )
     summary = summarize(plan.url, plan.model, totals, rows, dict(tally.versions), tally.switches,
                         cluster=sampler is not None, rollout=window)  # fmt: skip
+    # What failed, as Locust saw it: "count x name: error", most frequent first.
+    errors = sorted(env.stats.errors.values(), key=lambda e: -e.occurrences)
+    summary["errors"] = [f"{e.occurrences} x {e.name}: {e.error}" for e in errors]
     return write_report(plan, summary, rows)
 
 
