@@ -106,7 +106,15 @@ case ${1:-} in
     else
       raise_inotify_limits
       echo "kind.sh: creating cluster $CLUSTER from $image"
-      kind create cluster --config k8s/kind-cluster.yaml --image "$image" --wait 180s
+      # --retain: nodes that fail are kept for their logs (saved below), then removed.
+      if ! kind create cluster --config k8s/kind-cluster.yaml --image "$image" --wait 180s --retain; then
+        dir=reports/kind-logs/$(date +%Y%m%d-%H%M%S)
+        kind export logs "$dir" --name "$CLUSTER" >/dev/null 2>&1 || true
+        docker ps -a --filter "label=io.x-k8s.kind.cluster=$CLUSTER" >"$dir/containers.txt" 2>&1 || true
+        kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+        echo "kind.sh: the cluster could not be created; node logs in $dir" >&2
+        exit 1
+      fi
     fi
     kubectl config use-context "kind-$CLUSTER" >/dev/null
     kubectl apply -f k8s/namespace.yaml

@@ -757,6 +757,8 @@ def test_of_two_replicas_only_the_leader_acts_and_the_other_takes_over(cluster: 
     first = cluster.operators[0]
     standby_faults = FaultProxy(cluster.admin.url, cluster.token, cluster.ca)
     standby = cluster.start_operator("op-2", 3, standby_faults)
+    # Up and standing by (its first look at the Lease) before the leader has work to do.
+    wait_for(lambda: "waiting to lead" in standby.output(), 60, "the standby to wait to lead")
     assert cluster.deploy("2").outcome == "succeeded"
     lease = cluster.admin.get("leases", cluster.ns, "mlscale-operator")
     assert lease["spec"]["holderIdentity"] == "op-1"
