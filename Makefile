@@ -61,11 +61,6 @@ lint: install ## ruff, mypy, and hadolint for the Dockerfile
 test: install tools lint ## Lint, then every test, the kind cluster end to end included (skips only without Docker)
 	k8s/nodeimage/build.sh control-plane || echo "no Go: the operator's control-plane tests will skip"
 	scripts/kind.sh prepare
-	@# The cluster is made before the tests run side by side (its nodes boot slowly beside them;
-	@# twice they died at creation); the kind tests use it and delete it. Where it cannot be
-	@# made, they try again and fail with the reason.
-	@if docker info >/dev/null 2>&1; then mkdir -p reports && echo "kind cluster: creating" && \
-	  scripts/kind.sh up >reports/kind-up.log 2>&1 || echo "kind cluster not created (reports/kind-up.log): the kind tests try again"; fi
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/python -m pytest
 
 test-fresh-machine: ## The two README commands in a fresh Debian 12 container (python3, venv, git, make, curl)

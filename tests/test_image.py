@@ -19,7 +19,7 @@ from mlscale.service.publish import publish
 from mlscale.service.store import ModelStore
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
+pytestmark = pytest.mark.docker
 HARDENED = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--user", "10001:10001"]  # fmt: skip
 

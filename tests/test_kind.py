@@ -31,7 +31,7 @@ from mlscale.service.publish import publish
 from tests.conftest import ROOT
 from tests.test_publish import by_column
 
-pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600), pytest.mark.xdist_group("docker")]
+pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
 
 NAMESPACE = RELEASE = "mlscale"
 CONTEXT = "kind-mlscale"
