@@ -14,8 +14,11 @@ import numpy as np
 import pandas as pd
 
 from mlscale.service.errors import InvalidInput
-from mlscale.service.protocol import NUMERIC_TYPES
+from mlscale.service.protocol import DATATYPES, NUMERIC_TYPES
 from mlscale.service.store import Columns, Manifest
+
+# The name of one rows-by-columns tensor, the name array models' single input has too.
+TABLE = "input-0"
 
 
 def dtype_of(columns: Columns, name: str) -> Any:
@@ -30,7 +33,7 @@ def decode_tensors(inputs: list[Any], manifest: Manifest) -> pd.DataFrame:
     names = list(columns.dtypes)
     first = inputs[0].get("name") if type(inputs[0]) is dict else None
     if len(inputs) == 1 and len(names) > 1 and first not in columns.dtypes:
-        return _decode_table(inputs[0], columns)
+        return _decode_table(inputs[0], manifest)
     by_name: dict[str, list[Any] | np.ndarray] = {}
     rows = None
     for tensor in inputs:
@@ -88,20 +91,22 @@ def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
         dtype = dtype_of(columns, name)
         values = by_name[name]
         where = f"column {name!r}"
+        kind = _storage_kind(dtype)
         if isinstance(values, np.ndarray):  # binary tensor data: already typed
+            if kind in "iu" and values.dtype.kind == "f" and not _integral(values).all():
+                raise InvalidInput(f"{where}: expects whole numbers{_NO_NULL}")
             data[name] = pd.Series(values).astype(dtype)
             continue
-        kind = _storage_kind(dtype)
         if kind == "b":
             if not all(type(v) is bool for v in values):
                 raise InvalidInput(f"{where}: expects booleans (true/false)")
-        elif kind in "iuf":
-            if not all(type(v) in (int, float) or (v is None and kind == "f") for v in values):
-                nulls = " or null" if kind == "f" else ""
-                raise InvalidInput(f"{where}: expects numbers{nulls}")
-            if kind in "iu" and not all(type(v) is int for v in values):
-                raise InvalidInput(f"{where}: expects whole numbers")
+        elif kind == "f":
+            if not all(type(v) in (int, float) or v is None for v in values):
+                raise InvalidInput(f"{where}: expects numbers or null")
             values = [np.nan if v is None else v for v in values]
+        elif kind in "iu":
+            if not all(type(v) is int for v in values):
+                values = _whole(values, where)
         elif not all(type(v) is str or v is None for v in values):
             raise InvalidInput(f"{where}: expects strings (BYTES) or null")
         try:
@@ -109,6 +114,29 @@ def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"{where}: cannot be read as {dtype}: {exc}") from None
     return pd.DataFrame(data)
+
+
+# An integer column has no missing value: its training data had none, or it would be floats.
+_NO_NULL = "; null is not allowed (the column held integers in training)"
+
+
+def _whole(values: list[Any], where: str) -> list[int]:
+    """Numbers for an integer column: 3 and 3.0 (what `df.to_numpy().tolist()` sends), not 3.5."""
+    whole = []
+    for v in values:
+        if type(v) is int:
+            whole.append(v)
+        elif type(v) is float and v.is_integer():
+            whole.append(int(v))
+        elif type(v) is float:
+            raise InvalidInput(f"{where}: expects whole numbers ({v!r} is not){_NO_NULL}")
+        else:
+            raise InvalidInput(f"{where}: expects whole numbers{_NO_NULL}")
+    return whole
+
+
+def _integral(values: np.ndarray) -> np.ndarray:
+    return np.isfinite(values) & (np.round(values) == values)
 
 
 def _columns(manifest: Manifest) -> Columns:
@@ -149,16 +177,35 @@ def _flat(data: Any, where: str) -> list[Any] | np.ndarray:
 
 def _check_datatype(datatype: Any, manifest: Manifest, name: str, where: str) -> None:
     want = next(spec.datatype for spec in manifest.inputs if spec.name == name)
-    if datatype == want or (want in NUMERIC_TYPES and datatype in NUMERIC_TYPES):
-        return
-    raise InvalidInput(f"{where}: datatype {datatype!r} does not fit the column; send {want}")
+    if not _fits(datatype, want):
+        raise InvalidInput(f"{where}: datatype {datatype!r} does not fit the column; send {want}")
 
 
-def _decode_table(tensor: Any, columns: Columns) -> pd.DataFrame:
+_CARRIES = {"numeric": "numbers", "BOOL": "booleans", "BYTES": "strings"}
+
+
+def _family(datatype: Any) -> str:
+    return "numeric" if datatype in NUMERIC_TYPES else datatype
+
+
+def _fits(datatype: Any, want: str) -> bool:
+    """Any numeric datatype fills any numeric column; the values are checked one by one."""
+    return _family(datatype) == _family(want)
+
+
+def _decode_table(tensor: Any, manifest: Manifest) -> pd.DataFrame:
     """One rows-by-columns tensor (mixed types travel as BYTES), columns in the model's order."""
-    name, shape, _datatype, data = _fields(tensor)
+    columns = _columns(manifest)
+    name, shape, datatype, data = _fields(tensor)
     names = list(columns.dtypes)
+    if name != TABLE:
+        raise InvalidInput(
+            f"unknown input {name!r}; send one input per column {names}, "
+            f"or one [N, {len(names)}] tensor named {TABLE!r}"
+        )
     where = f"input {name!r}"
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
     if len(shape) != 2 or shape[1] != len(names):
         raise InvalidInput(
             f"{where}: shape {shape} does not match the model's {len(names)} columns {names}; "
@@ -174,5 +221,14 @@ def _decode_table(tensor: Any, columns: Columns) -> pd.DataFrame:
         raise InvalidInput(f"{where}: data must be a list (flat or nested)")
     if len(flat) != shape[0] * shape[1]:
         raise InvalidInput(f"{where}: shape {shape} needs {shape[0] * shape[1]} values")
+    if datatype in NUMERIC_TYPES and not all(type(v) in (int, float) or v is None for v in flat):
+        raise InvalidInput(f"{where}: datatype {datatype} holds numbers; send mixed rows as BYTES")
+    if datatype != "BYTES":  # BYTES carries any mix; a typed table must suit every column
+        for spec in manifest.inputs:
+            if not _fits(datatype, spec.datatype):
+                raise InvalidInput(
+                    f"column {spec.name!r} takes {_CARRIES[_family(spec.datatype)]}; send "
+                    "BYTES (any mix of values) or one input per column"
+                )
     width = len(names)
     return frame({n: flat[i::width] for i, n in enumerate(names)}, columns)

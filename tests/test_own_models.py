@@ -1,0 +1,127 @@
+"""Models trained outside the project, as a new user brings them: a regression pipeline with
+imputing, scaling and an integer column, published and queried the way user code sends rows
+(`df.to_numpy().tolist()` makes every number a float). Each test here was a defect first."""
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.datasets import load_diabetes
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlscale.service.errors import InvalidInput
+from mlscale.service.protocol import decode_infer_request
+from mlscale.service.publish import publish
+from mlscale.service.store import Manifest
+
+
+def diabetes_frame() -> tuple[pd.DataFrame, pd.Series]:
+    x, y = load_diabetes(return_X_y=True, as_frame=True, scaled=False)
+    x = x[["age", "bmi", "bp"]].assign(age=lambda f: f["age"].astype("int64"))
+    x["smoker"] = np.where(x["bmi"] > 27, "yes", "no")
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Pipeline]:
+    x, y = diabetes_frame()
+    numbers = make_pipeline(SimpleImputer(), StandardScaler())
+    pipe = make_pipeline(
+        ColumnTransformer(
+            [("num", numbers, ["age", "bmi", "bp"]), ("cat", OneHotEncoder(), ["smoker"])]
+        ),
+        Ridge(),
+    ).fit(x, y)
+    store = tmp_path_factory.mktemp("own") / "models"
+    manifest = publish(pipe, "diabetes", model_dir=store, sample=x.head())
+    return manifest, pipe
+
+
+def table(rows: list[list], datatype: str = "BYTES", name: str = "input-0") -> bytes:
+    tensor = {"name": name, "shape": [len(rows), len(rows[0])], "datatype": datatype, "data": rows}
+    return orjson.dumps({"inputs": [tensor]})
+
+
+def columns(**data: tuple[str, list]) -> bytes:
+    inputs = [
+        {"name": n, "shape": [len(values)], "datatype": datatype, "data": values}
+        for n, (datatype, values) in data.items()
+    ]
+    return orjson.dumps({"inputs": inputs})
+
+
+def test_the_integer_column_is_declared_int64(regression):
+    manifest, _ = regression
+    assert {s.name: s.datatype for s in manifest.inputs}["age"] == "INT64"
+
+
+def test_whole_number_floats_fill_an_integer_column(regression):
+    """`df.to_numpy().tolist()` sends 59.0 for an int column: exactly integral, accepted."""
+    manifest, pipe = regression
+    x, _ = diabetes_frame()
+    rows = x.head(3)
+    body = columns(
+        age=("FP64", [float(v) for v in rows["age"]]),
+        bmi=("FP64", rows["bmi"].tolist()),
+        bp=("FP64", rows["bp"].tolist()),
+        smoker=("BYTES", rows["smoker"].tolist()),
+    )
+    frame = decode_infer_request(body, manifest).x
+    assert isinstance(frame, pd.DataFrame) and frame["age"].dtype == np.int64
+    np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
+    as_floats = x.head(3).astype(object).to_numpy().tolist()
+    as_floats = [[float(r[0]), *r[1:]] for r in as_floats]
+    frame = decode_infer_request(table(as_floats), manifest).x
+    np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
+
+
+@pytest.mark.parametrize(
+    "age, text",
+    [
+        (59.5, "column 'age': expects whole numbers (59.5 is not); null is not allowed"),
+        (None, "column 'age': expects whole numbers; null is not allowed"),
+        (1e300, "column 'age': cannot be read as int64"),
+    ],
+)
+def test_an_integer_column_refuses_fractions_and_nulls(regression, age, text):
+    manifest, _ = regression
+    body = columns(age=("FP64", [age]), bmi=("FP64", [30.1]), bp=("FP64", [80.0]),
+                   smoker=("BYTES", ["no"]))  # fmt: skip
+    with pytest.raises(InvalidInput) as caught:
+        decode_infer_request(body, manifest)
+    assert text in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body, text",
+    [
+        (table([[59, 30.1, 80.0, "no"]], "FOO"), "unknown datatype 'FOO'"),
+        (table([[59, 30.1, 80.0, "no"]], name="rows"), "unknown input 'rows'"),
+        (table([["a", "b", "c", "d"]], "FP64"), "datatype FP64 holds numbers"),
+        (table([[59, 30.1, 80.0, "no"]], "FP64"), "datatype FP64 holds numbers"),
+        (table([[59, 30.1, 80.0, 1]], "INT64"), "'smoker' takes strings; send BYTES"),
+        (table([[59, 30.1, 80.0, "no"]], "BOOL"), "column 'age' takes numbers"),
+    ],
+)
+def test_one_table_tensor_is_checked_like_columns(regression, body, text):
+    """One [N, columns] tensor: its name, its datatype and its values against the columns."""
+    manifest, _ = regression
+    with pytest.raises(InvalidInput) as caught:
+        decode_infer_request(body, manifest)
+    assert text in str(caught.value)
+
+
+def test_a_numeric_table_serves_an_all_number_model(tmp_path: Path):
+    x, y = diabetes_frame()
+    x = x.drop(columns="smoker")
+    pipe = make_pipeline(StandardScaler(), Ridge()).fit(x, y)
+    manifest = publish(pipe, "numbers", model_dir=tmp_path, sample=x.head())
+    rows = x.head(2)
+    frame = decode_infer_request(table(rows.to_numpy().tolist(), "FP64"), manifest).x
+    np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
