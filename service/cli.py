@@ -295,11 +295,10 @@ def check(
         raise typer.Exit(1)
     try:
         meta = _get_json(f"{url}/v2/models/{model}")
-        spec = meta["inputs"][0]
-        shape = [1, *spec["shape"][1:]]
-        body = {"inputs": [{"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
-                            "data": [0] * math.prod(shape)}]}  # fmt: skip
-        answer = _post_json(f"{url}/v2/models/{model}/infer", body)
+        answer = _post_json(f"{url}/v2/models/{model}/infer", example_request(meta))
+    except urllib.error.HTTPError as exc:
+        console.print(f"[red]FAIL[/] HTTP {exc.code} from {exc.url}: {_error_text(exc)}")
+        raise typer.Exit(1) from None
     except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
         console.print(f"[red]FAIL[/] {exc}")
         raise typer.Exit(1) from None
@@ -308,6 +307,28 @@ def check(
         console.print(f"[red]FAIL[/] version {version} answered, expected {expect_version}")
         raise typer.Exit(1)
     console.print(f"OK {model} version {version} answered: {answer['outputs'][0]['data']}")
+
+
+def example_request(meta: dict[str, Any]) -> dict[str, Any]:
+    """A one-row V2 request built from a model's metadata: every input, filled from the
+    training row recorded at publish where there is one, else zeros."""
+    example = meta.get("parameters", {}).get("example") or {}
+    inputs = []
+    for spec in meta["inputs"]:
+        shape = [1, *spec["shape"][1:]]
+        data = [example[spec["name"]]] if spec["name"] in example else [0] * math.prod(shape)
+        inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
+                       "data": data})  # fmt: skip
+    return {"inputs": inputs}
+
+
+def _error_text(error: urllib.error.HTTPError) -> str:
+    """The server's own message (the protocol's {"error": ...}), else the status text."""
+    body = error.read().decode(errors="replace")
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.strip() or str(error.reason)
 
 
 def _get_json(url: str) -> dict[str, Any]:

@@ -97,6 +97,9 @@ class DataPlane:
                 "metrics": m.metrics,
                 "labels": m.labels,
                 "created": m.created.isoformat(),
+                # One training row by column (models fitted on a DataFrame, published with a
+                # sample): what `mlscale check` and a user's first request can send.
+                "example": m.columns.example if m.columns else None,
             },
         }
         return body, model.identity

@@ -14,11 +14,19 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from typer.testing import CliRunner
 
+from mlscale.cli import app
 from mlscale.service.errors import InvalidInput
 from mlscale.service.protocol import decode_infer_request
 from mlscale.service.publish import publish
 from mlscale.service.store import Manifest
+from tests.conftest import run_server
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())  # rich wraps at the terminal width
 
 
 def diabetes_frame() -> tuple[pd.DataFrame, pd.Series]:
@@ -29,7 +37,7 @@ def diabetes_frame() -> tuple[pd.DataFrame, pd.Series]:
 
 
 @pytest.fixture(scope="module")
-def regression(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Pipeline]:
+def regression(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Pipeline, Path]:
     x, y = diabetes_frame()
     numbers = make_pipeline(SimpleImputer(), StandardScaler())
     pipe = make_pipeline(
@@ -40,7 +48,7 @@ def regression(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Pipe
     ).fit(x, y)
     store = tmp_path_factory.mktemp("own") / "models"
     manifest = publish(pipe, "diabetes", model_dir=store, sample=x.head())
-    return manifest, pipe
+    return manifest, pipe, store
 
 
 def table(rows: list[list], datatype: str = "BYTES", name: str = "input-0") -> bytes:
@@ -57,13 +65,13 @@ def columns(**data: tuple[str, list]) -> bytes:
 
 
 def test_the_integer_column_is_declared_int64(regression):
-    manifest, _ = regression
+    manifest, _, _ = regression
     assert {s.name: s.datatype for s in manifest.inputs}["age"] == "INT64"
 
 
 def test_whole_number_floats_fill_an_integer_column(regression):
     """`df.to_numpy().tolist()` sends 59.0 for an int column: exactly integral, accepted."""
-    manifest, pipe = regression
+    manifest, pipe, _ = regression
     x, _ = diabetes_frame()
     rows = x.head(3)
     body = columns(
@@ -90,7 +98,7 @@ def test_whole_number_floats_fill_an_integer_column(regression):
     ],
 )
 def test_an_integer_column_refuses_fractions_and_nulls(regression, age, text):
-    manifest, _ = regression
+    manifest, _, _ = regression
     body = columns(age=("FP64", [age]), bmi=("FP64", [30.1]), bp=("FP64", [80.0]),
                    smoker=("BYTES", ["no"]))  # fmt: skip
     with pytest.raises(InvalidInput) as caught:
@@ -111,7 +119,7 @@ def test_an_integer_column_refuses_fractions_and_nulls(regression, age, text):
 )
 def test_one_table_tensor_is_checked_like_columns(regression, body, text):
     """One [N, columns] tensor: its name, its datatype and its values against the columns."""
-    manifest, _ = regression
+    manifest, _, _ = regression
     with pytest.raises(InvalidInput) as caught:
         decode_infer_request(body, manifest)
     assert text in str(caught.value)
@@ -125,3 +133,16 @@ def test_a_numeric_table_serves_an_all_number_model(tmp_path: Path):
     rows = x.head(2)
     frame = decode_infer_request(table(rows.to_numpy().tolist(), "FP64"), manifest).x
     np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
+
+
+def test_check_sends_every_column_of_a_multi_column_model(regression):
+    """`helm test` runs `mlscale check`: it must pass for a user's multi-column model."""
+    _, _, store = regression
+    with run_server(store, model_name="diabetes") as server:
+        with server.client() as c:
+            example = c.get("/v2/models/diabetes").json()["parameters"]["example"]
+        assert example == {"age": 59, "bmi": 32.1, "bp": 101.0, "smoker": "yes"}
+        code, out = cli("check", "diabetes", "--url", server.url, "--expect-version", "1")
+        assert code == 0 and "OK diabetes version 1 answered" in out, out
+        code, out = cli("check", "colour", "--url", server.url)
+    assert code == 1 and "FAIL HTTP 404" in out and "model 'colour'" in out, out
