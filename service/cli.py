@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer()
@@ -176,22 +177,49 @@ def manifest_table(checked: "Plan") -> Table:
 
 
 @app.command("models")
-def list_models(model_dir: ModelDir = Path("models")) -> None:
-    """List the models and versions in the store, with their offline metrics."""
+def list_models(
+    model_dir: ModelDir = Path("models"),
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check every artifact against its manifest's sha256.")
+    ] = False,
+) -> None:
+    """List the models and versions in the store, with their offline metrics.
+
+    A damaged version (a manifest that does not read, an artifact missing or changed) is
+    listed with its file and the reason, and the command exits 1; the others are listed as usual.
+    """
+    from mlscale.service.errors import StoreError
     from mlscale.service.store import ModelStore
 
     store = ModelStore(model_dir)
     table = Table("model", "version", "estimator", "metrics", "sha256", "created")
+    if verify:
+        table.add_column("artifact")
+    damaged = []
     for name in store.models():
         for version in store.versions(name):
-            m = store.manifest(name, version)
+            try:
+                m = store.verify(name, version) if verify else store.manifest(name, version)
+            except StoreError as exc:
+                damaged.append(exc.message)  # names the version or its file
+                table.add_row(name, version, "[red]damaged[/]")
+                continue
             metrics = " ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())
-            table.add_row(name, version, m.estimator, metrics, m.sha256[:12],
-                          m.created.strftime("%Y-%m-%d %H:%M"))  # fmt: skip
+            row = [name, version, m.estimator, metrics, m.sha256[:12],
+                   m.created.strftime("%Y-%m-%d %H:%M")]  # fmt: skip
+            table.add_row(*row, *(["verified"] if verify else []))
     if not table.rows:
         console.print(f"no models in {model_dir}; run [bold]mlscale train[/]")
         raise typer.Exit(1)
     console.print(table)
+    if damaged:
+        plural = "s" if len(damaged) > 1 else ""
+        console.print(f"[red]{len(damaged)} damaged version{plural}[/] (restore the file from "
+                      "where it was published, or remove the version's folder and publish it "
+                      "again):")  # fmt: skip
+        for line in damaged:
+            console.print(f"  {escape(line)}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -213,6 +241,8 @@ def serve(
 
     Example:  mlscale serve --model iris --version 2 --extra-versions 1
     """
+    from mlscale.service.dataplane import preflight
+    from mlscale.service.errors import MLScaleError
     from mlscale.service.server import run
     from mlscale.service.settings import ModelSettings, ServerSettings, Settings
 
@@ -222,7 +252,15 @@ def serve(
     model_settings = given(model_name=model, model_version=version, model_dir=model_dir,
                            extra_versions=extra_versions)  # fmt: skip
     server_settings = given(host=host, port=port, workers=workers, log_level=log_level)
-    run(Settings(model=ModelSettings(**model_settings), server=ServerSettings(**server_settings)))
+    settings = Settings(
+        model=ModelSettings(**model_settings), server=ServerSettings(**server_settings)
+    )
+    try:
+        preflight(settings.model)
+    except MLScaleError as exc:
+        Console(stderr=True).print(f"[red]cannot serve[/]: {escape(exc.message)}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    run(settings)
 
 
 def wait_ready(url: str, timeout: float) -> bool:

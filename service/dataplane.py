@@ -10,13 +10,27 @@ from typing import Any
 import numpy as np
 
 from mlscale.service.batching import Batcher
-from mlscale.service.errors import InferenceFailed, ModelNotFound, ModelNotReady
+from mlscale.service.errors import InferenceFailed, ModelNotFound, ModelNotReady, StoreError
 from mlscale.service.metrics import Metrics
 from mlscale.service.runtime import LoadedModel, Outputs, RowOutputs
 from mlscale.service.settings import BatchingSettings, ModelSettings
 from mlscale.service.store import ModelStore
 
 log = logging.getLogger("mlscale")
+
+
+def configured_versions(store: ModelStore, model: ModelSettings) -> list[str]:
+    """The versions a server loads, resolved: the default first, then the extra ones."""
+    wanted = [model.model_version, *model.extra_versions]
+    return list(dict.fromkeys(store.resolve(model.model_name, v) for v in wanted))
+
+
+def preflight(model: ModelSettings) -> None:
+    """Everything `DataPlane.load` checks short of unpickling, so that a server which cannot
+    serve says why in one sentence before it starts, instead of in a startup traceback."""
+    store = ModelStore(model.model_dir)
+    for version in configured_versions(store, model):
+        store.check(model.model_name, version)
 
 
 class DataPlane:
@@ -39,9 +53,9 @@ class DataPlane:
     def load(self) -> None:
         """Load, verify and warm up every configured version. Any failure is fatal: a bad
         version never becomes ready."""
-        self.default_version = self.store.resolve(self.name, self.settings.model_version)
-        wanted = [self.default_version, *self.settings.extra_versions]
-        for version in dict.fromkeys(self.store.resolve(self.name, v) for v in wanted):
+        versions = configured_versions(self.store, self.settings)
+        self.default_version = versions[0]
+        for version in versions:
             start = time.perf_counter()
             manifest, estimator = self.store.load(self.name, version)
             loaded = LoadedModel(manifest, estimator, fast_path=self.settings.fast_path)
@@ -112,11 +126,17 @@ class DataPlane:
         """Every version of the served model in the store (loaded or not), with offline
         metrics: what the rollout operator's quality gate compares."""
         self.model(name)  # 404 for a model this server does not serve
-        manifests = [self.store.manifest(name, v) for v in self.store.versions(name)]
-        versions = [{"version": m.version, "metrics": m.metrics, "sha256": m.sha256,
-                     "created": m.created.isoformat(), "loaded": m.version in self.models}
-                    for m in manifests]  # fmt: skip
-        return {"name": name, "versions": versions}
+        versions, damaged = [], []
+        for version in self.store.versions(name):
+            try:
+                m = self.store.manifest(name, version)
+            except StoreError as exc:  # one unreadable manifest hides none of the others
+                damaged.append({"version": version, "error": exc.message})
+                continue
+            versions.append({"version": m.version, "metrics": m.metrics, "sha256": m.sha256,
+                             "created": m.created.isoformat(),
+                             "loaded": m.version in self.models})  # fmt: skip
+        return {"name": name, "versions": versions, "damaged": damaged}
 
     def model(self, name: str | None, version: str | None = None) -> LoadedModel:
         """The loaded version that answers a path (None: the served model); 404 names what

@@ -20,7 +20,7 @@ from typing import Any
 import joblib
 import numpy
 import sklearn
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from mlscale.service.errors import ModelNotFound, StoreError
 
@@ -128,10 +128,15 @@ class ModelStore:
 
     def manifest(self, name: str, version: str) -> Manifest:
         path = self.root / name / self.resolve(name, version) / MANIFEST
-        return Manifest.model_validate_json(path.read_bytes())
+        try:
+            return Manifest.model_validate_json(path.read_bytes())
+        except OSError as exc:
+            raise StoreError(f"{path}: {exc.strerror}") from None
+        except ValidationError as exc:
+            raise StoreError(f"{path}: {_first_problem(exc)}") from None
 
-    def load(self, name: str, version: str) -> tuple[Manifest, Any]:
-        """Verify, then unpickle. Raises StoreError rather than load anything doubtful."""
+    def verify(self, name: str, version: str) -> Manifest:
+        """The manifest, once the artifact is there and its sha256 is the manifest's."""
         manifest = self.manifest(name, version)
         artifact = self.root / name / manifest.version / ARTIFACT
         if not artifact.is_file():
@@ -142,13 +147,23 @@ class ModelStore:
                 f"{name}/{manifest.version}: {ARTIFACT} sha256 {actual[:12]}… does not match "
                 f"the manifest's {manifest.sha256[:12]}…; refusing to load a changed artifact"
             )
+        return manifest
+
+    def check(self, name: str, version: str) -> Manifest:
+        """Everything `load` checks, short of unpickling: intact, and made for this runtime."""
+        manifest = self.verify(name, version)
         if manifest.sklearn_version != sklearn.__version__:
             raise StoreError(
                 f"{name}/{manifest.version} was trained with scikit-learn "
                 f"{manifest.sklearn_version}, this server runs {sklearn.__version__}; "
                 "retrain it or serve it with the matching image"
             )
-        return manifest, joblib.load(artifact)
+        return manifest
+
+    def load(self, name: str, version: str) -> tuple[Manifest, Any]:
+        """Check, then unpickle. Raises StoreError rather than load anything doubtful."""
+        manifest = self.check(name, version)
+        return manifest, joblib.load(self.root / name / manifest.version / ARTIFACT)
 
     def next_version(self, name: str) -> str:
         numeric = [int(v) for v in self.versions(name) if v.isdigit()]
@@ -204,6 +219,13 @@ class ModelStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest
+
+
+def _first_problem(error: ValidationError) -> str:
+    """A damaged manifest in one line: the first thing wrong, and where."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{first['msg']} ({where})" if where else first["msg"]
 
 
 def _pandas_version() -> str:

@@ -2,8 +2,12 @@
 imputing, scaling and an integer column, published and queried the way user code sends rows
 (`df.to_numpy().tolist()` makes every number a float). Each test here was a defect first."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import orjson
 import pandas as pd
@@ -17,11 +21,12 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from typer.testing import CliRunner
 
 from mlscale.cli import app
+from mlscale.service import contract
 from mlscale.service.errors import InvalidInput
 from mlscale.service.protocol import decode_infer_request
 from mlscale.service.publish import publish
 from mlscale.service.store import Manifest
-from tests.conftest import run_server
+from tests.conftest import free_port, run_server
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -146,3 +151,54 @@ def test_check_sends_every_column_of_a_multi_column_model(regression):
         assert code == 0 and "OK diabetes version 1 answered" in out, out
         code, out = cli("check", "colour", "--url", server.url)
     assert code == 1 and "FAIL HTTP 404" in out and "model 'colour'" in out, out
+
+
+@pytest.fixture
+def damaged(tmp_path: Path) -> Path:
+    """A store of three versions: 1 healthy, 2 with a truncated manifest, 3 with a changed
+    artifact."""
+    x, y = diabetes_frame()
+    x = x.drop(columns="smoker")
+    pipe = make_pipeline(StandardScaler(), Ridge()).fit(x, y)
+    for _ in range(3):
+        publish(pipe, "numbers", model_dir=tmp_path, sample=x.head())
+    manifest = tmp_path / "numbers" / "2" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:100])
+    with (tmp_path / "numbers" / "3" / "model.joblib").open("ab") as f:
+        f.write(b"changed")
+    return tmp_path
+
+
+def test_a_damaged_version_is_named_and_the_healthy_ones_listed(damaged: Path):
+    before = {p: p.read_bytes() for p in damaged.rglob("*") if p.is_file()}
+    code, out = cli("models", "--model-dir", str(damaged))
+    assert code == 1, out
+    assert "numbers │ 1 │ Pipeline" in out and "numbers │ 3 │ Pipeline" in out, out
+    assert "numbers │ 2 │ damaged" in out and "1 damaged version (" in out, out
+    assert f" {damaged}/numbers/2/manifest.json: Invalid JSON" in out, out
+    code, out = cli("models", "--model-dir", str(damaged), "--verify")
+    assert code == 1 and "2 damaged versions" in out, out
+    assert " numbers/3: model.joblib sha256" in out and "does not match" in out, out
+    assert "verified" in out and "numbers │ 3 │ damaged" in out, out
+    assert before == {p: p.read_bytes() for p in damaged.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "version, reason", [("2", "Invalid JSON"), ("3", "does not match the manifest")]
+)
+def test_serving_a_damaged_version_says_why_in_one_sentence(damaged: Path, version, reason):
+    env = {**os.environ, "MLSCALE_MODEL_DIR": str(damaged), "MLSCALE_PORT": str(free_port())}
+    command = [sys.executable, "-m", "mlscale", "serve", "--model", "numbers",
+               "--version", version]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert reason in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_healthy_version_serves_beside_damaged_ones(damaged: Path):
+    """The operator's quality gate reads the store's versions: the damaged one is named apart."""
+    with run_server(damaged, model_name="numbers", model_version="1") as server:
+        body = httpx.get(server.url + contract.STORE_VERSIONS.format(name="numbers")).json()
+    assert [v["version"] for v in body["versions"]] == ["1", "3"]
+    assert [d["version"] for d in body["damaged"]] == ["2"]
+    assert "Invalid JSON" in body["damaged"][0]["error"]
