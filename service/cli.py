@@ -87,12 +87,21 @@ def publish(
     target: Annotated[
         str | None, typer.Option(help="The holdout's label column (needed with --holdout).")
     ] = None,
+    allow_signature_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-signature-change",
+            help="Accept inputs, outputs, labels or task that differ from the latest version's.",
+        ),
+    ] = False,
     model_dir: ModelDir = Path("models"),
 ) -> None:
     """Publish your own fitted scikit-learn model as a new immutable version.
 
     The manifest (inputs, outputs, labels, metrics) is inferred from the model, shown, then
-    written. Unpickling runs code: publish only files you trust.
+    written, with the file's bytes as they are. A version that takes or answers something
+    else than the latest one is refused unless --allow-signature-change; a file identical to
+    an existing version is refused. Unpickling runs code: publish only files you trust.
 
     Example:  mlscale publish churn.joblib --name churn --sample train.csv \\
                   --holdout test.csv --target churned
@@ -105,12 +114,14 @@ def publish(
         raise typer.BadParameter("--holdout and --target go together")
     store = ModelStore(model_dir)
     try:
-        estimator = load_file(model_file)
+        estimator, artifact = load_file(model_file)
         rows = read_csv(sample, "sample") if sample else None
         held_out = (
             split_target(read_csv(holdout, "holdout"), target) if holdout and target else None
         )
-        checked = plan(estimator, name, store, version=version, sample=rows, holdout=held_out)
+        checked = plan(estimator, name, store, version=version, sample=rows, holdout=held_out,
+                       allow_signature_change=allow_signature_change,
+                       artifact=artifact)  # fmt: skip
         console.print(manifest_table(checked))
         if not checked.metrics:
             console.print(

@@ -10,6 +10,7 @@ One call after `fit` in a training script:
 compares. Nothing is written unless every check passed.
 """
 
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +23,18 @@ from sklearn.base import is_classifier
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 
 from mlscale.service import signature
-from mlscale.service.errors import InvalidModel
+from mlscale.service.errors import InvalidModel, StoreError
 from mlscale.service.store import Columns, Manifest, ModelStore, check_label
 
 
-def load_file(path: Path) -> Any:
-    """A fitted estimator from a joblib or pickle file. Unpickling runs code: only load
-    files you made or trust, as with any pickle."""
+def load_file(path: Path) -> tuple[Any, bytes]:
+    """A fitted estimator from a joblib or pickle file, and the file's bytes: the version
+    stores exactly what was published, so the same file published twice has the same sha256.
+    Unpickling runs code: only load files you made or trust, as with any pickle."""
     try:
-        return joblib.load(path)
-    except FileNotFoundError:
+        data = path.read_bytes()
+        return joblib.load(io.BytesIO(data)), data
+    except (FileNotFoundError, IsADirectoryError):
         raise InvalidModel(f"{path}: no such file") from None
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError) as exc:
         raise InvalidModel(
@@ -82,8 +85,10 @@ class Plan:
     version: str
     signature: signature.Signature
     metrics: dict[str, float]
+    artifact: bytes | None = None  # the published file's bytes; None: dump the estimator
 
     def write(self, store: ModelStore) -> Manifest:
+        """Write the version; refused if its artifact is identical to an existing version's."""
         sig = self.signature
         columns = (
             Columns(dtypes=sig.dtypes, categories=sig.categories, example=sig.example)
@@ -99,6 +104,8 @@ class Plan:
             metrics=self.metrics,
             labels=sig.labels,
             columns=columns,
+            artifact=self.artifact,
+            unique=True,
         )
 
 
@@ -110,6 +117,8 @@ def plan(
     version: str | None = None,
     sample: pd.DataFrame | None = None,
     holdout: tuple[Any, Any] | None = None,
+    allow_signature_change: bool = False,
+    artifact: bytes | None = None,
 ) -> Plan:
     """Check everything publishing needs and infer the manifest; writes nothing."""
     check_label("name", name)
@@ -122,8 +131,57 @@ def plan(
             "publish under a new version"
         )
     sig = signature.infer(estimator, sample)
+    latest = _latest_readable(store, name)
+    if latest is not None and not allow_signature_change:
+        changes = signature_changes(latest, sig)
+        if changes:
+            raise InvalidModel(
+                f"{name}/{version} does not take or answer what {name}/{latest.version} does: "
+                f"{'; '.join(changes)}. Clients of {name} would break at the rollout: publish "
+                "it under a new name, or pass --allow-signature-change (Python: "
+                "allow_signature_change=True) when they are ready for it"
+            )
     metrics = holdout_metrics(estimator, *holdout) if holdout is not None else {}
-    return Plan(estimator, name, version, sig, metrics)
+    return Plan(estimator, name, version, sig, metrics, artifact)
+
+
+def signature_changes(before: Manifest, after: signature.Signature) -> list[str]:
+    """What a client of `before` would notice: inputs, outputs, labels, classifier or not."""
+    changes = []
+    for what, old, new in (("inputs", before.inputs, after.inputs),
+                           ("outputs", before.outputs, after.outputs)):  # fmt: skip
+        was = {s.name: f"{s.datatype} {s.shape}" for s in old}
+        now = {s.name: f"{s.datatype} {s.shape}" for s in new}
+        parts = []
+        if removed := [n for n in was if n not in now]:
+            parts.append(f"removed {removed}")
+        if added := [n for n in now if n not in was]:
+            parts.append(f"added {added}")
+        parts += [f"{n!r} {was[n]} → {now[n]}" for n in was if n in now and was[n] != now[n]]
+        if parts:
+            changes.append(f"{what}: {', '.join(parts)}")
+    if bool(before.labels) != bool(after.labels):
+        task = {True: "classifier", False: "regressor"}
+        old_task = f"{task[bool(before.labels)]}" + (
+            f" (labels {', '.join(before.labels)})" if before.labels else ""
+        )
+        new_task = f"{task[bool(after.labels)]}" + (
+            f" (labels {', '.join(after.labels)})" if after.labels else ""
+        )
+        changes.append(f"task: {old_task} → {new_task}")
+    elif before.labels != after.labels:
+        changes.append(f"labels: {before.labels} → {after.labels}")
+    return changes
+
+
+def _latest_readable(store: ModelStore, name: str) -> Manifest | None:
+    """The newest version whose manifest reads (a damaged one is skipped, not compared)."""
+    for version in reversed(store.versions(name)):
+        try:
+            return store.manifest(name, version)
+        except StoreError:
+            continue
+    return None
 
 
 def publish(
@@ -134,6 +192,7 @@ def publish(
     version: str | None = None,
     sample: pd.DataFrame | None = None,
     holdout: tuple[Any, Any] | None = None,
+    allow_signature_change: bool = False,
 ) -> Manifest:
     """Write a fitted estimator as version `version` (default: the next number) of `name`.
 
@@ -141,6 +200,6 @@ def publish(
     DataFrame without it is assumed to take numbers). `holdout`: (X, y) for offline metrics.
     """
     store = ModelStore(Path(model_dir))
-    return plan(estimator, name, store, version=version, sample=sample, holdout=holdout).write(
-        store
-    )
+    checked = plan(estimator, name, store, version=version, sample=sample, holdout=holdout,
+                   allow_signature_change=allow_signature_change)  # fmt: skip
+    return checked.write(store)

@@ -165,6 +165,18 @@ class ModelStore:
         manifest = self.check(name, version)
         return manifest, joblib.load(self.root / name / manifest.version / ARTIFACT)
 
+    def _refuse_duplicate(self, name: str, version: str, sha256: str) -> None:
+        for existing in self.versions(name):
+            try:
+                same = self.manifest(name, existing).sha256 == sha256
+            except StoreError:
+                continue
+            if same:
+                raise StoreError(
+                    f"{name}/{version} would be identical to {name}/{existing} (sha256 "
+                    f"{sha256[:12]}…); nothing written"
+                )
+
     def next_version(self, name: str) -> str:
         numeric = [int(v) for v in self.versions(name) if v.isdigit()]
         return str(max(numeric, default=0) + 1)
@@ -180,8 +192,12 @@ class ModelStore:
         metrics: dict[str, float],
         labels: list[str] | None = None,
         columns: Columns | None = None,
+        artifact: bytes | None = None,
+        unique: bool = False,
     ) -> Manifest:
-        """Write a new version atomically. An existing version is refused, never replaced."""
+        """Write a new version atomically. An existing version is refused, never replaced;
+        with `unique`, so is an artifact identical to an existing version's. `artifact`: the
+        estimator's joblib or pickle file as published, stored as is (else it is dumped)."""
         check_label("name", name)
         check_label("version", version)
         final = self.root / name / version
@@ -190,11 +206,17 @@ class ModelStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=final.parent))
         try:
-            joblib.dump(estimator, staging / ARTIFACT)
+            if artifact is None:
+                joblib.dump(estimator, staging / ARTIFACT)
+            else:
+                (staging / ARTIFACT).write_bytes(artifact)
+            sha256 = sha256_of(staging / ARTIFACT)
+            if unique:
+                self._refuse_duplicate(name, version, sha256)
             manifest = Manifest(
                 name=name,
                 version=version,
-                sha256=sha256_of(staging / ARTIFACT),
+                sha256=sha256,
                 sklearn_version=sklearn.__version__,
                 numpy_version=numpy.__version__,
                 python_version=platform.python_version(),

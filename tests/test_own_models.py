@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import joblib
 import numpy as np
 import orjson
 import pandas as pd
@@ -15,17 +16,17 @@ import pytest
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import Ridge
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from typer.testing import CliRunner
 
 from mlscale.cli import app
 from mlscale.service import contract
-from mlscale.service.errors import InvalidInput
+from mlscale.service.errors import InvalidInput, InvalidModel
 from mlscale.service.protocol import decode_infer_request
 from mlscale.service.publish import publish
-from mlscale.service.store import Manifest
+from mlscale.service.store import Manifest, ModelStore
 from tests.conftest import free_port, run_server
 
 
@@ -159,8 +160,8 @@ def damaged(tmp_path: Path) -> Path:
     artifact."""
     x, y = diabetes_frame()
     x = x.drop(columns="smoker")
-    pipe = make_pipeline(StandardScaler(), Ridge()).fit(x, y)
-    for _ in range(3):
+    for alpha in (1.0, 2.0, 3.0):
+        pipe = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x, y)
         publish(pipe, "numbers", model_dir=tmp_path, sample=x.head())
     manifest = tmp_path / "numbers" / "2" / "manifest.json"
     manifest.write_bytes(manifest.read_bytes()[:100])
@@ -202,3 +203,51 @@ def test_a_healthy_version_serves_beside_damaged_ones(damaged: Path):
     assert [v["version"] for v in body["versions"]] == ["1", "3"]
     assert [d["version"] for d in body["damaged"]] == ["2"]
     assert "Invalid JSON" in body["damaged"][0]["error"]
+
+
+def iris_classifier() -> Pipeline:
+    x, y = diabetes_frame()
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(
+        x.drop(columns="smoker"), np.where(y > 140, "high", "low")
+    )
+
+
+def test_a_new_version_that_is_another_model_is_refused(tmp_path: Path):
+    """A regressor published as a new version of a classifier's name would answer its
+    clients with numbers instead of labels: refused, saying what changed."""
+    x, y = diabetes_frame()
+    numbers = x.drop(columns="smoker")
+    publish(iris_classifier(), "risk", model_dir=tmp_path, sample=numbers.head())
+    regressor = make_pipeline(StandardScaler(), Ridge()).fit(numbers, y)
+    with pytest.raises(InvalidModel) as caught:
+        publish(regressor, "risk", model_dir=tmp_path, sample=numbers.head())
+    message = caught.value.message
+    assert "risk/2 does not take or answer what risk/1 does" in message
+    assert "outputs: removed ['predict_proba', 'decision_function']" in message
+    assert "'predict' BYTES [-1] → FP64 [-1]" in message
+    assert "task: classifier (labels high, low) → regressor" in message
+    assert "--allow-signature-change" in message
+    assert ModelStore(tmp_path).versions("risk") == ["1"]
+    fewer = numbers.drop(columns="bp")
+    with pytest.raises(InvalidModel, match=r"inputs: removed \['bp'\]"):
+        publish(
+            make_pipeline(StandardScaler(), LogisticRegression()).fit(fewer, y > 140),
+            "risk", model_dir=tmp_path, sample=fewer.head(),
+        )  # fmt: skip
+    written = publish(regressor, "risk", model_dir=tmp_path, sample=numbers.head(),
+                      allow_signature_change=True)  # fmt: skip
+    assert written.version == "2" and written.labels == []
+
+
+def test_publishing_an_identical_model_again_says_so(tmp_path: Path):
+    model = iris_classifier()
+    x, _ = diabetes_frame()
+    publish(model, "risk", model_dir=tmp_path, sample=x.drop(columns="smoker").head())
+    path, sample = tmp_path / "risk.joblib", tmp_path / "sample.csv"
+    joblib.dump(model, path)
+    x.drop(columns="smoker").head().to_csv(sample, index=False)
+    code, out = cli("publish", str(path), "--name", "risk", "--sample", str(sample),
+                    "--model-dir", str(tmp_path))  # fmt: skip
+    assert code == 1 and "identical to risk/1 (sha256" in out and "nothing written" in out, out
+    assert ModelStore(tmp_path).versions("risk") == ["1"]
+    assert not [p for p in (tmp_path / "risk").iterdir() if p.name.startswith(".")]
