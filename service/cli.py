@@ -107,7 +107,13 @@ def publish(
                   --holdout test.csv --target churned
     """
     from mlscale.service.errors import MLScaleError
-    from mlscale.service.publish import load_file, plan, read_csv, split_target
+    from mlscale.service.publish import (
+        load_file,
+        plan,
+        read_csv,
+        restore_categories,
+        split_target,
+    )
     from mlscale.service.store import ModelStore
 
     if (holdout is None) != (target is None):
@@ -115,7 +121,7 @@ def publish(
     store = ModelStore(model_dir)
     try:
         estimator, artifact = load_file(model_file)
-        rows = read_csv(sample, "sample") if sample else None
+        rows = restore_categories(estimator, read_csv(sample, "sample")) if sample else None
         held_out = (
             split_target(read_csv(holdout, "holdout"), target) if holdout and target else None
         )

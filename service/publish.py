@@ -54,6 +54,17 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
         raise InvalidModel(f"cannot read the {what} {path}: {exc}") from None
 
 
+def restore_categories(estimator: Any, sample: pd.DataFrame) -> pd.DataFrame:
+    """A CSV sample cannot say a column was `category`: give its string columns the
+    categories the fitted pipeline's encoders learnt for them, as a training frame would."""
+    learnt = signature.encoder_categories(estimator)
+    restored = sample.copy()
+    for name in sample.columns:
+        if name in learnt and pd.api.types.is_string_dtype(sample[name].dtype):
+            restored[name] = sample[name].astype(pd.CategoricalDtype(learnt[name]))
+    return restored
+
+
 def holdout_metrics(estimator: Any, x: Any, y: Any) -> dict[str, float]:
     """Offline metrics on held-out rows: accuracy and macro F1 for a classifier, mse and r2
     otherwise. The quality gate compares them between versions."""

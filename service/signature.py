@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
@@ -135,3 +136,34 @@ def _outputs(estimator: Any, probe: Any) -> list[TensorSpec]:
         shape = [-1, *value.shape[1:]]
         outputs.append(TensorSpec(name=method, datatype=datatype_of(value.dtype), shape=shape))
     return outputs
+
+
+def encoder_categories(estimator: Any) -> dict[str, list[Any]]:
+    """The categories fitted encoders (OneHotEncoder, OrdinalEncoder, and the one inside
+    HistGradientBoosting) learnt, by the name of the input column they read."""
+    found: dict[str, list[Any]] = {}
+    seen: set[int] = set()
+
+    def visit(part: Any) -> None:
+        if id(part) in seen:
+            return
+        seen.add(id(part))
+        if isinstance(part, list | tuple):
+            for item in part:
+                visit(item)
+            return
+        if not isinstance(part, BaseEstimator):
+            return
+        names, categories = (
+            getattr(part, "feature_names_in_", None),
+            getattr(part, "categories_", None),
+        )
+        if names is not None and isinstance(categories, list) and len(categories) == len(names):
+            for name, values in zip(names, categories, strict=True):
+                known = [_plain(v) for v in values if not pd.isna(v)]
+                found.setdefault(str(name), known)
+        for value in vars(part).values():  # fitted steps, transformers_, a model's own encoder
+            visit(value)
+
+    visit(estimator)
+    return found

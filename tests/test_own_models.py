@@ -15,14 +15,16 @@ import pandas as pd
 import pytest
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from typer.testing import CliRunner
 
 from mlscale.cli import app
 from mlscale.service import contract
+from mlscale.service.columns import decode_instances
 from mlscale.service.errors import InvalidInput, InvalidModel
 from mlscale.service.protocol import decode_infer_request
 from mlscale.service.publish import publish
@@ -251,3 +253,33 @@ def test_publishing_an_identical_model_again_says_so(tmp_path: Path):
     assert code == 1 and "identical to risk/1 (sha256" in out and "nothing written" in out, out
     assert ModelStore(tmp_path).versions("risk") == ["1"]
     assert not [p for p in (tmp_path / "risk").iterdir() if p.name.startswith(".")]
+
+
+def test_a_category_column_keeps_its_categories_through_a_csv_sample(tmp_path: Path):
+    """A CSV cannot say a column was `category`: the categories come from the pipeline's
+    fitted encoders, as Python's publish() takes them from the frame."""
+    x, y = diabetes_frame()
+    x["band"] = pd.Categorical(np.where(x["bmi"] > 27, "high", "low"), categories=["low", "high"])
+    labels = np.where(y > 140, "worse", "better")
+    encode = ColumnTransformer(
+        [("cat", OrdinalEncoder(), ["smoker", "band"])], remainder="passthrough"
+    )
+    pipe = make_pipeline(encode, RandomForestClassifier(n_estimators=10, random_state=0))
+    pipe.fit(x, labels)
+    path, sample = tmp_path / "forest.joblib", tmp_path / "sample.csv"
+    joblib.dump(pipe, path)
+    x.head().to_csv(sample, index=False)
+    store = tmp_path / "models"
+    code, out = cli("publish", str(path), "--name", "forest", "--sample", str(sample),
+                    "--model-dir", str(store))  # fmt: skip
+    assert code == 0, out
+    manifest = ModelStore(store).manifest("forest", "1")
+    assert manifest.columns is not None
+    assert manifest.columns.categories == {"smoker": ["no", "yes"], "band": ["high", "low"]}
+    assert manifest.columns.dtypes["age"] == "int64"
+    rows = x.head(5)
+    body = orjson.dumps({"instances": rows.astype(object).to_dict(orient="records")},
+                        option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
+    frame = decode_instances(orjson.loads(body)["instances"], manifest)
+    assert isinstance(frame["band"].dtype, pd.CategoricalDtype)
+    np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
