@@ -13,11 +13,14 @@ Examples:
 from mlscale.loadtest.runner import Plan, run  # isort: skip
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from mlscale.loadtest import PROG_ENV
 
 console = Console()
 
@@ -55,7 +58,17 @@ def main(
     ] = "",
     canary_interval: Annotated[float, typer.Option(help="Seconds per canary step.")] = 30,
 ) -> None:
-    """Load test with a stepped shape and a report; see the module help for examples."""
+    """Load test: step the load up, hold, step down; sample the cluster while it runs; write
+    reports/<time>/ with timeline.csv, summary.json, report.png and report.md.
+
+    A server on this machine:  mlscale loadtest --url http://127.0.0.1:8080 --model iris --users 20
+
+    The kind cluster, a rollout at the hold:  mlscale loadtest --url http://127.0.0.1:30090
+    --cluster --rollout-version 2
+
+    Canary shares through the gateway:  mlscale loadtest --url http://127.0.0.1:30090 --cluster
+    --rollout-version 2 --canary-steps 1,5,25,50 --steps 1 --hold-seconds 240
+    """
     sampler = target = None
     if cluster:
         from mlscale.loadtest.sampler import ClusterSampler
@@ -98,4 +111,7 @@ def main(
         raise typer.Exit(1)
 
 
-typer.run(main)
+app = typer.Typer(add_completion=False)
+app.command()(main)
+# Started by `mlscale loadtest`, its help names that command, not `python -m mlscale.loadtest`.
+app(prog_name=os.environ.pop(PROG_ENV, None))

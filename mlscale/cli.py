@@ -47,6 +47,9 @@ def missing_extra(name: str, extra: str) -> None:
 def loadtest(ctx: typer.Context) -> None:
     """Load test with a report (`mlscale loadtest --help` for the options)."""
     # Locust patches the standard library when imported: it runs in a process of its own.
+    from mlscale.loadtest import PROG_ENV
+
+    os.environ[PROG_ENV] = "mlscale loadtest"
     os.execv(sys.executable, [sys.executable, "-m", "mlscale.loadtest", *ctx.args])
 
 

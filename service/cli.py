@@ -149,11 +149,11 @@ def package(
     ],
     model_dir: ModelDir = Path("models"),
     tag: Annotated[
-        str | None, typer.Option(help="Image tag [default: mlscale-model/NAME:VERSION].")
+        str | None, typer.Option(help="Image tag.", show_default="mlscale-model/NAME:VERSION")
     ] = None,
     base: Annotated[
         str | None,
-        typer.Option(help="Base image with cp [default: busybox:1.37, else the local one]."),
+        typer.Option(help="Base image with cp.", show_default="busybox:1.37, else the local one"),
     ] = None,
 ) -> None:
     """Build a model image holding one version, for the chart's model.image and
@@ -239,7 +239,16 @@ def list_models(
         raise typer.Exit(1)
 
 
-@app.command()
+def _settings_epilog() -> str:
+    from mlscale.service.settings import environment
+
+    lines = [f"  {name}={escape(default)}  {escape(text)}" for name, default, text in environment()]
+    return "Every setting, as an environment variable with its default (options win):\n\n" + (
+        "\n".join(lines)
+    )
+
+
+@app.command(epilog=_settings_epilog())
 def serve(
     model: Annotated[str | None, typer.Option(help="Model name [MLSCALE_MODEL_NAME].")] = None,
     version: Annotated[

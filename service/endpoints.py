@@ -30,6 +30,9 @@ def _is_binary(content_type: bytes) -> bool:
     return _media(content_type) == b"application/octet-stream"
 
 
+_RAISE = " (the server's MLSCALE_MAX_BODY_BYTES; the chart's server.maxBodyBytes)"
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int, binary_data: bool = False) -> bytes:
     """The request body, refusing non-JSON media types and bodies over `limit` bytes. A body
     sent without a content type is taken to be JSON; with `binary_data` (the binary tensor
@@ -39,7 +42,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int, binary_data: boo
             if not _is_json(value) and not (binary_data and _is_binary(value)):
                 raise UnsupportedMediaType("send the body as application/json")
         elif key == b"content-length" and value.isdigit() and int(value) > limit:
-            raise PayloadTooLarge(f"body of {int(value)} bytes exceeds the limit of {limit}")
+            raise PayloadTooLarge(
+                f"body of {int(value)} bytes exceeds the limit of {limit}{_RAISE}"
+            )
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -49,7 +54,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int, binary_data: boo
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes{_RAISE}")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -121,3 +121,20 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+
+def environment() -> list[tuple[str, str, str]]:
+    """Every setting as (variable, default, description): what `mlscale serve --help` lists."""
+    rows = []
+    for group in (ModelSettings, BatchingSettings, ServerSettings):
+        prefix = group.model_config.get("env_prefix", "")
+        for name, field in group.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, list):
+                default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+                if len(default) > 40:
+                    default = f"{default[:24]}… ({default.count(',') + 1} values)"
+            elif isinstance(default, bool):
+                default = str(default).lower()
+            rows.append((f"{prefix}{name}".upper(), str(default), field.description or ""))
+    return rows

@@ -28,6 +28,7 @@ from mlscale.service.columns import decode_instances
 from mlscale.service.errors import InvalidInput, InvalidModel
 from mlscale.service.protocol import decode_infer_request
 from mlscale.service.publish import publish
+from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings
 from mlscale.service.store import Manifest, ModelStore
 from tests.conftest import free_port, run_server
 
@@ -283,3 +284,22 @@ def test_a_category_column_keeps_its_categories_through_a_csv_sample(tmp_path: P
     frame = decode_instances(orjson.loads(body)["instances"], manifest)
     assert isinstance(frame["band"].dtype, pd.CategoricalDtype)
     np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
+
+
+def test_serve_help_lists_every_setting_with_its_variable_and_default():
+    code, out = cli("serve", "--help")
+    assert code == 0
+    for group in (ModelSettings, BatchingSettings, ServerSettings):
+        prefix = group.model_config["env_prefix"]
+        for name in group.model_fields:
+            assert f"{prefix}{name}".upper() + "=" in out, name
+    assert "MLSCALE_MAX_BODY_BYTES=8388608" in out and "MLSCALE_BATCH_MAX_SIZE=64" in out
+
+
+def test_help_texts_keep_their_defaults_and_name_the_command():
+    _, out = cli("package", "--help")
+    assert "[default: (mlscale-model/NAME:VERSION)]" in out, out
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "mlscale", "loadtest", "--help"], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert "Usage: mlscale loadtest [OPTIONS]" in done.stdout, done.stdout
