@@ -24,6 +24,7 @@ from mlscale.service.endpoints import Endpoints
 from mlscale.service.errors import MLScaleError
 from mlscale.service.fastpath import FastPath
 from mlscale.service.metrics import Metrics
+from mlscale.service.rejections import RejectionLog
 from mlscale.service.routes import Router, table
 from mlscale.service.settings import Settings
 from mlscale.service.shutdown import DrainOnSigterm
@@ -77,7 +78,8 @@ def create_app(settings: Settings) -> FastPath:
     metrics = Metrics(settings.model.prediction_buckets)
     plane = DataPlane(settings.model, settings.batching, metrics)
     router = Router(table(Endpoints(plane, metrics, settings.server.max_body_bytes)))
-    return FastPath(build_api(settings, plane, router), plane, metrics, router)
+    rejections = RejectionLog(settings.server.rejection_log_per_s)
+    return FastPath(build_api(settings, plane, router), plane, metrics, router, rejections)
 
 
 def app_from_settings_env() -> FastPath:

@@ -10,17 +10,21 @@ the docs pages, and the 404s of paths not in the table.
 import logging
 from time import perf_counter
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlscale.service.answer import Answer, error_answer, error_body, response_headers
 from mlscale.service.dataplane import DataPlane
 from mlscale.service.errors import MethodNotAllowed, MLScaleError
 from mlscale.service.metrics import Metrics
+from mlscale.service.rejections import RejectionLog
 from mlscale.service.routes import Match, Router
 
 log = logging.getLogger("mlscale")
 
 CLOSE_HEADER = (b"connection", b"close")
+ERROR_START = error_body("")[:9]  # b'{"error":'
+
 
 
 def _closing(send: Send) -> Send:
@@ -37,11 +41,19 @@ def _closing(send: Send) -> Send:
 
 
 class FastPath:
-    def __init__(self, api: ASGIApp, plane: DataPlane, metrics: Metrics, router: Router) -> None:
+    def __init__(
+        self,
+        api: ASGIApp,
+        plane: DataPlane,
+        metrics: Metrics,
+        router: Router,
+        rejections: RejectionLog,
+    ) -> None:
         self.api = api
         self.plane = plane
         self.metrics = metrics
         self.router = router
+        self.rejections = rejections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,6 +95,8 @@ class FastPath:
             headers.append((b"allow", route.method.encode()))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
+        if answer.status >= 400 and answer.body.startswith(ERROR_START):  # not readiness' 503
+            self.rejections(scope, answer.status, orjson.loads(answer.body)["error"])
         return template, answer.answered[0], answer.answered[1], str(answer.status)
 
     async def _delegate(
@@ -98,5 +112,7 @@ class FastPath:
             await send(message)
 
         await self.api(scope, receive, send_wrapper)
+        if status == "404":
+            self.rejections(scope, 404, "no such path")
         endpoint = "unmatched" if status == "404" else scope["path"]
         return endpoint, "", "", status

@@ -90,6 +90,12 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1, description="Largest request body accepted; larger ones get 413."
     )
+    rejection_log_per_s: float = Field(
+        10,
+        ge=0,
+        description="Log rejected requests (4xx, 5xx), one line each with route, status, "
+        "reason and client, at most this many lines a second (0: none).",
+    )
     shutdown_delay_s: float = Field(
         0.0,
         ge=0,

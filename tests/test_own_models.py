@@ -303,3 +303,38 @@ def test_help_texts_keep_their_defaults_and_name_the_command():
     done = subprocess.run([sys.executable, "-m", "mlscale", "loadtest", "--help"], env=env,
                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
     assert "Usage: mlscale loadtest [OPTIONS]" in done.stdout, done.stdout
+
+
+def test_rejected_requests_are_logged_one_line_each_and_rate_limited(regression):
+    _, _, store = regression
+    bad = [
+        ("POST", "/v2/models/diabetes/infer", b"{not json", 400, "malformed JSON"),
+        ("POST", "/v2/models/colour/infer", b"{}", 404, "model 'colour'"),
+        ("POST", "/v2/models/diabetes/infer", b"x" * 2000, 413, "MLSCALE_MAX_BODY_BYTES"),
+        ("GET", "/v2/nowhere", b"", 404, "no such path"),
+    ]
+    with (
+        run_server(store, model_name="diabetes", max_body_bytes="1000",
+                   rejection_log_per_s="20") as server,
+        server.client() as c,
+    ):  # fmt: skip
+        for method, path, body, status, _ in bad:
+            assert c.request(method, path, content=body).status_code == status
+        c.post("/v2/models/diabetes/infer", content=b"[]", headers={"content-type": "text/csv"})
+        for method, path, _body, status, reason in bad:
+            line = next(
+                (ln for ln in server.log().splitlines() if f'"{method} {path}" {status} ' in ln), ""
+            )
+            assert reason in line and "127.0.0.1:" in line, server.log()
+        assert (
+            '"POST /v2/models/diabetes/infer" 415 send the body as application/json' in server.log()
+        )
+        for _ in range(200):  # far more than 20 a second: most are left out
+            c.post("/v2/models/diabetes/infer", content=b"{not json")
+        for _ in range(100):  # until a token is back: its line says how many were left out
+            c.post("/v2/models/diabetes/infer", content=b"{not json")
+            if "more rejections not logged" in server.log():
+                break
+        logged = server.log().count('"POST /v2/models/diabetes/infer" 400')
+    assert "more rejections not logged" in server.log()
+    assert logged < 100, logged
