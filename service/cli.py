@@ -8,7 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,9 +17,6 @@ from rich.table import Table
 
 app = typer.Typer()
 console = Console()
-
-if TYPE_CHECKING:
-    from mlscale.service.publish import Plan
 
 ModelDir = Annotated[
     Path, typer.Option("--model-dir", envvar="MLSCALE_MODEL_DIR", help="Root of the model store.")
@@ -128,18 +125,10 @@ def publish(
         checked = plan(estimator, name, store, version=version, sample=rows, holdout=held_out,
                        allow_signature_change=allow_signature_change,
                        artifact=artifact)  # fmt: skip
-        console.print(manifest_table(checked))
-        if not checked.metrics:
-            console.print(
-                "[yellow]no holdout:[/] no offline metrics, so the rollout's quality gate has "
-                "nothing to compare (deploying this version will need --force)"
-            )
-        written = checked.write(store)
+        checked.write(store, console)
     except MLScaleError as exc:
         console.print(f"[red]error:[/] {exc.message}", soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(f"wrote [bold]{model_dir}/{written.name}/{written.version}[/] "
-                  f"sha256 {written.sha256[:12]}…")  # fmt: skip
 
 
 @app.command()
@@ -176,21 +165,6 @@ def package(
         raise typer.Exit(1) from None
     console.print(f"built [bold]{built.tag}[/] ({name}/{built.manifest.version}, "
                   f"sha256 {built.manifest.sha256[:12]}…, on {built.base})")  # fmt: skip
-
-
-def manifest_table(checked: "Plan") -> Table:
-    sig = checked.signature
-    title = f"{checked.name}/{checked.version}: {type(checked.estimator).__name__}"
-    table = Table("", "", title=title, show_header=False)
-    for spec in sig.inputs:
-        table.add_row("input", f"{spec.name}  {spec.datatype} {spec.shape}")
-    for spec in sig.outputs:
-        table.add_row("output", f"{spec.name}  {spec.datatype} {spec.shape}")
-    if sig.labels:
-        table.add_row("labels", ", ".join(sig.labels))
-    metrics = " ".join(f"{k}={v:.4g}" for k, v in checked.metrics.items())
-    table.add_row("metrics", metrics or "none (no --holdout)")
-    return table
 
 
 @app.command("models")

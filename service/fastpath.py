@@ -26,7 +26,6 @@ CLOSE_HEADER = (b"connection", b"close")
 ERROR_START = error_body("")[:9]  # b'{"error":'
 
 
-
 def _closing(send: Send) -> Send:
     """`send`, with `Connection: close` on the response. While the server drains, every client
     still sending on a keep-alive connection is told to reconnect (to a pod that stays), so

@@ -19,6 +19,8 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 from sklearn.base import is_classifier
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 
@@ -98,8 +100,38 @@ class Plan:
     metrics: dict[str, float]
     artifact: bytes | None = None  # the published file's bytes; None: dump the estimator
 
-    def write(self, store: ModelStore) -> Manifest:
-        """Write the version; refused if its artifact is identical to an existing version's."""
+    def table(self) -> Table:
+        """What will be written, as `mlscale publish` shows it."""
+        sig = self.signature
+        title = f"{self.name}/{self.version}: {type(self.estimator).__name__}"
+        table = Table("", "", title=title, show_header=False)
+        for spec in sig.inputs:
+            table.add_row("input", f"{spec.name}  {spec.datatype} {spec.shape}")
+        for spec in sig.outputs:
+            table.add_row("output", f"{spec.name}  {spec.datatype} {spec.shape}")
+        if sig.labels:
+            table.add_row("labels", ", ".join(sig.labels))
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
+        table.add_row("metrics", metrics or "none (no --holdout)")
+        return table
+
+    def write(self, store: ModelStore, console: Console | None = None) -> Manifest:
+        """Write the version; refused if its artifact is identical to an existing version's.
+        With a console, show the table first and what was written after."""
+        if console is not None:
+            console.print(self.table())
+            if not self.metrics:
+                console.print(
+                    "[yellow]no holdout:[/] no offline metrics, so the rollout's quality gate "
+                    "has nothing to compare (deploying this version will need --force)"
+                )
+        manifest = self._write(store)
+        if console is not None:
+            console.print(f"wrote [bold]{store.root}/{manifest.name}/{manifest.version}[/] "
+                          f"sha256 {manifest.sha256[:12]}…")  # fmt: skip
+        return manifest
+
+    def _write(self, store: ModelStore) -> Manifest:
         sig = self.signature
         columns = (
             Columns(dtypes=sig.dtypes, categories=sig.categories, example=sig.example)
@@ -204,13 +236,17 @@ def publish(
     sample: pd.DataFrame | None = None,
     holdout: tuple[Any, Any] | None = None,
     allow_signature_change: bool = False,
+    show: bool = False,
 ) -> Manifest:
-    """Write a fitted estimator as version `version` (default: the next number) of `name`.
+    """Write a fitted estimator as version `version` (default: the next number) of `name`,
+    and return its manifest.
 
     `sample`: a few rows of the training DataFrame, for the column dtypes (a model fitted on a
     DataFrame without it is assumed to take numbers). `holdout`: (X, y) for offline metrics.
+    `allow_signature_change`: accept inputs, outputs, labels or task that differ from the
+    latest version's. `show`: print what was inferred, as `mlscale publish` does.
     """
     store = ModelStore(Path(model_dir))
     checked = plan(estimator, name, store, version=version, sample=sample, holdout=holdout,
                    allow_signature_change=allow_signature_change)  # fmt: skip
-    return checked.write(store)
+    return checked.write(store, Console() if show else None)

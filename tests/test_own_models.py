@@ -338,3 +338,15 @@ def test_rejected_requests_are_logged_one_line_each_and_rate_limited(regression)
         logged = server.log().count('"POST /v2/models/diabetes/infer" 400')
     assert "more rejections not logged" in server.log()
     assert logged < 100, logged
+
+
+def test_python_publish_returns_the_manifest_and_shows_what_it_inferred(tmp_path: Path, capsys):
+    x, y = diabetes_frame()
+    numbers = x.drop(columns="smoker")
+    pipe = make_pipeline(StandardScaler(), Ridge()).fit(numbers, y)
+    manifest = publish(pipe, "numbers", model_dir=tmp_path, sample=numbers.head(),
+                       holdout=(numbers, y), show=True)  # fmt: skip
+    shown = " ".join(capsys.readouterr().out.split())
+    assert manifest.version == "1" and set(manifest.metrics) == {"mse", "r2"}
+    assert "numbers/1: Pipeline" in shown and "age INT64 [-1]" in shown and "r2=" in shown
+    assert f"wrote {tmp_path}/numbers/1 sha256 {manifest.sha256[:12]}" in shown
