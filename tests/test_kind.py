@@ -559,6 +559,9 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
             first = client.post(url, json=body).json()
         assert first["model_version"] == "1"
         assert first["outputs"][0]["data"] == trained["1"].predict(rows).tolist()
+        # helm test runs `mlscale check`: every column of this multi-column model, from the
+        # training row its manifest recorded
+        assert "OK flowers version 1 answered" in helm("test", "flowers", "-n", "flowers", "--logs")
         with steady_load(url=url, body=body) as failures:
             done = rollout(*flowers_rollout, "canary", "--model-image", images["2"], "--steps",
                            "100", "--interval", "12", "--min-requests", "10")  # fmt: skip
