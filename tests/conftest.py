@@ -25,6 +25,35 @@ if TYPE_CHECKING:
 from mlscale.service.train import EXAMPLES, ensure_versions
 
 ROOT = Path(__file__).resolve().parent.parent
+# Routes Docker adds and removes for its networks (kind's among them) are Docker's, not a test's.
+DOCKER_DEVICES = (" dev br-", " dev docker0", " dev veth")
+
+
+def host_routes() -> list[str] | None:
+    """The host's routes in every table, IPv4 and IPv6, but Docker's; None without iproute2."""
+    lines = []
+    for family in ("-4", "-6"):
+        try:
+            shown = subprocess.run(["ip", family, "route", "show", "table", "all"],
+                                   capture_output=True, text=True, check=True)  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        lines += [
+            ln for ln in shown.stdout.splitlines() if not any(d in ln for d in DOCKER_DEVICES)
+        ]
+    return sorted(lines)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_left_alone() -> Iterator[None]:
+    """Tests never change the machine they run on: its routes are the same afterwards."""
+    before = host_routes()
+    yield
+    after = host_routes()
+    if before is not None and after != before:
+        added = sorted(set(after or []) - set(before))
+        removed = sorted(set(before) - set(after or []))
+        pytest.fail(f"the tests changed the host's routes: added {added}, removed {removed}")
 
 
 @pytest.fixture(scope="session")
@@ -47,27 +76,25 @@ def helm() -> str:
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Envtest"]:
-    """etcd, kube-apiserver and kube-controller-manager, and the simulated nodes; each test
-    takes a namespace of its own. Needs the binaries `make test` builds (with Go) and root
-    (the pod network is a local route)."""
+    """etcd, kube-apiserver and kube-controller-manager, and the simulated nodes, in a network
+    namespace of their own; each test takes a namespace of its own. Needs the binaries `make
+    test` builds (with Go) and root (to make a network namespace)."""
     from tests.control_plane import ControlPlane, binaries
-    from tests.kubelet import Kubelet, route_pod_network, unroute_pod_network
+    from tests.kubelet import Kubelet
+    from tests.netns import NetNamespace
 
     bins = binaries()
     if bins is None:
         pytest.skip("no control plane binaries: run k8s/nodeimage/build.sh control-plane "
                     "(needs Go; `make test` runs it)")  # fmt: skip
     try:
-        network = route_pod_network()
+        netns = NetNamespace()
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"the simulated pod network is a local route, and `ip route` failed ({exc}):"
-                    " run as root, with iproute2")  # fmt: skip
-    try:
-        with ControlPlane(bins, tmp_path_factory.mktemp("control-plane")) as plane, \
-                Kubelet(plane.admin, network) as kubelet:  # fmt: skip
-            yield Envtest(plane, kubelet)
-    finally:
-        unroute_pod_network(network)
+        pytest.skip(f"the simulated cluster runs in a network namespace of its own, and making "
+                    f"one failed ({exc}): run as root, with util-linux and iproute2")  # fmt: skip
+    with netns, ControlPlane(bins, tmp_path_factory.mktemp("control-plane"), netns) as plane, \
+            Kubelet(plane.admin, netns) as kubelet:  # fmt: skip
+        yield Envtest(plane, kubelet)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import urllib3
 
 from tests.conftest import free_port, pins
+from tests.netns import NetNamespace
 
 ADMIN_TOKEN = "mlscale-test-admin"  # a throwaway server's static token
 # The kinds the tests create: kind -> (apiVersion, plural).
@@ -136,8 +137,8 @@ class Admin:
 
 
 class ControlPlane:
-    def __init__(self, bins: dict[str, Path], workdir: Path) -> None:
-        self.bins, self.dir = bins, workdir
+    def __init__(self, bins: dict[str, Path], workdir: Path, netns: NetNamespace) -> None:
+        self.bins, self.dir, self.netns = bins, workdir, netns
         self.url = ""
         self._stack = ExitStack()
         self._names = itertools.count(1)
@@ -151,7 +152,8 @@ class ControlPlane:
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the stack
         self._stack.callback(log.close)
-        proc = subprocess.Popen([str(self.bins[name]), *args], stdout=log, stderr=log)
+        command = self.netns.command(str(self.bins[name]), *args)
+        proc = subprocess.Popen(command, stdout=log, stderr=log)
         self._stack.callback(_stop, proc)
         return proc
 
@@ -178,6 +180,9 @@ class ControlPlane:
         subprocess.run(["openssl", "genrsa", "-out", str(d / "sa.key"), "2048"], check=True,
                        capture_output=True)  # fmt: skip
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        # All three run in the namespace; the tests reach etcd and the API server by relays.
+        self.netns.relay(etcd_port)
+        self.netns.relay(api_port)
         etcd = self._start("etcd", [
             f"--data-dir={d / 'etcd'}", f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
             f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",

@@ -2,8 +2,8 @@
 real API server (`tests/control_plane.py`). This is the only simulated part, and it does only:
 
 - binds each new pod to one of three nodes, worker-1..3, in turn;
-- gives it an address in its pod network, a /24 of 10.213.0.0/16 routed to this machine's
-  loopback (nothing leaves the machine; each test session takes its own /24), and a container
+- gives it an address in the pod network, local inside the tests' own network namespace
+  (`tests/netns.py`: nothing leaves it, and the host's routes stay as they are), and a container
   status that follows the test's `fate` for the pod: "ready" (Ready after READY_AFTER
   seconds), "never" (running, never Ready), "crash" (restarting in CrashLoopBackOff) or
   "pull" (its image cannot be pulled: ErrImagePull);
@@ -16,8 +16,6 @@ The Deployment, ReplicaSet, HPA and garbage-collector controllers are the real o
 
 import ipaddress
 import itertools
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -31,27 +29,14 @@ import urllib3
 
 from mlscale.service.contract import SERVER_PORT
 from tests.control_plane import Admin, ApiServerError
+from tests.netns import NetNamespace
 
-PodNetwork = ipaddress.IPv4Network
+POD_NETWORK = ipaddress.ip_network("10.213.0.0/24")  # inside netns.POD_ROUTE
 NODES = ("worker-1", "worker-2", "worker-3")
 READY_AFTER = 0.05  # seconds from start to Ready
 CRASH_EVERY = 0.2  # seconds between restarts of a crash-looping container
 Fate = Callable[[dict], str]  # pod -> "ready" | "never" | "crash" | "pull"
 Answer = Callable[[dict, str], tuple[int, str] | None]  # (pod, path) -> (status, body)
-
-
-def route_pod_network() -> PodNetwork:
-    """A /24 whose every address is local to this machine (root: an `ip route` local route),
-    picked by process id so that test sessions side by side do not share one."""
-    network = ipaddress.ip_network(f"10.213.{os.getpid() % 256}.0/24")
-    subprocess.run(["ip", "route", "replace", "local", str(network), "dev", "lo"],
-                   check=True, capture_output=True)  # fmt: skip
-    return network
-
-
-def unroute_pod_network(network: PodNetwork) -> None:
-    subprocess.run(["ip", "route", "del", "local", str(network), "dev", "lo"],
-                   capture_output=True)  # fmt: skip
 
 
 def stamp() -> str:
@@ -106,12 +91,13 @@ NOBODY = Tenant(lambda pod: "ready", lambda pod, path: None)
 class Kubelet:
     """The nodes of one control plane, shared by tests that each own a namespace (`tenants`)."""
 
-    def __init__(self, admin: Admin, network: PodNetwork) -> None:
+    def __init__(self, admin: Admin, netns: NetNamespace) -> None:
         self.admin = admin
+        self.netns = netns
         self.tenants: dict[str, Tenant] = {}
         self._pods: dict[str, dict] = {}  # address -> the pod there, as last listed
         self._containers: dict[str, _Container] = {}  # pod uid -> its running container
-        self._free = (str(ip) for ip in network.hosts())
+        self._free = (str(ip) for ip in POD_NETWORK.hosts())
         self._released: list[str] = []
         self._servers: dict[str, _PodServer] = {}
         self._nodes = itertools.cycle(NODES)
@@ -138,6 +124,9 @@ class Kubelet:
             return self._pods.get(address)
 
     def _loop(self) -> None:
+        # The pods' servers listen in the namespace (started from this thread, they are
+        # made there); its API calls reach the API server there, on the same URL.
+        self.netns.enter()
         while not self._stop.is_set():
             # A conflict, or a pod gone meanwhile: the next pass sees the news.
             with suppress(ApiServerError, urllib3.exceptions.HTTPError, OSError):
