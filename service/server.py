@@ -47,7 +47,9 @@ def run(settings: Settings) -> None:
         # httptools, one write per response and turn, connections closed at their limits
         http=ProtocolFactory(
             ConnectionLimits(
-                settings.server.max_requests_per_connection, settings.server.max_connection_age_s
+                settings.server.max_requests_per_connection,
+                settings.server.max_connection_age_s,
+                settings.server.request_head_timeout_s,
             )
         ),
         lifespan="on",

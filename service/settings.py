@@ -90,6 +90,13 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1, description="Largest request body accepted; larger ones get 413."
     )
+    request_head_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="A connection that has not sent a whole request head (line and headers) "
+        "this long after it opened, or after its request began, gets 408 and is closed "
+        "(slowloris; 0: no limit).",
+    )
     rejection_log_per_s: float = Field(
         10,
         ge=0,

@@ -156,3 +156,37 @@ def test_without_limits_connections_stay_open(model_dir: Path):
             for _ in range(5):
                 head, closed = _exchange(sock)
                 assert not closed and b"connection: close" not in head
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer
+
+
+def test_a_slow_or_silent_client_gets_408_and_the_server_serves_others(model_dir: Path):
+    """Slowloris: connections that never finish a request head are closed after the head
+    timeout; meanwhile, and after, everyone else is answered."""
+    with run_server(model_dir, model_name="linear", request_head_timeout_s="1") as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        silent = socket.create_connection((host, int(port)), timeout=10)
+        trickle = socket.create_connection((host, int(port)), timeout=10)
+        opened = time.monotonic()
+        trickle.sendall(b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\n")
+        with httpx.Client(base_url=s.url, timeout=5) as c:
+            answered = 0
+            while time.monotonic() - opened < 1.5:  # across the timeout
+                if time.monotonic() - opened < 0.8:  # bytes now and then, never the head's end
+                    trickle.sendall(b"X")  # (stopped before the server closes: no reset)
+                answered += c.get("/v2/health/ready").status_code == 200
+            for sock in (silent, trickle):
+                with sock:
+                    answer = _read_until_closed(sock)
+                    assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer
+                    assert b'"error":"no complete request head within 1s"' in answer
+            assert time.monotonic() - opened < 5
+            assert answered > 10 and c.get("/v2/health/ready").status_code == 200
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head, closed = _exchange(sock)  # a whole head in time: answered as usual
+            assert head.startswith(b"http/1.1 200") and not closed
