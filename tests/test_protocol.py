@@ -110,6 +110,7 @@ def test_single_feature_model_takes_a_flat_batch(linear: Manifest):
         (body(tensor([1, 4], [1, 2, 3, 4]), outputs="predict"), "list of objects"),
         (body(tensor([1, 4], [1, 2, 3, 4]), tensor([1, 4], [1, 2, 3, 4])), "expected 1 input"),
         (body("input-0"), "must be an object"),
+        (b'{"inputs": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "depth limit exceeded"),
     ],
 )
 def test_bad_requests_get_a_clear_message(iris: Manifest, payload: bytes, message: str):
