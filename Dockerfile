@@ -18,7 +18,8 @@ RUN --mount=type=secret,id=pipcert \
  && python3 requirements.py serve > /tmp/serve.txt \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/serve.txt
 # The installed `mlscale.*` packages; the image installs only the `serve` extra's dependencies,
-# and `mlscale rollout` / `mlscale loadtest` there say which extra they need.
+# and `mlscale rollout` / `mlscale loadtest` there say which extra they need. Building model
+# images (a container engine's work) is not serving: its two modules are left out.
 COPY README.md ./
 COPY mlscale ./mlscale
 COPY service ./service
@@ -29,6 +30,8 @@ RUN --mount=type=secret,id=pipcert \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
  && find /opt/venv -depth -type d -name tests -path '*site-packages/*' -exec rm -rf {} + \
+ && rm /opt/venv/lib/python3*/site-packages/mlscale/service/artifacts/package.py \
+       /opt/venv/lib/python3*/site-packages/mlscale/service/artifacts/engine.py \
  && /opt/venv/bin/python -m compileall -q /opt/venv
 # Two versions of every example model, so rollouts can be shown without a rebuild.
 RUN /opt/venv/bin/mlscale train --ensure 2 --model-dir /opt/models \

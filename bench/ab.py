@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.run import ROOT, server, v2_body, wrk
-from mlscale.service.store import ModelStore
-from mlscale.service.train import ensure_versions
+from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.artifacts.train import ensure_versions
 
 MODEL = "multilinear"
 console = Console()

@@ -18,8 +18,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from mlscale.service.store import ARTIFACT, ModelStore
-from mlscale.service.train import train_version
+from mlscale.service.artifacts.manifest import ARTIFACT
+from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.artifacts.train import train_version
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()

@@ -31,9 +31,10 @@ from rich.console import Console
 from rich.table import Table
 
 from examples import flowers
-from mlscale.service.publish import publish
-from mlscale.service.store import ARTIFACT, ModelStore
-from mlscale.service.train import ensure_versions
+from mlscale.service.artifacts.manifest import ARTIFACT
+from mlscale.service.artifacts.publish import publish
+from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.artifacts.train import ensure_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "multilinear"
@@ -198,9 +199,9 @@ def main() -> None:
     precise_json = {"inputs": [{**many["inputs"][0], "data": precise}]}
     naive_one, naive_many = {"instances": [ROW]}, {"instances": [ROW] * 64}
     # (row name, command, env, probe path, request path, bodies by scenario)
-    # The floor again, but sending through mlscale's transport (service/transport.py): how
+    # The floor again, but sending through mlscale's transport (service/rest/transport.py): how
     # much of mlscale's standing against the floor is its app, and how much its writes.
-    floor_gathered = [python, "-c", "import uvicorn; from mlscale.service.transport import "
+    floor_gathered = [python, "-c", "import uvicorn; from mlscale.service.rest.transport import "
                       "GatheredWritesProtocol as P; uvicorn.run('bench.floor_app:app', "
                       "port={port}, log_level='warning', access_log=False, loop='uvloop', "
                       "http=P, lifespan='off')"]  # fmt: skip

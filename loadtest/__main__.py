@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mlscale.loadtest import PROG_ENV
+from mlscale.service.contract import PROG_ENV
 
 console = Console()
 

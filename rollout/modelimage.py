@@ -5,9 +5,9 @@ import json
 import subprocess
 
 from mlscale.rollout.kube import Refused
+from mlscale.service.artifacts.engine import engine
+from mlscale.service.artifacts.manifest import Manifest
 from mlscale.service.contract import MANIFEST_LABEL
-from mlscale.service.package import engine
-from mlscale.service.store import Manifest
 
 
 def read_manifest(ref: str) -> Manifest | None:

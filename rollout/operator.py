@@ -29,6 +29,7 @@ from mlscale.rollout import options
 from mlscale.rollout.kube import ClusterError, Kube, NotFound, Target
 from mlscale.rollout.reconcile import RESYNC, Reconciler
 from mlscale.rollout.resource import GROUP, PHASES, PLURAL, VERSION
+from mlscale.service.contract import PROG_ENV
 
 log = logging.getLogger("mlscale.operator")
 BACKOFF_MAX = 30.0  # seconds: the longest wait before retrying a reconcile that failed
@@ -263,4 +264,4 @@ def operator(
 
 
 if __name__ == "__main__":
-    app(prog_name="python -m mlscale.rollout.operator")
+    app(prog_name=os.environ.pop(PROG_ENV, "python -m mlscale.rollout.operator"))

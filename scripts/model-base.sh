@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCKER=$(scripts/docker-engine.sh)
-IMAGE=$(sed -n 's/^LOCAL_BASE = "\(.*\)"/\1/p' service/package.py)
+IMAGE=$(sed -n 's/^LOCAL_BASE = "\(.*\)"/\1/p' service/artifacts/package.py)
 if $DOCKER image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "$IMAGE"
   exit 0

@@ -40,9 +40,9 @@ def train(
                mlscale train iris      (one new version of iris)
                mlscale train --ensure 2  (versions 1 and 2 of each, if missing)
     """
+    from mlscale.service.artifacts.store import ModelStore
+    from mlscale.service.artifacts.train import EXAMPLES, ensure_versions, train_version
     from mlscale.service.errors import StoreError
-    from mlscale.service.store import ModelStore
-    from mlscale.service.train import EXAMPLES, ensure_versions, train_version
 
     names = models or list(EXAMPLES)
     unknown = sorted(set(names) - set(EXAMPLES))
@@ -103,15 +103,15 @@ def publish(
     Example:  mlscale publish churn.joblib --name churn --sample train.csv \\
                   --holdout test.csv --target churned
     """
-    from mlscale.service.errors import MLScaleError
-    from mlscale.service.publish import (
+    from mlscale.service.artifacts.publish import (
         load_file,
         plan,
         read_csv,
         restore_categories,
         split_target,
     )
-    from mlscale.service.store import ModelStore
+    from mlscale.service.artifacts.store import ModelStore
+    from mlscale.service.errors import MLScaleError
 
     if (holdout is None) != (target is None):
         raise typer.BadParameter("--holdout and --target go together")
@@ -150,9 +150,15 @@ def package(
 
     Example:  mlscale package flowers:2 && kind load docker-image mlscale-model/flowers:2
     """
+    try:
+        from mlscale.service.artifacts.package import package as build
+    except ModuleNotFoundError:  # the server image carries only what serving needs
+        console.print("mlscale package builds model images with a container engine, which this "
+                      "server image leaves out: run it where mlscale is installed with pip",
+                      style="red", markup=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(2) from None
+    from mlscale.service.artifacts.store import ModelStore
     from mlscale.service.errors import MLScaleError
-    from mlscale.service.package import package as build
-    from mlscale.service.store import ModelStore
 
     name, _, version = model.partition(":")
     if not name or not version:
@@ -179,8 +185,8 @@ def list_models(
     A damaged version (a manifest that does not read, an artifact missing or changed) is
     listed with its file and the reason, and the command exits 1; the others are listed as usual.
     """
+    from mlscale.service.artifacts.store import ModelStore
     from mlscale.service.errors import StoreError
-    from mlscale.service.store import ModelStore
 
     store = ModelStore(model_dir)
     table = Table("model", "version", "estimator", "metrics", "sha256", "created")
@@ -241,9 +247,9 @@ def serve(
 
     Example:  mlscale serve --model iris --version 2 --extra-versions 1
     """
-    from mlscale.service.dataplane import preflight
     from mlscale.service.errors import MLScaleError
-    from mlscale.service.server import run
+    from mlscale.service.rest.server import run
+    from mlscale.service.runtime.dataplane import preflight
     from mlscale.service.settings import ModelSettings, ServerSettings, Settings
 
     def given(**options: object) -> dict[str, object]:  # options win over MLSCALE_* variables

@@ -51,6 +51,9 @@ MODEL_VERSION_ENV = "MLSCALE_MODEL_VERSION"
 MODEL_DIR_ENV = "MLSCALE_MODEL_DIR"
 SETTINGS_ENV = "MLSCALE_SETTINGS_JSON"  # the serialized settings uvicorn's workers start from
 DOCKER_ENV = "MLSCALE_DOCKER"  # the container engine's CLI, for model images
+# Set by `mlscale loadtest` and `mlscale operator` for the program each starts, so that its
+# help names the command that was typed.
+PROG_ENV = "MLSCALE_PROG"
 
 # --- Model images --------------------------------------------------------------------------------
 MANIFEST_LABEL = "dev.mlscale.manifest"  # the version's manifest, as JSON

@@ -1,4 +1,4 @@
-"""Prometheus metrics, in a registry per app (tests start many). `fastpath.py` counts and
+"""Prometheus metrics, in a registry per app (tests start many). `rest/fastpath.py` counts and
 times every request by endpoint, model, version and status code."""
 
 from bisect import bisect_left
@@ -20,7 +20,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from mlscale.service import contract
-from mlscale.service.batching import BatchObserver
 from mlscale.service.settings import LOG_BUCKETS
 
 # Sub-millisecond buckets too: a linear model answers in well under a millisecond.
@@ -137,7 +136,7 @@ class PredictionStats(Collector):
         yield values
 
 
-class Metrics(BatchObserver):
+class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, prediction_buckets: Sequence[float] = LOG_BUCKETS) -> None:

@@ -37,7 +37,7 @@ class ModelSettings(BaseSettings):
     fast_path: bool = Field(
         True,
         description="Evaluate linear models' formulas directly instead of calling `predict` "
-        "(same answers, see runtime.py); false forces scikit-learn's `predict`.",
+        "(same answers, see runtime/model.py); false forces scikit-learn's `predict`.",
     )
 
     prediction_buckets: Annotated[list[float], NoDecode] = Field(

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from mlscale.service.store import ModelStore
+from mlscale.service.artifacts.store import ModelStore
 
 if TYPE_CHECKING:
     from tests.control_plane import ControlPlane
     from tests.kubelet import Kubelet
-from mlscale.service.train import EXAMPLES, ensure_versions
+from mlscale.service.artifacts.train import EXAMPLES, ensure_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 # Routes Docker adds and removes for its networks (kind's among them) are Docker's, not a test's.

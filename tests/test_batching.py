@@ -3,7 +3,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from mlscale.service.batching import Batcher, BatchObserver
+from mlscale.service.runtime.batching import Batcher, BatchObserver
 
 
 class Recorder(BatchObserver):

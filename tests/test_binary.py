@@ -11,8 +11,8 @@ import pytest
 import tritonclient.http as triton
 
 from examples import flowers
-from mlscale.service.publish import publish
-from mlscale.service.store import ModelStore
+from mlscale.service.artifacts.publish import publish
+from mlscale.service.artifacts.store import ModelStore
 from tests.conftest import Server, run_server
 
 HEADER = "Inference-Header-Content-Length"

@@ -1,7 +1,6 @@
 """The Helm chart, rendered by real helm and validated against Kubernetes' schemas."""
 
 import os
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -12,85 +11,18 @@ from pydantic import ValidationError
 
 from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings, Settings
 from tests.conftest import ROOT
-
-CHART = ROOT / "charts" / "mlscale"
-K8S_VERSION = "1.35.0"
-SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
-VALUE_SETS = {
-    "default": {},
-    "autoscaling-off": {"autoscaling": {"enabled": False}, "replicaCount": 3},
-    "networkpolicy-from": {
-        "networkPolicy": {"enabled": True, "from": [{"namespaceSelector": {}}]},
-    },
-    "networkpolicy-off": {"networkPolicy": {"enabled": False}},
-    "gateway": {
-        "gateway": {
-            "enabled": True,
-            "parentRefs": [{"name": "shared", "namespace": "gateways"}],
-            "implementation": "Traefik",
-        },
-    },
-    "model-image": {
-        "model": {
-            "name": "flowers",
-            "version": "2",
-            "image": {"repository": "mlscale-model/flowers", "tag": "2"},
-        },
-    },
-    "ingress-on": {
-        "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "mlscale-tls"},
-    },
-    "servicemonitor-on": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
-    "memory-and-pods-metrics": {
-        "autoscaling": {
-            "targetMemoryUtilizationPercentage": 80,
-            "podsMetrics": [{"name": "mlscale_requests_per_second", "averageValue": "50"}],
-        },
-        "model": {"name": "multilinear", "version": "2", "extraVersions": ["1"]},
-    },
-}
-
-
-def run_helm(helm: str, *args: str, values: dict | None = None, tmp_path: Path | None = None):
-    cmd = [helm, *args]
-    if values:
-        assert tmp_path is not None
-        path = tmp_path / "values.yaml"
-        path.write_text(yaml.safe_dump(values))
-        cmd += ["-f", str(path)]
-    return subprocess.run(cmd, capture_output=True, text=True)
-
-
-def render(helm: str, tmp_path: Path, values: dict, *extra: str) -> list[dict]:
-    result = run_helm(helm, "template", "demo", str(CHART), "--namespace", "ml", *extra,
-                      values=values, tmp_path=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def kubernetes_kinds(docs: list[dict]) -> list[dict]:
-    """The objects Kubernetes' own schemas know: not those of CRDs (ServiceMonitor, the
-    HTTPRoute, and our ModelRollout, which the real API server validates in test_rollout.py)."""
-    return [d for d in docs if not d["apiVersion"].startswith(
-        ("monitoring.coreos.com/", "mlscale.dev/", "gateway.networking.k8s.io/"))]  # fmt: skip
-
-
-def by_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def server_deployment(docs: list[dict]) -> dict:
-    """The model server's Deployment (the other one is the rollout operator's)."""
-    component = "app.kubernetes.io/component"
-    (found,) = [d for d in by_kind(docs, "Deployment")
-                if d["metadata"]["labels"][component] == "model-server"]  # fmt: skip
-    return found
-
-
-def pod_specs(docs: list[dict]) -> list[dict]:
-    return [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment")] + [
-        d["spec"] for d in by_kind(docs, "Pod")
-    ]
+from tests.helpers import (
+    CHART,
+    K8S_VERSION,
+    SERVICE_MONITOR_API,
+    VALUE_SETS,
+    by_kind,
+    kubernetes_kinds,
+    pod_specs,
+    render,
+    run_helm,
+    server_deployment,
+)
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)

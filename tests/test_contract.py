@@ -11,8 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlscale.rollout.analysis import Snapshot
 from mlscale.rollout.release import Release, model_image_of, version_of
 from mlscale.service import contract
-from tests.test_chart import VALUE_SETS, render, server_deployment
-from tests.test_server import v2
+from tests.helpers import VALUE_SETS, render, server_deployment, v2
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 

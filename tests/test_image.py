@@ -14,9 +14,9 @@ import pytest
 
 from examples import flowers
 from mlscale.rollout.modelimage import read_manifest
-from mlscale.service.package import package
-from mlscale.service.publish import publish
-from mlscale.service.store import ModelStore
+from mlscale.service.artifacts.package import package
+from mlscale.service.artifacts.publish import publish
+from mlscale.service.artifacts.store import ModelStore
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker
@@ -199,6 +199,13 @@ def test_the_image_installs_one_namespace_and_says_which_extra_a_command_needs(
     probe = "import importlib.util as u; print(u.find_spec('service'), u.find_spec('mlscale'))"
     found = sh(*run, "python", "-c", probe)
     assert found.startswith("None ModuleSpec(name='mlscale'"), found
+    # Building model images is a container engine's work, not serving's: not in the image.
+    probe = ("import importlib.util as u; print([m for m in ('package', 'engine', 'store') "
+             "if u.find_spec(f'mlscale.service.artifacts.{m}')])")  # fmt: skip
+    assert sh(*run, "python", "-c", probe) == "['store']"
+    package = subprocess.run([*run, "mlscale", "package", "iris:1"], capture_output=True,
+                             text=True)  # fmt: skip
+    assert package.returncode == 2 and "which this server image leaves out" in package.stdout
 
 
 def test_the_operator_image_carries_the_controller_and_no_model_runtime(docker: str, image: str):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, pins
-from tests.test_chart import K8S_VERSION, by_kind, kubernetes_kinds, pod_specs, render
+from tests.helpers import K8S_VERSION, by_kind, kubernetes_kinds, pod_specs, render
 
 K8S = ROOT / "k8s"
 

@@ -8,6 +8,7 @@ Tests run in file order and leave the release as the next one expects (model ver
 end of each, unless said otherwise).
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,9 +28,9 @@ import pytest
 from examples import flowers
 from mlscale import service
 from mlscale.rollout.analysis import Snapshot
-from mlscale.service.publish import publish
+from mlscale.service.artifacts.publish import publish
 from tests.conftest import ROOT
-from tests.test_publish import by_column
+from tests.helpers import by_column
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
 
@@ -555,8 +556,14 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
         url = f"http://{address}:30081/v2/models/flowers/infer"
         rows = x.head(3)
         body = by_column(rows, ["predict"])
-        with httpx.Client(timeout=10) as client:
-            first = client.post(url, json=body).json()
+
+        def served() -> bool:  # kube-proxy opens the new NodePort on every node in its time
+            with contextlib.suppress(httpx.TransportError):
+                return httpx.post(url, json=body, timeout=10).status_code == 200
+            return False
+
+        wait_for(served, 60, "the flowers NodePort")
+        first = httpx.post(url, json=body, timeout=10).json()
         assert first["model_version"] == "1"
         assert first["outputs"][0]["data"] == trained["1"].predict(rows).tolist()
         # helm test runs `mlscale check`: every column of this multi-column model, from the

@@ -24,12 +24,13 @@ from typer.testing import CliRunner
 
 from mlscale.cli import app
 from mlscale.service import contract
-from mlscale.service.columns import decode_instances
+from mlscale.service.artifacts.manifest import Manifest
+from mlscale.service.artifacts.publish import publish
+from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.codecs.columns import decode_instances
+from mlscale.service.codecs.protocol import decode_infer_request
 from mlscale.service.errors import InvalidInput, InvalidModel
-from mlscale.service.protocol import decode_infer_request
-from mlscale.service.publish import publish
 from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings
-from mlscale.service.store import Manifest, ModelStore
 from tests.conftest import free_port, run_server
 
 

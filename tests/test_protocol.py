@@ -6,14 +6,15 @@ import numpy as np
 import orjson
 import pytest
 
-from mlscale.service.errors import InvalidInput
-from mlscale.service.protocol import (
+from mlscale.service.artifacts.manifest import Manifest
+from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.codecs.protocol import (
     SMALL_REQUEST_VALUES,
     decode_infer_request,
     decode_instances,
     encode_infer_response,
 )
-from mlscale.service.store import Manifest, ModelStore
+from mlscale.service.errors import InvalidInput
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,11 @@ from typer.testing import CliRunner
 
 from examples import flowers
 from mlscale.cli import app
+from mlscale.service.artifacts.publish import publish
+from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.errors import StoreError
-from mlscale.service.publish import publish
-from mlscale.service.store import ModelStore
 from tests.conftest import Server, run_server
+from tests.helpers import by_column
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +39,6 @@ def served(
     publish(pipe, "flowers", model_dir=store, sample=x_train.head(), holdout=(x_test, y_test))
     with run_server(store, model_name="flowers") as server:
         yield server, pipe, x_test.reset_index(drop=True)
-
-
-def by_column(rows: pd.DataFrame, outputs: list[str]) -> dict:
-    def datatype(name: str) -> str:
-        return "BYTES" if name == "sepal_size" else "FP64"
-
-    inputs = [
-        {"name": n, "shape": [len(rows)], "datatype": datatype(n), "data": rows[n].tolist()}
-        for n in rows.columns
-    ]
-    return {"inputs": inputs, "outputs": [{"name": n} for n in outputs]}
 
 
 def outputs_of(body: dict) -> dict[str, dict]:

@@ -27,14 +27,14 @@ from typer.testing import CliRunner
 from mlscale.cli import app as mlscale
 from mlscale.rollout import client
 from mlscale.rollout.kube import Forbidden, Kube, NotFound, Refused, RolloutError, Target
+from mlscale.service.artifacts.manifest import Manifest
 from mlscale.service.contract import MANIFEST_LABEL, TRACK_LABEL
-from mlscale.service.store import Manifest
 from tests.apiproxy import FaultProxy
 from tests.conftest import ROOT, Envtest, free_port
 from tests.control_plane import ADMIN_TOKEN, Admin, ApiServerError
 from tests.gateway import Gateway
+from tests.helpers import render
 from tests.kubelet import Tenant
-from tests.test_chart import render
 
 # Version 4 was published without holdout data: no offline metrics.
 STORE = {"1": {"accuracy": 0.95}, "2": {"accuracy": 0.97}, "3": {"accuracy": 0.80}, "4": {}}

@@ -3,10 +3,10 @@
 import pytest
 
 from mlscale.service import contract
-from mlscale.service.dataplane import DataPlane
-from mlscale.service.endpoints import Endpoints
 from mlscale.service.metrics import Metrics
-from mlscale.service.routes import METRICS, SERVER_METADATA, Router, table
+from mlscale.service.rest.endpoints import Endpoints
+from mlscale.service.rest.routes import METRICS, SERVER_METADATA, Router, table
+from mlscale.service.runtime.dataplane import DataPlane
 from mlscale.service.settings import Settings
 
 

@@ -8,8 +8,9 @@ import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.tree import DecisionTreeRegressor
 
-from mlscale.service.runtime import LoadedModel, pairwise_sum
-from mlscale.service.store import Manifest, ModelStore
+from mlscale.service.artifacts.manifest import Manifest
+from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.runtime.model import LoadedModel, pairwise_sum
 
 
 @pytest.mark.parametrize("name", ["linear", "multilinear", "iris"])

@@ -11,15 +11,12 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from mlscale.service.store import ARTIFACT, ModelStore
+from mlscale.service.artifacts.manifest import ARTIFACT
+from mlscale.service.artifacts.store import ModelStore
 from tests.conftest import Server, run_server
+from tests.helpers import v2
 
 ROW = [5.1, 3.5, 1.4, 0.2]
-
-
-def v2(data, shape=None, name="input-0", datatype="FP64", **extra) -> dict:
-    shape = shape or [len(data) // 4, 4]
-    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}], **extra}
 
 
 def assert_error(response: httpx.Response, status: int, text: str) -> None:

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from sklearn.linear_model import LinearRegression
 
+from mlscale.service.artifacts.manifest import ARTIFACT, MANIFEST, TensorSpec
+from mlscale.service.artifacts.store import ModelStore, sha256_of
 from mlscale.service.errors import ModelNotFound, StoreError
-from mlscale.service.store import ARTIFACT, MANIFEST, ModelStore, TensorSpec, sha256_of
 
 IO = {
     "inputs": [TensorSpec(name="input-0", datatype="FP64", shape=[-1, 1])],

@@ -4,9 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mlscale.cli import app
+from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.artifacts.train import train_version
 from mlscale.service.errors import StoreError
-from mlscale.service.store import ModelStore
-from mlscale.service.train import train_version
 
 
 def test_examples_have_good_holdout_metrics(model_dir: Path):

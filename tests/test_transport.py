@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlscale.service.transport import GatheredWrites
+from mlscale.service.rest.transport import GatheredWrites
 from tests.conftest import run_server
 
 

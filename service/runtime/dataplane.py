@@ -1,6 +1,6 @@
 """The data plane: the loaded versions of one model, readiness, and inference.
 
-Transport-free: `endpoints.py` translates requests to calls here, and answers back.
+Transport-free: `rest/endpoints.py` translates requests to calls here, and answers back.
 """
 
 import logging
@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from mlscale.service.batching import Batcher
+from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.errors import InferenceFailed, ModelNotFound, ModelNotReady, StoreError
 from mlscale.service.metrics import Metrics
-from mlscale.service.runtime import LoadedModel, Outputs, RowOutputs
+from mlscale.service.runtime.batching import Batcher
+from mlscale.service.runtime.model import LoadedModel, Outputs, RowOutputs
 from mlscale.service.settings import BatchingSettings, ModelSettings
-from mlscale.service.store import ModelStore
 
 log = logging.getLogger("mlscale")
 

@@ -5,12 +5,13 @@ HTTP. `routes.py` says which path reaches which handler; `fastpath.py` writes th
 
 from starlette.types import Receive, Scope
 
-from mlscale.service import __version__, binary, protocol
-from mlscale.service.answer import Answer, error_answer, json_answer
-from mlscale.service.dataplane import DataPlane
+from mlscale.service import __version__
+from mlscale.service.codecs import binary, protocol
 from mlscale.service.errors import MLScaleError, PayloadTooLarge, UnsupportedMediaType
 from mlscale.service.metrics import Metrics
-from mlscale.service.runtime import LoadedModel
+from mlscale.service.rest.answer import Answer, error_answer, json_answer
+from mlscale.service.runtime.dataplane import DataPlane
+from mlscale.service.runtime.model import LoadedModel
 
 LIVE = Answer(200, b'{"live":true}')
 READY = Answer(200, b'{"ready":true}')

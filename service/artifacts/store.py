@@ -9,79 +9,26 @@ scikit-learn version before unpickling: a joblib file is code.
 import hashlib
 import os
 import platform
-import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy
 import sklearn
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
+from mlscale.service.artifacts.manifest import (
+    ARTIFACT,
+    MANIFEST,
+    Columns,
+    Manifest,
+    TensorSpec,
+    check_label,
+)
 from mlscale.service.errors import ModelNotFound, StoreError
-
-ARTIFACT = "model.joblib"
-MANIFEST = "manifest.json"
-# Names and versions become Kubernetes label values and folder names: the label value rule.
-LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-
-
-class TensorSpec(BaseModel):
-    """One input or output tensor, as the Open Inference Protocol describes it."""
-
-    name: str
-    datatype: str
-    shape: list[int] = Field(description="-1 marks a variable dimension (the batch).")
-
-
-class Columns(BaseModel):
-    """How a model fitted on a pandas DataFrame takes its input: named, typed columns."""
-
-    dtypes: dict[str, str] = Field(description="pandas dtype per column, in the model's order.")
-    categories: dict[str, list[Any]] = Field(
-        default_factory=dict, description="The categories of `category` columns."
-    )
-    example: dict[str, Any] | None = Field(
-        None, description="One row of the training data: the warm-up input, and a request example."
-    )
-
-
-class Manifest(BaseModel):
-    name: str
-    version: str
-    sha256: str
-    framework: str = "sklearn"
-    sklearn_version: str
-    numpy_version: str
-    python_version: str
-    estimator: str = Field(description="Class name of the fitted estimator.")
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    metrics: dict[str, float] = Field(description="Offline metrics on a holdout set.")
-    labels: list[str] = Field(default_factory=list, description="Class names, for classifiers.")
-    columns: Columns | None = Field(
-        None, description="Set for a model that takes a DataFrame; None for one tensor."
-    )
-    pandas_version: str | None = None
-    created: datetime
-
-    @cached_property
-    def output_types(self) -> dict[str, str]:
-        """Datatype by output name."""
-        return {spec.name: spec.datatype for spec in self.outputs}
-
-
-def check_label(what: str, value: str) -> None:
-    """Refuse a model name or version that cannot be a folder name and a label value."""
-    if not LABEL.fullmatch(value):
-        raise StoreError(
-            f"model {what} {value!r} is not valid: use up to 63 letters, digits, '-', '_' or "
-            "'.', starting and ending with a letter or digit"
-        )
 
 
 def sha256_of(path: Path) -> str:

@@ -2,7 +2,7 @@
 
 One call after `fit` in a training script:
 
-    from mlscale.service.publish import publish
+    from mlscale.service.artifacts.publish import publish
     publish(pipeline, "churn", sample=X_train.head(), holdout=(X_test, y_test))
 
 `mlscale publish FILE` does the same from a joblib or pickle file. The manifest is inferred
@@ -24,9 +24,10 @@ from rich.table import Table
 from sklearn.base import is_classifier
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 
-from mlscale.service import signature
+from mlscale.service.artifacts import signature
+from mlscale.service.artifacts.manifest import Columns, Manifest, check_label
+from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.errors import InvalidModel, StoreError
-from mlscale.service.store import Columns, Manifest, ModelStore, check_label
 
 
 def load_file(path: Path) -> tuple[Any, bytes]:
@@ -128,7 +129,7 @@ class Plan:
         manifest = self._write(store)
         if console is not None:
             console.print(f"wrote [bold]{store.root}/{manifest.name}/{manifest.version}[/] "
-                          f"sha256 {manifest.sha256[:12]}…")  # fmt: skip
+                          f"sha256 {manifest.sha256[:12]}…", soft_wrap=True)  # fmt: skip
         return manifest
 
     def _write(self, store: ModelStore) -> Manifest:

@@ -1,11 +1,10 @@
 """Train the example models and write them into the store as new versions.
 
-`python -m mlscale.service.train` (or `mlscale train`) adds one version of each example model.
+`mlscale train` adds one version of each example model.
 Each version's data comes from a seed derived from its version number, so versions differ
 and a rebuild gives the same models.
 """
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
 
-from mlscale.service.store import Manifest, ModelStore, TensorSpec
+from mlscale.service.artifacts.manifest import Manifest, TensorSpec
+from mlscale.service.artifacts.store import ModelStore
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,3 @@ def ensure_versions(store: ModelStore, name: str, count: int) -> list[Manifest]:
     """Make sure versions 1..count exist; write only the missing ones."""
     have = set(store.versions(name))
     return [train_version(store, name, str(v)) for v in range(1, count + 1) if str(v) not in have]
-
-
-if __name__ == "__main__":
-    from mlscale.service.cli import app
-
-    app(["train", *sys.argv[1:]])

@@ -12,20 +12,16 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, Field
 
-from mlscale.service import binary
+from mlscale.service.artifacts.manifest import Manifest, TensorSpec
+from mlscale.service.codecs import binary
+from mlscale.service.codecs.datatypes import DATATYPES, INTEGER_TYPES, NUMERIC_TYPES
 from mlscale.service.errors import InvalidInput
-from mlscale.service.runtime import Outputs, RowOutputs, Rows
-from mlscale.service.store import Manifest, TensorSpec
+from mlscale.service.runtime.model import Outputs, RowOutputs, Rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# V2 datatypes that can carry numbers, with the numpy kinds their data may hold.
-_INTEGER_TYPES = {f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64)}
-_FLOAT_TYPES = {"FP16", "FP32", "FP64"}
-NUMERIC_TYPES = _INTEGER_TYPES | _FLOAT_TYPES
-DATATYPES = NUMERIC_TYPES | {"BOOL", "BYTES"}
-# Requests up to this many numbers stay Python lists (see runtime.py); bigger ones, where
+# Requests up to this many numbers stay Python lists (see runtime/model.py); bigger ones, where
 # numpy's per-call cost pays off, become arrays. Python was faster in-process up to ~40
 # values for the 4-feature regressor and ~60 for the iris classifier.
 SMALL_REQUEST_VALUES = 32
@@ -95,7 +91,7 @@ def decode_infer_request(
     if type(inputs) is not list or not inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
     if manifest.columns is not None:
-        from mlscale.service import columns  # pandas, only for models that take DataFrames
+        from mlscale.service.codecs import columns  # pandas, only for models that take DataFrames
 
         frame = columns.decode_tensors(inputs, manifest)
         return InferRequest(
@@ -117,14 +113,14 @@ def decode_infer_request(
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
-    if datatype not in NUMERIC_TYPES:
+    if type(datatype) is not str or datatype not in NUMERIC_TYPES:
         if datatype in DATATYPES:
             raise InvalidInput(f"{where}: datatype {datatype} is not numeric; send {spec.datatype}")
         raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
     if type(data) is not list and not isinstance(data, np.ndarray):  # arrays: binary data
         raise InvalidInput(f"{where}: data must be a list (flat or nested)")
     dims = _check_shape(shape, spec, where)
-    x = _small_rows(data, shape, dims, datatype in _INTEGER_TYPES)
+    x = _small_rows(data, shape, dims, datatype in INTEGER_TYPES)
     if x is None:
         x = _as_array(data, shape, dims, datatype, spec, where)
     return InferRequest(
@@ -175,7 +171,7 @@ def _as_array(
     where: str,
 ) -> np.ndarray:
     arr = _as_rows(data, spec, where)
-    if datatype in _INTEGER_TYPES and not np.array_equal(arr, np.trunc(arr)):
+    if datatype in INTEGER_TYPES and not np.array_equal(arr, np.trunc(arr)):
         raise InvalidInput(f"{where}: datatype {datatype} but data has fractions")
     size = prod(shape)
     if arr.size != size:
@@ -215,7 +211,7 @@ def decode_instances(body: bytes, manifest: Manifest) -> "np.ndarray | pd.DataFr
     if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
         raise InvalidInput("request body must be a JSON object with an 'instances' list")
     if manifest.columns is not None:
-        from mlscale.service import columns
+        from mlscale.service.codecs import columns
 
         return columns.decode_instances(payload["instances"], manifest)
     spec = manifest.inputs[0]

@@ -10,7 +10,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from mlscale.service import binary, contract
+from mlscale.service import contract
+from mlscale.service.codecs import binary
 from mlscale.service.errors import MLScaleError
 
 AnsweredBy = tuple[str, str]  # (model, version); ("", "") where no model answered

@@ -13,11 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from mlscale.service.runtime import Outputs
+from mlscale.service.runtime.model import Outputs
 
 
 @dataclass
@@ -28,9 +28,13 @@ class _Pending:
     queued_at: float
 
 
-class BatchObserver:
-    """What the batcher reports; `metrics.py` provides the real one."""
+class BatchObserver(Protocol):
+    """What the batcher reports; `metrics.Metrics` is the real one."""
 
+    def batch(self, requests: int, rows: int, queue_seconds: list[float]) -> None: ...
+
+
+class _Unobserved:
     def batch(self, requests: int, rows: int, queue_seconds: list[float]) -> None:
         return None
 
@@ -49,7 +53,7 @@ class Batcher:
         self._concat = concat
         self._max_size = max_size
         self._max_wait_s = max_wait_s
-        self._observer = observer or BatchObserver()
+        self._observer = observer or _Unobserved()
         self._queue: deque[_Pending] = deque()
         self._rows = 0
         self._arrived = asyncio.Event()

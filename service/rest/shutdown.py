@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from mlscale.service.dataplane import DataPlane
+from mlscale.service.runtime.dataplane import DataPlane
 
 log = logging.getLogger("mlscale")
 

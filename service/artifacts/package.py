@@ -8,16 +8,17 @@ The manifest also travels as an image label, so the rollout's quality gate reads
 offline metrics from the image itself, before any pod runs it.
 """
 
-import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlscale.service.contract import DOCKER_ENV, MANIFEST_LABEL
+from mlscale.service.artifacts.engine import engine
+from mlscale.service.artifacts.manifest import Manifest
+from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.contract import MANIFEST_LABEL
 from mlscale.service.errors import StoreError
-from mlscale.service.store import Manifest, ModelStore
 
 # The public base users pull; where no registry is reachable, scripts/model-base.sh builds the
 # local one from Debian's busybox-static package.
@@ -41,17 +42,6 @@ class Built:
     tag: str
     base: str
     manifest: Manifest
-
-
-def engine() -> str:
-    """The container engine's CLI: $MLSCALE_DOCKER, else docker on PATH."""
-    found = os.environ.get(DOCKER_ENV) or shutil.which("docker")
-    if not found:
-        raise StoreError(
-            "no container engine: install Docker (or set MLSCALE_DOCKER to its CLI); in this "
-            "repository, scripts/docker-engine.sh installs and starts one"
-        )
-    return found
 
 
 def has_image(docker: str, ref: str) -> bool:

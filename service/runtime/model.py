@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.utils.extmath import softmax
 
-from mlscale.service.store import Manifest
+from mlscale.service.artifacts.manifest import Manifest
 
 Outputs = dict[str, np.ndarray]
 Rows = list[list[float]]  # a small request, validated, rows by features
@@ -208,7 +208,7 @@ class LoadedModel:
             features = self.manifest.inputs[0].shape[1:]
             self.predict(np.zeros((1, *features), dtype=np.float64))
             return
-        from mlscale.service.columns import frame
+        from mlscale.service.runtime.frames import frame  # pandas, only for DataFrame models
 
         row = columns.example or dict.fromkeys(columns.dtypes, 0.0)
         self.predict(frame({name: [value] for name, value in row.items()}, columns))

@@ -8,10 +8,10 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from mlscale.service.app import create_app
 from mlscale.service.contract import SETTINGS_ENV
+from mlscale.service.rest.app import create_app
+from mlscale.service.rest.transport import ConnectionLimits, ProtocolFactory
 from mlscale.service.settings import Settings
-from mlscale.service.transport import ConnectionLimits, ProtocolFactory
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if settings.server.workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        app: Any = "mlscale.service.app:app_from_settings_env"
+        app: Any = "mlscale.service.rest.app:app_from_settings_env"
     else:
         app = create_app(settings)
     uvicorn.run(

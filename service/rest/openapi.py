@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mlscale.service import protocol
+from mlscale.service.codecs import protocol
 
 JSON = "application/json"
 ERRORS = {

@@ -13,12 +13,12 @@ from time import perf_counter
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlscale.service.answer import Answer, error_answer, error_body, response_headers
-from mlscale.service.dataplane import DataPlane
 from mlscale.service.errors import MethodNotAllowed, MLScaleError
 from mlscale.service.metrics import Metrics
-from mlscale.service.rejections import RejectionLog
-from mlscale.service.routes import Match, Router
+from mlscale.service.rest.answer import Answer, error_answer, error_body, response_headers
+from mlscale.service.rest.rejections import RejectionLog
+from mlscale.service.rest.routes import Match, Router
+from mlscale.service.runtime.dataplane import DataPlane
 
 log = logging.getLogger("mlscale")
 

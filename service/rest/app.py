@@ -17,17 +17,17 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from mlscale.service import __version__
-from mlscale.service.answer import error_body
 from mlscale.service.contract import SETTINGS_ENV
-from mlscale.service.dataplane import DataPlane
-from mlscale.service.endpoints import Endpoints
 from mlscale.service.errors import MLScaleError
-from mlscale.service.fastpath import FastPath
 from mlscale.service.metrics import Metrics
-from mlscale.service.rejections import RejectionLog
-from mlscale.service.routes import Router, table
+from mlscale.service.rest.answer import error_body
+from mlscale.service.rest.endpoints import Endpoints
+from mlscale.service.rest.fastpath import FastPath
+from mlscale.service.rest.rejections import RejectionLog
+from mlscale.service.rest.routes import Router, table
+from mlscale.service.rest.shutdown import DrainOnSigterm
+from mlscale.service.runtime.dataplane import DataPlane
 from mlscale.service.settings import Settings
-from mlscale.service.shutdown import DrainOnSigterm
 
 log = logging.getLogger("mlscale")
 

@@ -15,9 +15,11 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.types import Receive, Scope
 
-from mlscale.service import contract, openapi, protocol
-from mlscale.service.answer import Answer
-from mlscale.service.endpoints import Endpoints
+from mlscale.service import contract
+from mlscale.service.codecs import protocol
+from mlscale.service.rest import openapi
+from mlscale.service.rest.answer import Answer
+from mlscale.service.rest.endpoints import Endpoints
 
 # (scope, receive, model name, version) -> Answer; name is "" on paths without one.
 Handler = Callable[[Scope, Receive, str, str | None], Awaitable[Answer]]

@@ -16,8 +16,8 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from mlscale.service.artifacts.manifest import TensorSpec
 from mlscale.service.errors import InvalidModel
-from mlscale.service.store import TensorSpec
 
 OUTPUT_METHODS = ("predict", "predict_proba", "decision_function")
 # numpy kind -> V2 datatype; strings and objects travel as BYTES.

@@ -1,0 +1,83 @@
+"""Typed frames for models fitted on a pandas DataFrame: each column's values checked against
+the dtype it had in training, then the frame built with those dtypes, so the estimator sees
+what it saw in `fit`. The codecs (`codecs/columns.py`) decode requests into these; the
+warm-up builds one from the row recorded at publish. A JSON `null` in a float column is a
+missing value (NaN): imputers in the pipeline can handle it, and JSON has no NaN.
+"""
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlscale.service.artifacts.manifest import Columns
+from mlscale.service.errors import InvalidInput
+
+
+def dtype_of(columns: Columns, name: str) -> Any:
+    if name in columns.categories:
+        return pd.CategoricalDtype(columns.categories[name])
+    return pd.api.types.pandas_dtype(columns.dtypes[name])
+
+
+def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
+    """Check each column's values against its training dtype, then build the typed frame."""
+    data = {}
+    for name in columns.dtypes:
+        dtype = dtype_of(columns, name)
+        values = by_name[name]
+        where = f"column {name!r}"
+        kind = _storage_kind(dtype)
+        if isinstance(values, np.ndarray):  # binary tensor data: already typed
+            if kind in "iu" and values.dtype.kind == "f" and not _integral(values).all():
+                raise InvalidInput(f"{where}: expects whole numbers{_NO_NULL}")
+            data[name] = pd.Series(values).astype(dtype)
+            continue
+        if kind == "b":
+            if not all(type(v) is bool for v in values):
+                raise InvalidInput(f"{where}: expects booleans (true/false)")
+        elif kind == "f":
+            if not all(type(v) in (int, float) or v is None for v in values):
+                raise InvalidInput(f"{where}: expects numbers or null")
+            values = [np.nan if v is None else v for v in values]
+        elif kind in "iu":
+            if not all(type(v) is int for v in values):
+                values = _whole(values, where)
+        elif not all(type(v) is str or v is None for v in values):
+            raise InvalidInput(f"{where}: expects strings (BYTES) or null")
+        try:
+            data[name] = pd.Series(values, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(f"{where}: cannot be read as {dtype}: {exc}") from None
+    return pd.DataFrame(data)
+
+
+# An integer column has no missing value: its training data had none, or it would be floats.
+_NO_NULL = "; null is not allowed (the column held integers in training)"
+
+
+def _whole(values: list[Any], where: str) -> list[int]:
+    """Numbers for an integer column: 3 and 3.0 (what `df.to_numpy().tolist()` sends), not 3.5."""
+    whole = []
+    for v in values:
+        if type(v) is int:
+            whole.append(v)
+        elif type(v) is float and v.is_integer():
+            whole.append(int(v))
+        elif type(v) is float:
+            raise InvalidInput(f"{where}: expects whole numbers ({v!r} is not){_NO_NULL}")
+        else:
+            raise InvalidInput(f"{where}: expects whole numbers{_NO_NULL}")
+    return whole
+
+
+def _integral(values: np.ndarray) -> np.ndarray:
+    return np.isfinite(values) & (np.round(values) == values)
+
+
+def _storage_kind(dtype: Any) -> str:
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _storage_kind(dtype.categories.dtype)
+    if isinstance(dtype, pd.StringDtype):
+        return "O"
+    return np.dtype(dtype).kind

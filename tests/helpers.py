@@ -1,0 +1,114 @@
+"""Helpers more than one test module uses: the chart rendered by real helm, and request bodies.
+(Test modules do not import each other.)"""
+
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from tests.conftest import ROOT
+
+# --- the chart ----------------------------------------------------------------------------
+
+CHART = ROOT / "charts" / "mlscale"
+K8S_VERSION = "1.35.0"
+SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
+VALUE_SETS = {
+    "default": {},
+    "autoscaling-off": {"autoscaling": {"enabled": False}, "replicaCount": 3},
+    "networkpolicy-from": {
+        "networkPolicy": {"enabled": True, "from": [{"namespaceSelector": {}}]},
+    },
+    "networkpolicy-off": {"networkPolicy": {"enabled": False}},
+    "gateway": {
+        "gateway": {
+            "enabled": True,
+            "parentRefs": [{"name": "shared", "namespace": "gateways"}],
+            "implementation": "Traefik",
+        },
+    },
+    "model-image": {
+        "model": {
+            "name": "flowers",
+            "version": "2",
+            "image": {"repository": "mlscale-model/flowers", "tag": "2"},
+        },
+    },
+    "ingress-on": {
+        "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "mlscale-tls"},
+    },
+    "servicemonitor-on": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "memory-and-pods-metrics": {
+        "autoscaling": {
+            "targetMemoryUtilizationPercentage": 80,
+            "podsMetrics": [{"name": "mlscale_requests_per_second", "averageValue": "50"}],
+        },
+        "model": {"name": "multilinear", "version": "2", "extraVersions": ["1"]},
+    },
+}
+
+
+def run_helm(helm: str, *args: str, values: dict | None = None, tmp_path: Path | None = None):
+    cmd = [helm, *args]
+    if values:
+        assert tmp_path is not None
+        path = tmp_path / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        cmd += ["-f", str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def render(helm: str, tmp_path: Path, values: dict, *extra: str) -> list[dict]:
+    result = run_helm(helm, "template", "demo", str(CHART), "--namespace", "ml", *extra,
+                      values=values, tmp_path=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def kubernetes_kinds(docs: list[dict]) -> list[dict]:
+    """The objects Kubernetes' own schemas know: not those of CRDs (ServiceMonitor, the
+    HTTPRoute, and our ModelRollout, which the real API server validates in test_rollout.py)."""
+    return [d for d in docs if not d["apiVersion"].startswith(
+        ("monitoring.coreos.com/", "mlscale.dev/", "gateway.networking.k8s.io/"))]  # fmt: skip
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def server_deployment(docs: list[dict]) -> dict:
+    """The model server's Deployment (the other one is the rollout operator's)."""
+    component = "app.kubernetes.io/component"
+    (found,) = [d for d in by_kind(docs, "Deployment")
+                if d["metadata"]["labels"][component] == "model-server"]  # fmt: skip
+    return found
+
+
+def pod_specs(docs: list[dict]) -> list[dict]:
+    return [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment")] + [
+        d["spec"] for d in by_kind(docs, "Pod")
+    ]
+
+
+# --- request bodies -----------------------------------------------------------------------
+
+
+def v2(data: list, shape: list[int] | None = None, name: str = "input-0", datatype: str = "FP64",
+       **extra: object) -> dict:  # fmt: skip
+    """A V2 infer body of one tensor; the shape defaults to rows of four features."""
+    shape = shape or [len(data) // 4, 4]
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}], **extra}
+
+
+def by_column(rows: pd.DataFrame, outputs: list[str]) -> dict:
+    """A V2 infer body for the flowers example: one input per column."""
+
+    def datatype(name: str) -> str:
+        return "BYTES" if name == "sepal_size" else "FP64"
+
+    inputs = [
+        {"name": n, "shape": [len(rows)], "datatype": datatype(n), "data": rows[n].tolist()}
+        for n in rows.columns
+    ]
+    return {"inputs": inputs, "outputs": [{"name": n} for n in outputs]}
