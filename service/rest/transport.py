@@ -88,6 +88,7 @@ class GatheredWritesProtocol(HttpToolsProtocol):
         self._requests = 0
         self._opened = time.monotonic()
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_pending = False  # a request began and its head is not complete yet
         self._start_head_timer()  # a connection that sends nothing is a slow head too
 
     def _start_head_timer(self) -> None:
@@ -105,7 +106,14 @@ class GatheredWritesProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._start_head_timer()
+        self._head_pending = True
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Timed only when a head is still incomplete after a read: a head that arrives in one
+        # read (nearly all of them) costs no timer.
+        if self._head_pending:
+            self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:
@@ -114,6 +122,7 @@ class GatheredWritesProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
+        self._head_pending = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
