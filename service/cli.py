@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 app = typer.Typer()
 console = Console()
@@ -219,16 +220,26 @@ def list_models(
         raise typer.Exit(1)
 
 
-def _settings_epilog() -> str:
-    from mlscale.service.settings import environment
+class _ServeCommand(TyperCommand):
+    """`serve`, whose help ends with every setting. The list is made when the help is shown,
+    so that no other command pays for importing the settings (pydantic-settings) to start."""
 
-    lines = [f"  {name}={escape(default)}  {escape(text)}" for name, default, text in environment()]
-    return "Every setting, as an environment variable with its default (options win):\n\n" + (
-        "\n".join(lines)
-    )
+    @property
+    def epilog(self) -> str:
+        from mlscale.service.settings import environment
+
+        lines = [f"  {name}={escape(default)}  {escape(text)}"
+                 for name, default, text in environment()]  # fmt: skip
+        return "Every setting, as an environment variable with its default (options win):\n\n" + (
+            "\n".join(lines)
+        )
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        pass  # click sets it in __init__; the property above is the one
 
 
-@app.command(epilog=_settings_epilog())
+@app.command(cls=_ServeCommand)
 def serve(
     model: Annotated[str | None, typer.Option(help="Model name [MLSCALE_MODEL_NAME].")] = None,
     version: Annotated[
