@@ -597,8 +597,11 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
             return httpx.post(gateway_url, json=body, headers=host, timeout=10).status_code == 200
 
         wait_for(routed, 60, "the flowers route")
+        # Judged on their answers: the latency limits are wide, as new pods on this machine's
+        # two shared cores may answer at twice stable's p99 (209.8 against 97.1 ms once).
         shadow = ("canary", "--shadow", "50", "--steps", "100", "--interval", "12",
-                  "--min-requests", "10", "--force")  # fmt: skip
+                  "--min-requests", "10", "--max-p99-ratio", "4", "--max-p99-ms", "1000",
+                  "--force")  # fmt: skip
         with steady_load(url=gateway_url, body=body, headers=host) as failures:
             mixed_up = rollout(*flowers_rollout, *shadow, "--model-image", images["3"])
         said = " ".join(mixed_up.stderr.split())  # as one line: the console wraps at its width
