@@ -195,11 +195,9 @@ def list_models(
         table.add_column("artifact")
     damaged = []
     for name in store.models():
-        for version in store.versions(name):
-            try:
-                m = store.verify(name, version) if verify else store.manifest(name, version)
-            except StoreError as exc:
-                damaged.append(exc.message)  # names the version or its file
+        for version, m in store.catalogue(name, verify):
+            if isinstance(m, StoreError):
+                damaged.append(m.message)  # names the version or its file
                 table.add_row(name, version, "[red]damaged[/]")
                 continue
             metrics = " ".join(f"{k}={v:.4g}" for k, v in m.metrics.items())

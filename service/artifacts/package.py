@@ -75,7 +75,7 @@ def package(store: ModelStore, name: str, version: str, tag: str | None = None,
             base: str | None = None) -> Built:  # fmt: skip
     """Build the model image of `name`/`version` from the store; the version is verified
     (sha256, scikit-learn version) first, so a damaged one is never shipped."""
-    manifest, _ = store.load(name, version)
+    manifest = store.check(name, version)
     docker = engine()
     base = pick_base(docker, base)
     tag = tag or default_tag(name, manifest.version)

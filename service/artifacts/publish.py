@@ -27,7 +27,7 @@ from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_sco
 from mlscale.service.artifacts import signature
 from mlscale.service.artifacts.manifest import Columns, Manifest, check_label
 from mlscale.service.artifacts.store import ModelStore
-from mlscale.service.errors import InvalidModel, StoreError
+from mlscale.service.errors import InvalidModel
 
 
 def load_file(path: Path) -> tuple[Any, bytes]:
@@ -205,27 +205,20 @@ def signature_changes(before: Manifest, after: signature.Signature) -> list[str]
         if parts:
             changes.append(f"{what}: {', '.join(parts)}")
     if bool(before.labels) != bool(after.labels):
-        task = {True: "classifier", False: "regressor"}
-        old_task = f"{task[bool(before.labels)]}" + (
-            f" (labels {', '.join(before.labels)})" if before.labels else ""
-        )
-        new_task = f"{task[bool(after.labels)]}" + (
-            f" (labels {', '.join(after.labels)})" if after.labels else ""
-        )
-        changes.append(f"task: {old_task} → {new_task}")
+        changes.append(f"task: {_task(before.labels)} → {_task(after.labels)}")
     elif before.labels != after.labels:
         changes.append(f"labels: {before.labels} → {after.labels}")
     return changes
 
 
+def _task(labels: list[str]) -> str:
+    return f"classifier (labels {', '.join(labels)})" if labels else "regressor"
+
+
 def _latest_readable(store: ModelStore, name: str) -> Manifest | None:
     """The newest version whose manifest reads (a damaged one is skipped, not compared)."""
-    for version in reversed(store.versions(name)):
-        try:
-            return store.manifest(name, version)
-        except StoreError:
-            continue
-    return None
+    readable = [m for _, m in store.catalogue(name) if isinstance(m, Manifest)]
+    return readable[-1] if readable else None
 
 
 def publish(

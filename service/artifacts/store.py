@@ -112,13 +112,21 @@ class ModelStore:
         manifest = self.check(name, version)
         return manifest, joblib.load(self.root / name / manifest.version / ARTIFACT)
 
-    def _refuse_duplicate(self, name: str, version: str, sha256: str) -> None:
-        for existing in self.versions(name):
+    def catalogue(self, name: str, verify: bool = False) -> list[tuple[str, Manifest | StoreError]]:
+        """Every version, oldest first, with its manifest (its artifact checked too, with
+        `verify`) or why it does not read: one damaged version hides none of the others."""
+        found: list[tuple[str, Manifest | StoreError]] = []
+        for version in self.versions(name):
             try:
-                same = self.manifest(name, existing).sha256 == sha256
-            except StoreError:
-                continue
-            if same:
+                found.append((version, self.verify(name, version) if verify
+                              else self.manifest(name, version)))  # fmt: skip
+            except StoreError as exc:
+                found.append((version, exc))
+        return found
+
+    def _refuse_duplicate(self, name: str, version: str, sha256: str) -> None:
+        for existing, m in self.catalogue(name):
+            if isinstance(m, Manifest) and m.sha256 == sha256:
                 raise StoreError(
                     f"{name}/{version} would be identical to {name}/{existing} (sha256 "
                     f"{sha256[:12]}…); nothing written"

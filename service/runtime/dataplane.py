@@ -127,11 +127,9 @@ class DataPlane:
         metrics: what the rollout operator's quality gate compares."""
         self.model(name)  # 404 for a model this server does not serve
         versions, damaged = [], []
-        for version in self.store.versions(name):
-            try:
-                m = self.store.manifest(name, version)
-            except StoreError as exc:  # one unreadable manifest hides none of the others
-                damaged.append({"version": version, "error": exc.message})
+        for version, m in self.store.catalogue(name):
+            if isinstance(m, StoreError):  # listed apart: it hides none of the others
+                damaged.append({"version": version, "error": m.message})
                 continue
             versions.append({"version": m.version, "metrics": m.metrics, "sha256": m.sha256,
                              "created": m.created.isoformat(),
