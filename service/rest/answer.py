@@ -26,6 +26,7 @@ class Answer(NamedTuple):
     answered: AnsweredBy = NOBODY
     json_length: int | None = None  # set when binary tensor data follows the JSON
     media: bytes = JSON  # the content type, unless binary data follows
+    error: str | None = None  # a domain error's message, for the log of rejected requests
 
 
 def json_answer(body: Any, status: int = 200, answered: AnsweredBy = NOBODY) -> Answer:
@@ -35,7 +36,7 @@ def json_answer(body: Any, status: int = 200, answered: AnsweredBy = NOBODY) -> 
 def error_answer(exc: MLScaleError, answered: AnsweredBy = NOBODY) -> Answer:
     """A domain error in the protocol's shape; `answered` once the request reached a version,
     so that error responses name the version, like successful ones."""
-    return Answer(exc.status_code, error_body(exc.message), answered)
+    return Answer(exc.status_code, error_body(exc.message), answered, error=exc.message)
 
 
 def error_body(message: str) -> bytes:

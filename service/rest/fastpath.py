@@ -10,7 +10,6 @@ the docs pages, and the 404s of paths not in the table.
 import logging
 from time import perf_counter
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlscale.service.errors import MethodNotAllowed, MLScaleError
@@ -23,7 +22,6 @@ from mlscale.service.runtime.dataplane import DataPlane
 log = logging.getLogger("mlscale")
 
 CLOSE_HEADER = (b"connection", b"close")
-ERROR_START = error_body("")[:9]  # b'{"error":'
 
 
 def _closing(send: Send) -> Send:
@@ -94,8 +92,8 @@ class FastPath:
             headers.append((b"allow", route.method.encode()))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
-        if answer.status >= 400 and answer.body.startswith(ERROR_START):  # not readiness' 503
-            self.rejections(scope, answer.status, orjson.loads(answer.body)["error"])
+        if answer.error is not None:
+            self.rejections(scope, answer.status, answer.error)
         return template, answer.answered[0], answer.answered[1], str(answer.status)
 
     async def _delegate(
