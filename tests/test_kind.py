@@ -569,9 +569,13 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
         # helm test runs `mlscale check`: every column of this multi-column model, from the
         # training row its manifest recorded
         assert "OK flowers version 1 answered" in helm("test", "flowers", "-n", "flowers", "--logs")
+        # This test is about shipping models, not latency: the limits are wide, as a new pod on
+        # this machine's two shared cores may answer at twice stable's p99 (89.4 against 48.6 ms
+        # once, and 209.8 against 97.1 ms).
+        wide = ("--max-p99-ratio", "4", "--max-p99-ms", "1000")
         with steady_load(url=url, body=body) as failures:
             done = rollout(*flowers_rollout, "canary", "--model-image", images["2"], "--steps",
-                           "100", "--interval", "12", "--min-requests", "10")  # fmt: skip
+                           "100", "--interval", "12", "--min-requests", "10", *wide)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert failures == []
         status = json.loads(rollout(*flowers_rollout, "-o", "json", "status").stdout)
@@ -597,11 +601,9 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
             return httpx.post(gateway_url, json=body, headers=host, timeout=10).status_code == 200
 
         wait_for(routed, 60, "the flowers route")
-        # Judged on their answers: the latency limits are wide, as new pods on this machine's
-        # two shared cores may answer at twice stable's p99 (209.8 against 97.1 ms once).
+        # Judged on their answers, with the same wide latency limits.
         shadow = ("canary", "--shadow", "50", "--steps", "100", "--interval", "12",
-                  "--min-requests", "10", "--max-p99-ratio", "4", "--max-p99-ms", "1000",
-                  "--force")  # fmt: skip
+                  "--min-requests", "10", *wide, "--force")  # fmt: skip
         with steady_load(url=gateway_url, body=body, headers=host) as failures:
             mixed_up = rollout(*flowers_rollout, *shadow, "--model-image", images["3"])
         said = " ".join(mixed_up.stderr.split())  # as one line: the console wraps at its width
