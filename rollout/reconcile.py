@@ -337,7 +337,7 @@ class Reconciler:
         back, image = run["previousVersion"], run.get("previousImage") or None
         if (route := ro.route(release, stable)) is not None:
             try:  # requests leave the canary before it goes (it drains what is in flight)
-                route.set(Split())
+                route.leave_canary()
             except Refused as exc:  # no route, or no Service to send stable's requests to
                 ro.say("RouteNotReset", str(exc), warning=True)
         if (gone := canary.remove(release)) is not None:

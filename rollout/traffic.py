@@ -23,6 +23,7 @@ conditions True for the route's generation. One that is False stops the rollout,
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,8 @@ TRAEFIK_GROUP, TRAEFIK_VERSION = "traefik.io", "v1alpha1"
 MIDDLEWARES, TRAEFIK_SERVICES = "middlewares", "traefikservices"
 # How long a written route may go without the gateway accepting it before the step fails.
 ROUTE_TIMEOUT = 60.0
+# An ending rollout waits this long at most for the gateway to stop sending to the canary.
+LEAVE_TIMEOUT, LEAVE_POLL = 15.0, 0.25
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,18 @@ class Route:
         elif progress.state is State.WAITING and seconds_since(run["routeSince"]) > ROUTE_TIMEOUT:
             return Progress(State.FAILED, f"{progress.message} (waited {ROUTE_TIMEOUT:.0f} s)")
         return progress
+
+    def leave_canary(self, timeout: float = LEAVE_TIMEOUT) -> None:
+        """Every request to stable, waited for until the gateway has programmed it (at most
+        `timeout`): what a rollout that ends does before its canary goes. A gateway still
+        naming the canary's Service while its pods leave fails requests (Traefik cannot build
+        a shadow step's mirror without the canary's endpoints, and drops the route using it)."""
+        _, route = self.set(Split())
+        deadline = time.monotonic() + timeout
+        while route_progress(route).state is State.WAITING and time.monotonic() < deadline:
+            time.sleep(LEAVE_POLL)
+            route = self.read()
+        self.tidy(route)
 
     def tidy(self, route: dict[str, Any] | None = None) -> None:
         """Delete the TraefikService of a shadow step once the gateway has programmed rules
