@@ -8,8 +8,12 @@
 3. Canary shares through the gateway: a canary of weights 1, 5, 25 and 50 under a steady Locust
    load (`mlscale.loadtest --canary-steps`), each step's share of the answers against its
    weight; and at weight 0, requests pinned with the x-model-version header against the rest.
-4. Reaction to a load step (autoscaler on, one pod): seconds from the step to the HPA asking for
-   more pods, to the first new pod being Ready, and to it answering its first inference request.
+4. One pod's capacity (the demo's CPU limit): wrk at 1, 2, 4 ... 64 connections; 70% of the
+   req/s at the knee, within the p99 goal, is the value to set as the request-metric HPA's target.
+5. Reaction to a load step (autoscaler on, one pod), once with the CPU-only HPA and once with
+   the request-metric one (requests/s per pod through Prometheus, CPU beside it), side by side:
+   seconds from the step to the HPA asking for more pods, to the first new pod being Ready and
+   to it answering; the step's p99 and failed requests (non-2xx and socket errors).
 
 Needs the release installed (`make kind-up image kind-load deploy`) and wrk. Leaves the release
 as k8s/values-kind.yaml has it. Writes bench/results/cluster-<time>.json and prints a table.
@@ -25,11 +29,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from bench.run import v2_body
 from mlscale.rollout.analysis import Snapshot
+from mlscale.service.contract import REQUEST_RATE
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT, NAMESPACE, RELEASE = "kind-mlscale", "mlscale", "mlscale"
@@ -52,12 +58,15 @@ def kubectl(*args: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def helm_set(*values: str) -> None:
+def helm_set(*values: str, json_values: dict[str, object] | None = None) -> None:
     """Re-apply the demo values with these overrides and wait for the rollout."""
     cmd = [tool("helm"), "--kube-context", CONTEXT, "upgrade", RELEASE, "charts/mlscale",
-           "-n", NAMESPACE, "--reuse-values", "--wait", "--timeout", "5m"]  # fmt: skip
+           "-n", NAMESPACE, "--reuse-values", "--wait", "--timeout", "5m",
+           "--force-conflicts"]  # the values win over what a CLI rollout set  # fmt: skip
     for value in values:
         cmd += ["--set", value]
+    for key, value in (json_values or {}).items():
+        cmd += ["--set-json", f"{key}={json.dumps(value)}"]
     subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
 
 
@@ -104,8 +113,8 @@ def wrk_script() -> str:
 
 def wrk(seconds: float, connections: int, url: str = NODE_PORT) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [tool("wrk"), "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s",
-         wrk_script(), url + INFER],
+        [tool("wrk"), f"-t{min(2, connections)}", f"-c{connections}", f"-d{int(seconds)}s",
+         "--latency", "-s", wrk_script(), url + INFER],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -126,6 +135,18 @@ def p99_ms(output: str) -> float:
                 if value.endswith(unit):
                     return float(value.removesuffix(unit)) * scale
     sys.exit(f"bench-cluster: no p99 in wrk's output:\n{output}")
+
+
+def failed(output: str) -> int:
+    """Requests wrk saw fail: non-2xx answers and socket errors (connect, read, write, timeout)."""
+    count = 0
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("Non-2xx or 3xx responses:"):
+            count += int(line.rsplit(" ", 1)[1])
+        elif line.startswith("Socket errors:"):
+            count += sum(int(part.split()[-1]) for part in line.split(":", 1)[1].split(","))
+    return count
 
 
 def throughput(cpu: str, rounds: int, seconds: float, connections: int) -> dict[int, list[float]]:
@@ -208,12 +229,36 @@ def canary_shares(seconds: float, users: int) -> dict:
             "load_exit": load.returncode}  # fmt: skip
 
 
-def reaction(connections: int, limit: float) -> dict[str, float | None]:
-    helm_set("autoscaling.enabled=true", "autoscaling.minReplicas=1")
+def capacity(seconds: float, p99_goal_ms: float) -> dict:
+    """One pod (the demo's CPU limit), wrk at doubling connections: each level's req/s and p99.
+    Past the knee (req/s within 5% of the most seen) more connections only queue. The target to
+    set is 70% of the knee's req/s, within the p99 goal: pods ask for help with headroom left
+    for the ~20 s a new pod takes to answer."""
+    helm_set("autoscaling.enabled=false", "replicaCount=1")
+    settle(1)
+    levels = {}
+    for connections in (1, 2, 4, 8, 16, 32, 64):
+        out, _ = wrk(seconds, connections).communicate()
+        levels[connections] = {"rps": requests_per_second(out), "p99_ms": p99_ms(out)}
+        console.print(f"one pod, {connections} connections: {levels[connections]['rps']:8.1f} "
+                      f"req/s, p99 {levels[connections]['p99_ms']:.1f} ms")  # fmt: skip
+    most = max(level["rps"] for level in levels.values())
+    knee = min(c for c, level in levels.items() if level["rps"] >= 0.95 * most)
+    within = [c for c in levels if c <= knee and levels[c]["p99_ms"] <= p99_goal_ms]
+    at = max(within, default=1)
+    return {"levels": levels, "p99_goal_ms": p99_goal_ms, "knee_connections": at,
+            "target": int(round(0.7 * levels[at]["rps"], -1))}  # fmt: skip
+
+
+def reaction(connections: int, limit: float, request_metric: bool) -> dict[str, float | None]:
+    """A load step on one pod; the HPA on CPU only, or on requests/s and CPU."""
+    metrics = values_kind()["autoscaling"]["podsMetrics"] if request_metric else []
+    helm_set("autoscaling.enabled=true", "autoscaling.minReplicas=1",
+             json_values={"autoscaling.podsMetrics": metrics})  # fmt: skip
     settle(1)
     (first,) = [p["metadata"]["name"] for p in pods()]
     start = time.monotonic()
-    load = wrk(limit, connections)
+    load = wrk(limit, connections, url=GATEWAY)
     marks: dict[str, float | None] = {"hpa_wants_more_s": None, "new_pod_ready_s": None,
                                       "new_pod_answers_s": None}  # fmt: skip
     while time.monotonic() - start < limit and marks["new_pod_answers_s"] is None:
@@ -227,47 +272,84 @@ def reaction(connections: int, limit: float) -> dict[str, float | None]:
         if any(served(p["metadata"]["name"]) > 0 for p in new):
             marks["new_pod_answers_s"] = elapsed
         time.sleep(0.5)
-    load.terminate()
-    load.wait()
-    return marks
+    out, _ = load.communicate()  # the step runs its whole length: p99 and failures of all of it
+    return {**marks, "p99_ms": p99_ms(out), "failed": failed(out), "rps": requests_per_second(out)}
+
+
+def values_kind() -> dict:
+    return yaml.safe_load((ROOT / "k8s" / "values-kind.yaml").read_text())
+
+
+PARTS = ("throughput", "gateway", "shares", "capacity", "reaction")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)} to run (all)"
+    )
     parser.add_argument("--cpu", default="400m", help="CPU request and limit per pod")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15, help="length of each wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--share-seconds", type=float, default=30, help="per canary weight")
     parser.add_argument("--users", type=int, default=20, help="Locust users for the shares")
+    parser.add_argument("--p99-goal-ms", type=float, default=100, help="one pod's capacity: p99")
+    parser.add_argument("--step-connections", type=int, default=64, help="the load step's size")
+    parser.add_argument("--step-seconds", type=float, default=90, help="the load step's length")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if unknown := parts - set(PARTS):
+        sys.exit(f"bench-cluster: no part {', '.join(sorted(unknown))}; choose from {PARTS}")
     tool("wrk")
-    try:
-        runs = throughput(args.cpu, args.rounds, args.seconds, args.connections)
-        cost = gateway_cost(args.rounds, args.seconds, args.connections)
-        shares = canary_shares(args.share_seconds, args.users)
-        marks = reaction(args.connections, limit=240)
-    finally:
-        # Back to the demo values (HPA on, the requests and limits of k8s/values-kind.yaml).
-        subprocess.run([tool("helm"), "--kube-context", CONTEXT, "upgrade", RELEASE,
-                        "charts/mlscale", "-n", NAMESPACE, "-f", "k8s/values-kind.yaml",
-                        "--reuse-values", "--wait"], cwd=ROOT, capture_output=True)  # fmt: skip
-    medians = {n: statistics.median(v) for n, v in runs.items()}
-    result = {
+    result: dict = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu_per_pod": args.cpu,
-        "rps_by_replicas": runs,
-        "median_rps": medians,
-        "scaling_efficiency_2": round(medians[2] / (2 * medians[1]), 3),
-        "scaling_efficiency_3": round(medians[3] / (3 * medians[1]), 3),
-        "gateway_cost": cost,
-        "shares": shares,
-        "reaction": marks,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"cluster-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        if "throughput" in parts:
+            result["throughput"] = throughput(args.cpu, args.rounds, args.seconds, args.connections)
+        if "gateway" in parts:
+            result["gateway_cost"] = gateway_cost(args.rounds, args.seconds, args.connections)
+        if "shares" in parts:
+            result["shares"] = canary_shares(args.share_seconds, args.users)
+        # At the demo's requests and limits from here on.
+        helm_demo_values()
+        if "capacity" in parts:
+            result["capacity"] = capacity(args.seconds, args.p99_goal_ms)
+        if "reaction" in parts:
+            result["reaction"] = {
+                hpa: reaction(args.step_connections, args.step_seconds, hpa == "requests")
+                for hpa in ("cpu", "requests")
+            }
+    finally:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"cluster-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")  # whatever was measured
+        helm_demo_values()
+    for part, show in (("throughput", show_throughput), ("gateway_cost", show_gateway_cost),
+                       ("shares", show_shares), ("capacity", show_capacity),
+                       ("reaction", show_reaction)):  # fmt: skip
+        if part in result:
+            show(result[part], args)
+    console.print(f"written: {path}")
+
+
+def helm_demo_values() -> None:
+    """The release as k8s/values-kind.yaml has it: HPA on, its requests, limits and metrics."""
+    done = subprocess.run([tool("helm"), "--kube-context", CONTEXT, "upgrade", RELEASE,
+                           "charts/mlscale", "-n", NAMESPACE, "-f", "k8s/values-kind.yaml",
+                           "--reuse-values", "--set", "autoscaling.enabled=true", "--wait",
+                           "--force-conflicts"],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        sys.exit(f"bench-cluster: could not put the demo values back: {done.stderr.strip()} "
+                 "(make deploy applies the chart's CRDs, then these values)")  # fmt: skip
+
+
+def show_throughput(runs: dict[int, list[float]], args: argparse.Namespace) -> None:
+    medians = {n: statistics.median(v) for n, v in runs.items()}
     table = Table(title=f"kind cluster, {args.cpu} CPU per pod, wrk -c{args.connections}")
     table.add_column("replicas")
     table.add_column("req/s (median)", justify="right")
@@ -275,8 +357,11 @@ def main() -> None:
     for n, rps in medians.items():
         table.add_row(str(n), f"{rps:.0f}", f"{rps / medians[1]:.2f}x")
     console.print(table)
-    console.print(f"scaling efficiency: 2 pods {result['scaling_efficiency_2']}, "
-                  f"3 pods {result['scaling_efficiency_3']}")  # fmt: skip
+    console.print(f"scaling efficiency: 2 pods {medians[2] / (2 * medians[1]):.3f}, "
+                  f"3 pods {medians[3] / (3 * medians[1]):.3f}")  # fmt: skip
+
+
+def show_gateway_cost(cost: dict, args: argparse.Namespace) -> None:
     ratios = [g / d for g, d in zip(cost["gateway"]["rps"], cost["direct"]["rps"], strict=True)]
     p99s = [g / d for g, d in zip(cost["gateway"]["p99_ms"], cost["direct"]["p99_ms"],
                                   strict=True)]  # fmt: skip
@@ -286,18 +371,38 @@ def main() -> None:
         f"{statistics.median(cost['direct']['rps']):.0f} req/s, gateway "
         f"{statistics.median(cost['gateway']['rps']):.0f} req/s)"
     )
-    shares_table = Table(title="canary share of answers through the gateway (Locust, steady)")
+
+
+def show_shares(shares: dict, args: argparse.Namespace) -> None:
+    table = Table(title="canary share of answers through the gateway (Locust, steady)")
     for column in ("weight %", "measured %", "answers"):
-        shares_table.add_column(column, justify="right")
+        table.add_column(column, justify="right")
     for weight, measured in shares["load"].get("canary_shares", {}).items():
-        shares_table.add_row(str(weight), str(measured["share_pct"]), str(measured["answers"]))
-    console.print(shares_table)
+        table.add_row(str(weight), str(measured["share_pct"]), str(measured["answers"]))
+    console.print(table)
     console.print(f"at weight 0: {shares['at_weight_0']} (report {shares['report']})")
+
+
+def show_capacity(found: dict, args: argparse.Namespace) -> None:
+    level = found["levels"][found["knee_connections"]]
     console.print(
-        f"load step -> HPA wants more: {marks['hpa_wants_more_s']} s, new pod ready: "
-        f"{marks['new_pod_ready_s']} s, answering: {marks['new_pod_answers_s']} s"
+        f"one pod's knee: {found['knee_connections']} connections, {level['rps']:.0f} req/s, "
+        f"p99 {level['p99_ms']:.1f} ms (goal {found['p99_goal_ms']:g} ms): for real traffic set "
+        f'autoscaling.podsMetrics to [{{name: {REQUEST_RATE}, averageValue: "{found["target"]}"}}]'
     )
-    console.print(f"written: {path}")
+
+
+def show_reaction(runs: dict[str, dict], args: argparse.Namespace) -> None:
+    table = Table(title=f"a load step, 1 pod -> wrk -c{args.step_connections} for "
+                        f"{args.step_seconds:g} s through the gateway")  # fmt: skip
+    for column in ("HPA on", "asks (s)", "new pod Ready (s)", "answers (s)", "p99 ms", "req/s",
+                   "failed"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for hpa, m in runs.items():
+        table.add_row("CPU" if hpa == "cpu" else "requests/s + CPU", str(m["hpa_wants_more_s"]),
+                      str(m["new_pod_ready_s"]), str(m["new_pod_answers_s"]),
+                      f"{m['p99_ms']:.1f}", f"{m['rps']:.0f}", str(m["failed"]))  # fmt: skip
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ class Row:
     rollout: bool = False
     hpa_current: int | None = None
     hpa_desired: int | None = None
-    cpu_percent: int | None = None
+    cpu_percent: float | None = None
+    request_rate: float | None = None  # requests/s per pod, as the HPA's request metric read it
     ready_pods: int | None = None
     pods_per_node: dict[str, int] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
@@ -76,9 +77,19 @@ def plot(rows: list[Row], path: Path, title: str, cluster: bool, canary: str | N
         ax.step(t, [r.hpa_desired for r in rows], where="post", label="HPA desired")
         ax.step(t, [r.hpa_current for r in rows], where="post", label="HPA current")
         ax.step(t, [r.ready_pods for r in rows], where="post", label="ready pods")
+        # What the HPA scales on, beside the replicas it asked for: CPU and requests/s per pod,
+        # each against its own axis.
         cpu = ax.twinx()
         cpu.plot(t, [r.cpu_percent for r in rows], color="gray", linestyle=":", label="CPU %")
         cpu.set_ylabel("CPU % of request")
+        if any(r.request_rate is not None for r in rows):
+            rate = ax.twinx()
+            rate.spines.right.set_position(("axes", 1.06))
+            rate.plot(t, [r.request_rate for r in rows], color="purple", linestyle="--",
+                      label="requests/s per pod (HPA)")  # fmt: skip
+            rate.set_ylabel("requests/s per pod")
+            rate.legend(loc="upper right", fontsize="small")
+        cpu.legend(loc="upper center", fontsize="small")
         nodes = sorted({n for r in rows for n in r.pods_per_node})
         for node in nodes:
             ax3.step(t, [r.pods_per_node.get(node, 0) for r in rows], where="post", label=node)
@@ -188,6 +199,11 @@ def summarize(
             "min_replicas": min((r.ready_pods or 0 for r in rows), default=0),
             "peak_replicas": max((r.ready_pods or 0 for r in rows), default=0),
             "nodes_used": sorted({n for r in rows for n in r.pods_per_node}),
+            "peak_hpa_desired": max((r.hpa_desired or 0 for r in rows), default=0),
+            # The HPA's request metric at its highest (None: the HPA has none).
+            "peak_requests_per_s_per_pod": max(
+                (r.request_rate for r in rows if r.request_rate is not None), default=None
+            ),
         }
     if rollout is not None:
         if any(r.canary_weight is not None for r in rows):

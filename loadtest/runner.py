@@ -94,7 +94,7 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
                     row.hpa_current, row.hpa_desired = c.hpa_current, c.hpa_desired
                     row.cpu_percent, row.ready_pods = c.cpu_percent, c.ready_pods
                     row.pods_per_node, row.versions = c.pods_per_node, c.versions
-                    row.canary_weight = c.canary_weight
+                    row.canary_weight, row.request_rate = c.canary_weight, c.request_rate
             rows.append(row)
 
     def roll_out(window: RolloutWindow) -> None:

@@ -5,16 +5,19 @@ like the operator."""
 from collections import Counter
 from dataclasses import dataclass, field
 
+from mlscale.rollout import autoscaler
 from mlscale.rollout.client import read
 from mlscale.rollout.kube import NotFound, Refused
-from mlscale.rollout.release import VERSION, Release, hpa_cpu_percent, pod_ready
+from mlscale.rollout.release import VERSION, Release, pod_ready
+from mlscale.service.contract import REQUEST_RATE
 
 
 @dataclass
 class ClusterSample:
     hpa_current: int | None = None
     hpa_desired: int | None = None
-    cpu_percent: int | None = None
+    cpu_percent: float | None = None
+    request_rate: float | None = None  # the HPA's request metric: requests/s per pod
     ready_pods: int = 0
     pods_per_node: dict[str, int] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)  # ready pods per model version
@@ -31,7 +34,8 @@ class ClusterSampler:
         if hpa is not None and hpa.status:
             out.hpa_current = hpa.status.current_replicas
             out.hpa_desired = hpa.status.desired_replicas
-            out.cpu_percent = hpa_cpu_percent(hpa)
+            out.cpu_percent = autoscaler.reading(hpa, "cpu")
+            out.request_rate = autoscaler.reading(hpa, REQUEST_RATE)
         ready = [p for p in self.release.pods() if pod_ready(p)]
         out.ready_pods = len(ready)
         out.pods_per_node = dict(Counter(p.spec.node_name or "?" for p in ready))

@@ -1,6 +1,7 @@
 """A canary, one look at a time: a second Deployment of the new version beside stable, given
 traffic in steps (by the gateway's route, per request, or by replica ratio behind the one
-Service, per connection: traffic.py), each step judged from the pods' own /metrics; after the
+Service, per connection: traffic.py), each step judged from the servers' own metrics (read from
+Prometheus where the release names one: prometheus.py; else each pod's /metrics); after the
 last step stable moves to the new version (a rolling update, see rolling.py).
 
 Where a step stands lives in status.rollout (step, when its window began, how many intervals it
@@ -9,6 +10,7 @@ restarts mid-window has lost it, and judges the step again from a new window."""
 
 import contextlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,7 @@ from mlscale.rollout.progress import (
     failing_pods,
     rollout_progress,
 )
+from mlscale.rollout.prometheus import Prometheus, PrometheusError
 from mlscale.rollout.release import (
     TRACK,
     Release,
@@ -109,6 +112,11 @@ def scrape(release: Release, track: str) -> Scrape:
         snapshot.add_scrape(text)
         result.pods[name_of(pod)] = snapshot
     return result
+
+
+def listing(release: Release, track: str) -> Scrape:
+    """The Ready pods of a track, without reading them: where Prometheus holds their counts."""
+    return Scrape(pods={name_of(p): Snapshot() for p in release.pods(track) if pod_ready(p)})
 
 
 def traffic(before: Scrape, after: Scrape) -> Snapshot:
@@ -223,18 +231,31 @@ def judge_step(
     run, step = status["rollout"], spec.steps[i]
     name = f"step {i} ({label(step)})"
     key = f"{i}@{run.get('stepStartedAt')}"
-    if key not in windows:  # a new step, or a controller that restarted mid-window
+    look = listing if spec.prometheus_url else scrape
+
+    def open_window() -> None:
         run.update(stepStartedAt=now_iso(), intervals=1)
         windows.clear()
-        windows[f"{i}@{run['stepStartedAt']}"] = {t: scrape(release, t) for t in TRACKS}
+        windows[f"{i}@{run['stepStartedAt']}"] = {t: look(release, t) for t in TRACKS}
+
+    if key not in windows:  # a new step, or a controller that restarted mid-window
+        open_window()
         return Wait(step.seconds, f"{name}: judging {step.seconds} s of traffic; "
                     f"{status.get('trafficSplit')}")  # fmt: skip
     elapsed = seconds_since(run["stepStartedAt"])
     due = step.seconds * run.get("intervals", 1)
     if elapsed < due:
         return Wait(due - elapsed)
-    before, after = windows[key], {t: scrape(release, t) for t in TRACKS}
-    canary_t, stable_t = (traffic(before[t], after[t]) for t in TRACKS)
+    before, after = windows[key], {t: look(release, t) for t in TRACKS}
+    if spec.prometheus_url:
+        read = from_prometheus(release, spec.prometheus_url, before, after, elapsed)
+        if isinstance(read, str):  # never judged on part of the traffic: a window anew
+            open_window()
+            return Wait(step.seconds, f"{name}: not judged: {read}; judging a new window of "
+                        f"{step.seconds} s")  # fmt: skip
+        canary_t, stable_t = read
+    else:
+        canary_t, stable_t = (traffic(before[t], after[t]) for t in TRACKS)
     verdict = judge(
         canary_t,
         stable_t,
@@ -278,6 +299,7 @@ def judge_step(
         "canaryAnswers": canary_t.answers(),
         "stableAnswers": stable_t.answers(),
         "unreadablePods": len(after["canary"].unread) + len(after["stable"].unread),
+        "source": "prometheus" if spec.prometheus_url else "pods",
         "passed": verdict.passed,
         "reasons": verdict.reasons,
     }
@@ -290,6 +312,27 @@ def judge_step(
         run.update(step=i + 1, stepStartedAt=None, intervals=0, waitingSince=now_iso())
         return Wait(0, f"step {i} passed; step {i + 1}: {label(spec.steps[i + 1])}")
     return start_promotion(run, say, f"all {len(spec.steps)} steps passed")
+
+
+def from_prometheus(
+    release: Release, url: str, before: dict[str, Scrape], after: dict[str, Scrape], elapsed: float
+) -> tuple[Snapshot, Snapshot] | str:
+    """Each track's traffic over the window, from Prometheus: the pods Ready at its start or its
+    end, summed by PromQL. Or why the window cannot be judged: Prometheus not answering, or a
+    pod whose scrapes failed (its counts would be missing from the sums)."""
+    end = time.time()
+    try:
+        reads = {
+            t: Prometheus(url).window(release.namespace, set(before[t].pods),
+                                      set(after[t].pods), end - elapsed, end)
+            for t in TRACKS
+        }  # fmt: skip
+    except PrometheusError as exc:
+        return str(exc)
+    problems = [f"{t} pods {w.problem()}" for t, w in reads.items() if w.problem()]
+    if problems:
+        return f"Prometheus lacks counts ({'; '.join(problems)})"
+    return reads["canary"].traffic, reads["stable"].traffic
 
 
 def nan_to_none(value: float) -> float | None:

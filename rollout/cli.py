@@ -371,10 +371,13 @@ def _print_status(s: dict[str, Any]) -> None:
     out.print(table)
     if s["hpa"]:
         h = s["hpa"]
+        metrics = ", ".join(map(_reading, h["metrics"]))
         out.print(
             f"HPA {h['name']}: {h['current']} -> {h['desired']} replicas "
-            f"({h['min']}-{h['max']}), CPU {h['cpu_percent']}%"
+            f"({h['min']}-{h['max']}); now / target: {metrics}"
         )
+        if h["problem"]:
+            out.print(f"[yellow]warning:[/] {h['problem']}", markup=True)
     pods = Table("pod", "track", "version", "node", "ready")
     for t in s["tracks"]:
         for p in t["pods"]:
@@ -382,6 +385,12 @@ def _print_status(s: dict[str, Any]) -> None:
                 p["name"], t["track"], p["version"] or "", p["node"] or "", str(p["ready"])
             )
     out.print(pods)
+
+
+def _reading(m: dict[str, Any]) -> str:
+    """`cpu 41% / 50%`: a metric of the HPA, now against its target ("?": no value)."""
+    now = "?" if m["current"] is None else f"{m['current']:g}"
+    return f"{m['metric']} {now}{m['unit']} / {m['target']:g}{m['unit']}"
 
 
 def _print_history(entries: list[dict[str, Any]]) -> None:

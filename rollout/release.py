@@ -79,14 +79,6 @@ def pod_ready(pod: V1Pod) -> bool:
     return bool(statuses) and all(s.ready for s in statuses)
 
 
-def hpa_cpu_percent(hpa: V2HorizontalPodAutoscaler) -> int | None:
-    """Average CPU utilisation (% of the request) the HPA last saw, if it has a CPU metric."""
-    for m in (hpa.status.current_metrics or []) if hpa.status else []:
-        if m.type == "Resource" and m.resource and m.resource.name == "cpu":
-            return m.resource.current.average_utilization
-    return None
-
-
 def version_patch(
     version: str, resource_version: str | None = None, model_image: str | None = None
 ) -> dict[str, Any]:

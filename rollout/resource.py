@@ -85,6 +85,7 @@ class Spec:
     min_requests: int = 20
     max_intervals: int = 3
     max_output_drift: float = 0.2
+    prometheus_url: str = ""  # empty: each pod's /metrics through the pod proxy
     gate: bool = True
     max_regression: float = 0.05
     traffic: Traffic = Traffic()
@@ -109,6 +110,7 @@ class Spec:
             min_requests=int(analysis.get("minRequests", cls.min_requests)),
             max_intervals=int(analysis.get("maxIntervals", cls.max_intervals)),
             max_output_drift=float(analysis.get("maxOutputDrift", cls.max_output_drift)),
+            prometheus_url=str(analysis.get("prometheusUrl") or ""),
             gate=bool(gate.get("enabled", True)),
             max_regression=float(gate.get("maxRegression", cls.max_regression)),
             traffic=Traffic.parse(spec.get("traffic")),

@@ -5,13 +5,13 @@ from typing import Any
 
 from kubernetes.client import V1Deployment, V1DeploymentStatus
 
+from mlscale.rollout import autoscaler
 from mlscale.rollout.client import read
 from mlscale.rollout.kube import Refused
 from mlscale.rollout.progress import rollout_progress
 from mlscale.rollout.release import (
     VERSION,
     Release,
-    hpa_cpu_percent,
     model_image_of,
     name_of,
     pod_ready,
@@ -56,7 +56,8 @@ def status(release: Release) -> dict[str, Any]:
         "max": h.spec.max_replicas,
         "current": h.status.current_replicas if h.status else None,
         "desired": h.status.desired_replicas if h.status else None,
-        "cpu_percent": hpa_cpu_percent(h),
+        "metrics": [reading.__dict__ for reading in autoscaler.readings(h)],
+        "problem": autoscaler.problem(h),
     }
     try:
         resource = read(release.kube, release.name).get("status") or {}

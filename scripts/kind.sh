@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local cluster: `scripts/kind.sh prepare|up|load|deploy|logs|down` (`make kind-up` etc.).
 #   prepare make sure kind and a node image are at hand (builds them offline where needed)
-#   up      create the kind cluster (1 control plane, 3 workers), metrics-server and the gateway
+#   up      create the kind cluster (1 control plane, 3 workers), metrics-server, the gateway,
+#           Prometheus and prometheus-adapter (the custom metrics API)
 #   load    load mlscale:<version> into the nodes (build it first: make image), or the images
 #           named after it (model images from `mlscale package`): load mlscale-model/flowers:2
 #   deploy  helm upgrade --install --wait with k8s/values-kind.yaml into namespace mlscale
@@ -63,6 +64,11 @@ metrics_api() {
 }
 
 # Every node of an existing cluster Ready within a minute.
+# The documents of a manifest except its APIServices.
+without_apiservices() {
+  awk 'BEGIN { RS = "\n---\n" } !/\nkind: APIService\n/ { print; print "---" }' "$1"
+}
+
 healthy() {
   kubectl --context "kind-$CLUSTER" wait --for=condition=Ready nodes --all --timeout=60s \
     >/dev/null 2>&1
@@ -121,8 +127,7 @@ case ${1:-} in
     # metrics-server's APIService last: the API server connects to the Service as soon as the
     # APIService exists, and a connection made before kube-proxy has programmed the Service's
     # address leaves the node un-NATed and, kept alive, never reaches metrics-server.
-    awk 'BEGIN { RS = "\n---\n" } !/\nkind: APIService\n/ { print; print "---" }' \
-      k8s/metrics-server.yaml | kubectl apply -f -
+    without_apiservices k8s/metrics-server.yaml | kubectl apply -f -
     kubectl -n kube-system rollout status deployment/metrics-server --timeout=180s
     kubectl apply -f k8s/metrics-server.yaml
     kubectl wait --for=condition=Ready nodes --all --timeout=180s
@@ -148,6 +153,12 @@ case ${1:-} in
     kubectl apply -f k8s/gateway.yaml
     kubectl -n mlscale-gateway rollout status deployment/traefik --timeout=180s
     kubectl -n mlscale-gateway wait --for=condition=Programmed gateway/mlscale --timeout=120s
+    # Prometheus and the custom metrics API, the APIServices last as for metrics-server above.
+    without_apiservices k8s/prometheus.yaml | kubectl apply -f -
+    kubectl -n monitoring rollout status deployment/prometheus deployment/prometheus-adapter --timeout=180s
+    kubectl apply -f k8s/prometheus.yaml
+    kubectl wait --for=condition=Available --timeout=120s \
+      apiservice/v1beta1.custom.metrics.k8s.io apiservice/v1beta2.custom.metrics.k8s.io
     ;;
   load)
     need kind docker

@@ -27,6 +27,11 @@ VERSION_HEADER = "x-model-version"
 REQUESTS = "mlscale_requests"  # a counter: exposed as mlscale_requests_total
 LATENCY = "mlscale_request_duration_seconds"  # a histogram
 REQUEST_LABELS = ("endpoint", "model", "version", "code")
+# A gauge: inference requests being handled now.
+IN_FLIGHT = "mlscale_requests_in_flight"
+# The HPA's request metric, served by prometheus-adapter (k8s/prometheus.yaml): inference
+# requests answered per second per pod, over 15 s.
+REQUEST_RATE = "mlscale_requests_per_second"
 # What the models answered (their `predict` output), for comparing a canary's answers with
 # stable's: class counts for classifiers, a histogram of values for regressors.
 PREDICTIONS = "mlscale_predictions"  # a counter by model, version and label

@@ -148,7 +148,9 @@ class Metrics:
         # A plain counter read at scrape time: no lock on the request path.
         self.in_flight = 0
         Gauge(
-            "mlscale_requests_in_flight", "Requests being handled now.", registry=self.registry
+            contract.IN_FLIGHT,
+            "Inference requests being handled now.",
+            registry=self.registry,
         ).set_function(lambda: self.in_flight)
         self.batch_requests = Histogram(
             "mlscale_batch_requests", "Requests merged into one predict call.",

@@ -65,6 +65,14 @@ def binaries() -> dict[str, Path] | None:
     return found if all(p.is_file() for p in found.values()) else None
 
 
+def prometheus_binary() -> Path | None:
+    """The pinned Prometheus `k8s/nodeimage/build.sh control-plane` builds, if built."""
+    cache = Path(os.environ.get("MLSCALE_CACHE", Path.home() / ".cache" / "mlscale"))
+    version = pins()["PROMETHEUS_VERSION"]
+    found = cache / "nodeimage" / "bin" / f"prometheus-{version}" / "prometheus"
+    return found if found.is_file() else None
+
+
 class ApiServerError(Exception):
     def __init__(self, status: int, body: dict) -> None:
         super().__init__(f"{status}: {body.get('message', body)}")

@@ -1,7 +1,9 @@
-"""Helpers more than one test module uses: the chart rendered by real helm, and request bodies.
-(Test modules do not import each other.)"""
+"""Helpers more than one test module uses: the chart rendered by real helm, request bodies,
+and waiting for a condition. (Test modules do not import each other.)"""
 
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -112,3 +114,16 @@ def by_column(rows: pd.DataFrame, outputs: list[str]) -> dict:
         for n in rows.columns
     ]
     return {"inputs": inputs, "outputs": [{"name": n} for n in outputs]}
+
+
+# --- waiting ----------------------------------------------------------------------------------
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, every: float = 0.05
+) -> None:
+    """Poll `condition` until it is true, or fail saying what did not happen in time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(every)

@@ -24,11 +24,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from examples import flowers
 from mlscale import service
 from mlscale.rollout.analysis import Snapshot
 from mlscale.service.artifacts.publish import publish
+from mlscale.service.contract import REQUEST_RATE
+from tests import helpers
 from tests.conftest import ROOT
 from tests.helpers import by_column
 
@@ -65,11 +68,13 @@ def helm(*args: str, timeout: float = 600) -> str:
     return run(tool("helm"), "--kube-context", CONTEXT, *args, timeout=timeout)
 
 
+def values_kind() -> dict:
+    return yaml.safe_load((ROOT / "k8s" / "values-kind.yaml").read_text())
+
+
 def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 2) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(every)
+    """Every 2 s by default: each check here asks the API server or sends a request."""
+    helpers.wait_for(condition, timeout, what, every)
 
 
 def docker_engine() -> str | None:
@@ -233,6 +238,45 @@ def test_metrics_api_reports_pod_cpu(cluster: str):
     )  # fmt: skip
 
 
+def test_prometheus_serves_the_request_metric_to_the_hpa(cluster: str):
+    """Prometheus scrapes the model pods; prometheus-adapter serves what it scraped as the
+    custom metrics API, and the HPA reads it beside CPU."""
+    raw = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/mlscale/pods/*/" + REQUEST_RATE
+
+    def served() -> bool:
+        items = json.loads(kubectl("get", "--raw", raw))["items"]
+        pods = {p["metadata"]["name"] for p in server_pods()}
+        return bool(items) and {i["describedObject"]["name"] for i in items} <= pods
+
+    wait_for(served, 120, f"the custom metrics API to serve {REQUEST_RATE} for the model pods")
+
+    def hpa_metrics() -> list[dict]:
+        return json.loads(rollout("-o", "json", "status").stdout)["hpa"]["metrics"]
+
+    wait_for(lambda: all(m["current"] is not None for m in hpa_metrics()), 60,
+             "the HPA to read both its metrics")  # fmt: skip
+    assert [m["metric"] for m in hpa_metrics()] == ["cpu", REQUEST_RATE]
+
+
+def test_an_hpa_metric_nobody_serves_is_named_by_rollout_status(cluster: str):
+    metrics = values_kind()["autoscaling"]["podsMetrics"]
+    typo = [{"name": "mlscale_requests_in_flite", "averageValue": "4"}]
+    helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values",
+         "--set-json", f"autoscaling.podsMetrics={json.dumps(typo)}", "--wait")  # fmt: skip
+    try:
+        said: list[str] = []
+
+        def named() -> bool:
+            said[:] = [" ".join(rollout("status").stdout.split())]
+            return "mlscale_requests_in_flite" in said[0] and "warning:" in said[0]
+
+        wait_for(named, 90, "status to name the metric the HPA cannot read")
+        assert "the HPA" in said[0], said
+    finally:
+        helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values",
+             "--set-json", f"autoscaling.podsMetrics={json.dumps(metrics)}", "--wait")  # fmt: skip
+
+
 # --- rollouts ------------------------------------------------------------------------------
 
 
@@ -348,6 +392,9 @@ def test_a_canary_failing_its_analysis_is_aborted(cluster: str):
     assert live_version() == "2"  # stable untouched
     status = json.loads(rollout("-o", "json", "status").stdout)
     assert [t["track"] for t in status["tracks"]] == ["stable"]
+    # Judged from the cluster's Prometheus (k8s/values-kind.yaml names it): PromQL per track.
+    analysis = status["rollout"]["analysis"]
+    assert analysis["source"] == "prometheus" and analysis["canaryRequests"] >= 10, analysis
     back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
     assert back.returncode == 0, back.stderr
 
@@ -479,6 +526,36 @@ def test_draining_a_worker_under_load_loses_nothing(cluster: str):
 # --- autoscaling ---------------------------------------------------------------------------
 
 
+def hpa_scaling_on() -> str:
+    """What the HPA last computed its replica count from, as its ScalingActive condition says
+    ("... from pods metric mlscale_requests_per_second")."""
+    hpa = json.loads(kubectl("-n", NAMESPACE, "get", "hpa", RELEASE, "-o", "json"))
+    conditions = {c["type"]: c for c in hpa["status"].get("conditions", [])}
+    return conditions.get("ScalingActive", {}).get("message", "")
+
+
+def test_the_request_metric_alone_scales_out_on_a_load_step_and_back(cluster: str):
+    """CPU's target set out of reach, requests/s per pod (Prometheus, prometheus-adapter) alone
+    brings pods on a load step, and the HPA gives them back under light load after it: their
+    clients move on, no request fails either way."""
+    scale(1, exact=True)
+    cpu = values_kind()["autoscaling"]["targetCPUUtilizationPercentage"]
+    # 1000% of the request: out of reach, as the 500m limit caps a pod at 500%.
+    helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", "--set",
+         "autoscaling.targetCPUUtilizationPercentage=1000", "--wait")  # fmt: skip
+    try:
+        with steady_load(threads=4) as failures:  # hundreds of requests/s: a few pods' worth
+            wait_for(lambda: sum(ready(p) for p in server_pods()) >= 2, 180, "a second pod")
+            assert f"pods metric {REQUEST_RATE}" in hpa_scaling_on(), hpa_scaling_on()
+        assert failures == []
+        with steady_load(threads=1, pause=0.2) as failures:  # light: the pods go back
+            scale(1, exact=True)
+        assert failures == []
+    finally:
+        helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", "--set",
+             f"autoscaling.targetCPUUtilizationPercentage={cpu}", "--wait")  # fmt: skip
+
+
 def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
     cluster: str, tmp_path: Path
 ):
@@ -492,22 +569,16 @@ def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
     (folder,) = tmp_path.iterdir()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["min_replicas"] <= 1 and summary["peak_replicas"] >= 3, summary
+    # The HPA read the request metric (requests/s per pod, through Prometheus and its
+    # adapter) above its target while the load stepped up.
+    target = float(values_kind()["autoscaling"]["podsMetrics"][0]["averageValue"])
+    assert summary["peak_requests_per_s_per_pod"] > target, summary
     assert len([n for n in summary["nodes_used"] if "worker" in n]) >= 2, summary
     assert summary["rollout_outcome"] == "succeeded", summary
     assert done.returncode == 0 and summary["failures"] == 0, done.stdout[-2000:]
     # Pods the HPA added took traffic: every pod now serving has answered inference requests.
     added = [p["metadata"]["name"] for p in server_pods() if p["metadata"]["name"] not in before]
     assert added and all(requests_served(pod) > 0 for pod in added), added
-
-
-def test_scale_down_after_the_load_loses_nothing(cluster: str):
-    """The HPA gives pods back under light load: their clients move on, nothing fails."""
-    scale(3)
-    # ~20 requests/s: light enough for the HPA to come down to one pod, steady enough that
-    # every pod it removes is still being sent requests.
-    with steady_load(threads=2, pause=0.1) as failures:
-        scale(1, exact=True)
-    assert failures == []
 
 
 # --- bring your own model --------------------------------------------------------------------
@@ -613,6 +684,7 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
         assert [(t["track"], t["version"]) for t in status["tracks"]] == [("stable", "2")]
         analysis = status["rollout"]["analysis"]
         assert analysis["mirror"] == 50 and analysis["outputDrift"] > 0.2, analysis
+        assert analysis["source"] == "prometheus", analysis  # answers counted by PromQL too
         answered: list[tuple[float, str]] = []
         with steady_load(url=gateway_url, body=body, headers=host, answered=answered) as failures:
             same = rollout(*flowers_rollout, *shadow, "--model-image", images["1"])

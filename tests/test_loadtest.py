@@ -12,18 +12,27 @@ from pathlib import Path
 from kubernetes.client import (
     V2CrossVersionObjectReference,
     V2HorizontalPodAutoscaler,
+    V2HorizontalPodAutoscalerCondition,
     V2HorizontalPodAutoscalerSpec,
     V2HorizontalPodAutoscalerStatus,
+    V2MetricIdentifier,
+    V2MetricSpec,
     V2MetricStatus,
+    V2MetricTarget,
     V2MetricValueStatus,
+    V2PodsMetricSource,
+    V2PodsMetricStatus,
+    V2ResourceMetricSource,
     V2ResourceMetricStatus,
 )
 from PIL import Image
 
 from mlscale.loadtest.report import DPI, FIGSIZE
 from mlscale.loadtest.sampler import ClusterSampler
+from mlscale.rollout import autoscaler
 from mlscale.rollout.kube import Kube, Target
-from mlscale.rollout.release import Release, hpa_cpu_percent
+from mlscale.rollout.release import Release
+from mlscale.service.contract import REQUEST_RATE
 from tests.apiproxy import FaultProxy
 from tests.conftest import ROOT, Envtest, run_server
 from tests.control_plane import ADMIN_TOKEN
@@ -104,21 +113,56 @@ def test_cluster_sampler_reads_replicas_and_pods_per_node(control_plane: Envtest
     assert sample.versions == {"1": 2, "2": 1}
 
 
-def test_the_hpa_cpu_reading_is_its_current_cpu_utilisation():
-    def hpa(*metrics: V2MetricStatus) -> V2HorizontalPodAutoscaler:
-        status = V2HorizontalPodAutoscalerStatus(desired_replicas=5, current_metrics=list(metrics))
+def test_the_hpas_readings_are_its_metrics_now_against_their_targets():
+    cpu = V2MetricSpec(
+        type="Resource",
+        resource=V2ResourceMetricSource(
+            name="cpu", target=V2MetricTarget(type="Utilization", average_utilization=50)
+        ),
+    )
+    in_flight = V2MetricSpec(type="Pods", pods=V2PodsMetricSource(
+        metric=V2MetricIdentifier(name=REQUEST_RATE),
+        target=V2MetricTarget(type="AverageValue", average_value="4")))  # fmt: skip
+
+    def hpa(
+        *metrics: V2MetricStatus, conditions: tuple[V2HorizontalPodAutoscalerCondition, ...] = ()
+    ) -> V2HorizontalPodAutoscaler:
+        status = V2HorizontalPodAutoscalerStatus(desired_replicas=5, current_metrics=list(metrics),
+                                                 conditions=list(conditions))  # fmt: skip
         target = V2CrossVersionObjectReference(kind="Deployment", name="demo-mlscale")
-        spec = V2HorizontalPodAutoscalerSpec(max_replicas=6, scale_target_ref=target)
+        spec = V2HorizontalPodAutoscalerSpec(max_replicas=6, scale_target_ref=target,
+                                             metrics=[cpu, in_flight])  # fmt: skip
         return V2HorizontalPodAutoscaler(spec=spec, status=status)
 
-    def resource(name: str, utilization: int) -> V2MetricStatus:
-        current = V2MetricValueStatus(average_utilization=utilization)
-        metric = V2ResourceMetricStatus(name=name, current=current)
-        return V2MetricStatus(type="Resource", resource=metric)
+    cpu_now = V2MetricStatus(
+        type="Resource",
+        resource=V2ResourceMetricStatus(
+            name="cpu", current=V2MetricValueStatus(average_utilization=83)
+        ),
+    )
+    in_flight_now = V2MetricStatus(type="Pods", pods=V2PodsMetricStatus(
+        metric=V2MetricIdentifier(name=REQUEST_RATE),
+        current=V2MetricValueStatus(average_value="12500m")))  # fmt: skip
 
-    assert hpa_cpu_percent(hpa(resource("memory", 40), resource("cpu", 83))) == 83
-    assert hpa_cpu_percent(hpa(resource("memory", 40))) is None
-    assert hpa_cpu_percent(hpa()) is None
+    both = hpa(cpu_now, in_flight_now)
+    assert autoscaler.readings(both) == [
+        autoscaler.Reading("cpu", 83, 50, "%"),
+        autoscaler.Reading(REQUEST_RATE, 12.5, 4, ""),
+    ]
+    assert autoscaler.reading(both, "cpu") == 83 and autoscaler.problem(both) is None
+    # A metric nobody serves: the HPA scales on the others, and says so.
+    cpu_only = hpa(cpu_now)
+    assert autoscaler.reading(cpu_only, REQUEST_RATE) is None
+    assert f"no value for {REQUEST_RATE}" in autoscaler.problem(cpu_only)
+    # None left: it holds its replicas, and its condition says why.
+    stuck = hpa(conditions=(V2HorizontalPodAutoscalerCondition(
+        type="ScalingActive", status="False", reason="FailedGetPodsMetric",
+        message="unable to get metric mlscale_nope"),))  # fmt: skip
+    assert autoscaler.problem(stuck) == (
+        "the HPA cannot scale (FailedGetPodsMetric): unable to get metric mlscale_nope"
+    )
+    # Before its first reading, nothing to say.
+    assert autoscaler.problem(V2HorizontalPodAutoscaler(spec=both.spec)) is None
 
 
 def test_a_canarys_share_of_answers_is_counted_only_where_its_weight_held():

@@ -33,7 +33,7 @@ from tests.apiproxy import FaultProxy
 from tests.conftest import ROOT, Envtest, free_port
 from tests.control_plane import ADMIN_TOKEN, Admin, ApiServerError
 from tests.gateway import Gateway
-from tests.helpers import render
+from tests.helpers import render, wait_for
 from tests.kubelet import Tenant
 
 # Version 4 was published without holdout data: no offline metrics.
@@ -59,13 +59,6 @@ def canary_pod(pod: dict) -> bool:
 def settled(pods: list[dict], versions: list[str]) -> bool:
     """Exactly these versions run, every pod Ready."""
     return sorted(map(pod_version, pods)) == versions and all(map(ready, pods))
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @dataclass

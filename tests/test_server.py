@@ -1,7 +1,9 @@
 """Protocol conformance over real HTTP, against `python -m mlscale.service` in a subprocess."""
 
 import asyncio
+import json
 import shutil
+import socket
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,7 @@ from sklearn.preprocessing import OneHotEncoder
 from mlscale.service.artifacts.manifest import ARTIFACT
 from mlscale.service.artifacts.store import ModelStore
 from tests.conftest import Server, run_server
-from tests.helpers import v2
+from tests.helpers import v2, wait_for
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -205,11 +207,30 @@ def test_metrics_are_exposed_and_move(iris: Server):
         before, "mlscale_requests_total", **labels) == 5  # fmt: skip
     assert metric(after, "mlscale_request_duration_seconds_count", **labels) >= 5
     assert metric(after, "mlscale_requests_total", **{**labels, "code": "400"}) >= 1
-    assert metric(after, "mlscale_requests_in_flight") >= 1  # the scrape itself
     assert metric(after, "mlscale_model_info", model="iris", version="1", default="false") == 1
     assert metric(after, "mlscale_model_info", model="iris", version="2", default="true") == 1
     assert metric(after, "mlscale_model_load_seconds", model="iris", version="2") > 0
     assert "# TYPE mlscale_batch_queue_seconds histogram" in after
+
+
+def test_in_flight_counts_inference_requests_not_scrapes_or_probes(iris: Server):
+    """The HPA's request metric: inference requests being handled, read by a scrape that does
+    not count itself (nor the probes beside it)."""
+    host, port = iris.url.removeprefix("http://").split(":")
+    body = json.dumps(v2(ROW)).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as held, iris.client() as c:
+        assert metric(c.get("/metrics").text, "mlscale_requests_in_flight") == 0
+        # An inference request whose body is still arriving is in flight.
+        held.sendall(b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])  # fmt: skip
+        wait_for(lambda: metric(c.get("/metrics").text, "mlscale_requests_in_flight") == 1, 10,
+                 "the held request to be counted")  # fmt: skip
+        c.get("/v2/health/ready")
+        assert metric(c.get("/metrics").text, "mlscale_requests_in_flight") == 1
+        held.sendall(body[5:])
+        assert held.recv(65536).startswith(b"HTTP/1.1 200")
+        assert metric(c.get("/metrics").text, "mlscale_requests_in_flight") == 0
 
 
 def test_openapi_describes_the_real_bodies(iris: Server):

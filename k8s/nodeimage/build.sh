@@ -7,7 +7,10 @@
 #     with every image the node runs pre-imported into containerd's k8s.io namespace under the
 #     names kubeadm and the manifests ask for;
 #   - the add-on images: metrics-server, the node network agent (k8s/nodeimage/kind-net.yaml),
-#     and the gateway (Traefik), with the CRDs it serves (Gateway API's and Traefik's own).
+#     the gateway (Traefik), with the CRDs it serves (Gateway API's and Traefik's own), and
+#     Prometheus with prometheus-adapter (k8s/prometheus.yaml).
+# Independent builds run side by side: Go builds wait on downloads and links as much as on
+# compiling, and debootstrap on the network.
 # Pins live in k8s/nodeimage/versions.env. Everything is cached under $MLSCALE_CACHE (default
 # ~/.cache/mlscale) keyed by those pins, and nothing already built is built again.
 #
@@ -18,8 +21,8 @@
 #            public node image pulls Traefik's public image, and needs only them)
 #        k8s/nodeimage/build.sh metrics-server-manifest   regenerate k8s/metrics-server.yaml
 #        k8s/nodeimage/build.sh control-plane   only etcd, kube-apiserver and
-#            kube-controller-manager, and the gateway CRDs (the operator's tests run them; no
-#            Docker needed)
+#            kube-controller-manager, the gateway CRDs and Prometheus (the operator's tests run
+#            them; no Docker needed)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -128,6 +131,21 @@ build_traefik() {
     github.com/traefik/traefik/v3/cmd/traefik)
   mv "$TRAEFIK_BIN/traefik.tmp" "$TRAEFIK_BIN/traefik"
 }
+PROMETHEUS_BIN=$BIN/prometheus-$PROMETHEUS_VERSION
+build_prometheus() {
+  # Kubernetes service discovery only: the other providers' SDKs are most of its build.
+  go_install "$PROMETHEUS_BIN" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+    -tags remove_all_sd,enable_kubernetes_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_IMAGE##*:v}"
+}
+ADAPTER_BIN=$BIN/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION
+build_prometheus_adapter() {
+  need_go
+  mkdir -p "$ADAPTER_BIN"
+  (cd "$HERE/go/prometheus-adapter" && go build -ldflags "-s -w" -o "$ADAPTER_BIN/adapter.tmp" \
+    sigs.k8s.io/prometheus-adapter/cmd/adapter)
+  mv "$ADAPTER_BIN/adapter.tmp" "$ADAPTER_BIN/adapter"
+}
 # module_dir DIR MODULE@VERSION: where the Go module cache holds a module's files.
 module_dir() {
   (cd "$1" && go mod download -json "$2" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
@@ -201,6 +219,19 @@ K8S_IMAGES=(
   "registry.k8s.io/pause:$PAUSE_VERSION|$PAUSE_BIN/pause|/pause"
   "registry.k8s.io/metrics-server/metrics-server:$METRICS_SERVER_VERSION|$METRICS_BIN/metrics-server|/metrics-server"
   "traefik:$TRAEFIK_VERSION|$TRAEFIK_BIN/traefik|/usr/local/bin/traefik"
+)
+# The monitoring images under the names k8s/prometheus.yaml gives them (Prometheus's own tag is
+# its release, v3.16.0 for the module's v0.316.0).
+prometheus_release=${PROMETHEUS_VERSION#v0.}
+PROMETHEUS_IMAGE=prom/prometheus:v${prometheus_release:0:1}.$((10#${prometheus_release:1:2})).${prometheus_release#*.}
+ADAPTER_IMAGE=registry.k8s.io/prometheus-adapter/prometheus-adapter:$PROMETHEUS_ADAPTER_VERSION
+for image in "$PROMETHEUS_IMAGE" "$ADAPTER_IMAGE"; do
+  grep -q "image: $image$" "$ROOT/k8s/prometheus.yaml" \
+    || { echo "kind-images: k8s/prometheus.yaml must name $image (versions.env's pin)" >&2; exit 1; }
+done
+K8S_IMAGES+=(
+  "$PROMETHEUS_IMAGE|$PROMETHEUS_BIN/prometheus|/bin/prometheus"
+  "$ADAPTER_IMAGE|$ADAPTER_BIN/adapter|/adapter"
 )
 KUBE_PROXY_IMAGE=registry.k8s.io/kube-proxy:$KUBERNETES_VERSION
 KIND_NET_IMAGE=$(sed -n 's/^ *image: *//p' "$HERE/kind-net.yaml" | head -1)
@@ -298,25 +329,44 @@ if [ "${1:-}" = control-plane ]; then
   step "kubernetes $KUBERNETES_VERSION" "test -x $KUBE_BIN/kube-proxy" build_kubernetes
   step "etcd $ETCD_VERSION" "test -x $ETCD_BIN/etcd" build_etcd
   step "gateway CRDs" "test -s $GATEWAY_CRDS" build_gateway_crds
+  step "prometheus $PROMETHEUS_VERSION" "test -x $PROMETHEUS_BIN/prometheus" build_prometheus
   exit 0
 fi
 
 DOCKER=$("$ROOT/scripts/docker-engine.sh")
 export DOCKER_BUILDKIT=1
 
+# side_by_side: run the steps queued with `queue` at once; fail if any failed.
+queued=()
+queue() { step "$@" & queued+=($!); }
+side_by_side() {
+  local pid failed=0
+  for pid in "${queued[@]}"; do wait "$pid" || failed=1; done
+  queued=()
+  [ "$failed" = 0 ] || { log "a build above failed"; exit 1; }
+}
+
 total=$(date +%s)
-step "kind $KIND_VERSION" "test -x $KIND_BIN/kind" build_kind
-step "kubernetes $KUBERNETES_VERSION" "test -x $KUBE_BIN/kube-proxy" build_kubernetes
-step "etcd $ETCD_VERSION" "test -x $ETCD_BIN/etcd" build_etcd
-step "containerd $CONTAINERD_VERSION" "test -x $CONTAINERD_BIN/ctr/ctr" build_containerd
-step "crictl $CRICTL_VERSION" "test -x $CRICTL_BIN/crictl" build_crictl
-step "coredns $COREDNS_VERSION" "test -x $COREDNS_BIN/coredns" build_coredns
-step "metrics-server $METRICS_SERVER_VERSION" "test -x $METRICS_BIN/metrics-server" build_metrics_server
-step "traefik $TRAEFIK_VERSION" "test -x $TRAEFIK_BIN/traefik" build_traefik
+# Both root filesystems need debootstrap: install it once, before they run side by side.
+if ! $DOCKER image inspect "$NODE_BASE" "$TOOLS_BASE" >/dev/null 2>&1; then
+  command -v debootstrap >/dev/null || apt_install debootstrap
+fi
+queue "node base rootfs ($DEBIAN_SUITE)" "$DOCKER image inspect $NODE_BASE" build_node_base
+queue "tools base rootfs ($DEBIAN_SUITE)" "$DOCKER image inspect $TOOLS_BASE" build_tools_base
+queue "kind $KIND_VERSION" "test -x $KIND_BIN/kind" build_kind
+queue "kubernetes $KUBERNETES_VERSION" "test -x $KUBE_BIN/kube-proxy" build_kubernetes
+queue "etcd $ETCD_VERSION" "test -x $ETCD_BIN/etcd" build_etcd
+queue "containerd $CONTAINERD_VERSION" "test -x $CONTAINERD_BIN/ctr/ctr" build_containerd
+queue "crictl $CRICTL_VERSION" "test -x $CRICTL_BIN/crictl" build_crictl
+queue "coredns $COREDNS_VERSION" "test -x $COREDNS_BIN/coredns" build_coredns
+queue "metrics-server $METRICS_SERVER_VERSION" "test -x $METRICS_BIN/metrics-server" build_metrics_server
+queue "traefik $TRAEFIK_VERSION" "test -x $TRAEFIK_BIN/traefik" build_traefik
+queue "prometheus $PROMETHEUS_VERSION" "test -x $PROMETHEUS_BIN/prometheus" build_prometheus
+queue "prometheus-adapter $PROMETHEUS_ADAPTER_VERSION" "test -x $ADAPTER_BIN/adapter" build_prometheus_adapter
+side_by_side
+# These read the kubernetes module's files, downloaded by its build above.
 step "gateway CRDs (Gateway API $GATEWAY_API_VERSION, Traefik $TRAEFIK_VERSION)" "test -s $GATEWAY_CRDS" build_gateway_crds
 step "pause $PAUSE_VERSION" "test -x $PAUSE_BIN/pause" build_pause
-step "node base rootfs ($DEBIAN_SUITE)" "$DOCKER image inspect $NODE_BASE" build_node_base
-step "tools base rootfs ($DEBIAN_SUITE)" "$DOCKER image inspect $TOOLS_BASE" build_tools_base
 step "component images" "test -s $IMAGES_TAR" build_images
 step "node image $NODE_IMAGE" "$DOCKER image inspect $NODE_IMAGE" build_node_image
 ln -sf "$KIND_BIN/kind" "$BIN/kind"

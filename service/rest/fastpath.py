@@ -16,7 +16,7 @@ from mlscale.service.errors import MethodNotAllowed, MLScaleError
 from mlscale.service.metrics import Metrics
 from mlscale.service.rest.answer import Answer, error_answer, error_body, response_headers
 from mlscale.service.rest.rejections import RejectionLog
-from mlscale.service.rest.routes import Match, Router
+from mlscale.service.rest.routes import INFERENCE, Match, Router
 from mlscale.service.runtime.dataplane import DataPlane
 
 log = logging.getLogger("mlscale")
@@ -60,8 +60,11 @@ class FastPath:
         if self.plane.draining:
             send = _closing(send)
         metrics = self.metrics
-        metrics.in_flight += 1
         found = self.router.match(scope["path"])
+        # In flight: inference only (the HPA's request metric), not the scrape reading it or
+        # the probes beside it.
+        inference = found is not None and found[1].tag == INFERENCE
+        metrics.in_flight += inference
         labels: tuple[str, str, str, str]
         try:
             if found is None:
@@ -69,7 +72,7 @@ class FastPath:
             else:
                 labels = await self._answer(found, scope, receive, send)
         finally:
-            metrics.in_flight -= 1
+            metrics.in_flight -= inference
         metrics.request(labels, perf_counter() - start)
 
     async def _answer(

@@ -25,6 +25,7 @@ from mlscale.service.rest.endpoints import Endpoints
 Handler = Callable[[Scope, Receive, str, str | None], Awaitable[Answer]]
 SERVER_METADATA = "/v2"
 METRICS = "/metrics"
+INFERENCE = "inference"  # the tag of the routes that run a model
 MODEL_ERRORS = (404, 503)
 INFER_ERRORS = (400, 404, 413, 415, 500, 503)
 
@@ -45,7 +46,7 @@ class Route:
 def table(e: Endpoints) -> list[Route]:
     """Every route, hot ones first."""
     return [
-        Route("POST", contract.INFER, e.infer, "Infer", "inference", protocol.InferenceResponse,
+        Route("POST", contract.INFER, e.infer, "Infer", INFERENCE, protocol.InferenceResponse,
               INFER_ERRORS, protocol.InferenceRequest, twin=contract.INFER_VERSION),
         Route("GET", contract.LIVE, e.live, "Server live", "health", protocol.LiveResponse),
         Route("GET", contract.READY, e.ready, "Server ready", "health", protocol.ReadyResponse,
@@ -56,9 +57,9 @@ def table(e: Endpoints) -> list[Route]:
               protocol.ModelMetadata, MODEL_ERRORS, twin=contract.VERSION_METADATA),
         Route("GET", contract.MODEL_READY, e.model_ready, "Model ready", "health",
               protocol.ModelReadyResponse, MODEL_ERRORS, twin=contract.VERSION_READY),
-        Route("POST", contract.V1_PREDICT, e.v1_predict, "Predict (KServe v1)", "inference",
+        Route("POST", contract.V1_PREDICT, e.v1_predict, "Predict (KServe v1)", INFERENCE,
               protocol.PredictionsResponse, INFER_ERRORS, protocol.InstancesRequest),
-        Route("POST", contract.SIMPLE_PREDICT, e.simple_predict, "Predict", "inference",
+        Route("POST", contract.SIMPLE_PREDICT, e.simple_predict, "Predict", INFERENCE,
               protocol.PredictionsResponse, INFER_ERRORS, protocol.InstancesRequest),
         Route("GET", contract.STORE_VERSIONS, e.store_versions,
               "Versions in the store (mlscale extension; the rollout operator's quality gate)",
