@@ -58,16 +58,22 @@ def kubectl(*args: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def helm_set(*values: str, json_values: dict[str, object] | None = None) -> None:
-    """Re-apply the demo values with these overrides and wait for the rollout."""
+def helm_set(*values: str, json_values: dict[str, object] | None = None,
+             demo: bool = False) -> None:  # fmt: skip
+    """Upgrade the release with these overrides over its values (and over k8s/values-kind.yaml
+    with `demo`) and wait for the rollout."""
     cmd = [tool("helm"), "--kube-context", CONTEXT, "upgrade", RELEASE, "charts/mlscale",
-           "-n", NAMESPACE, "--reuse-values", "--wait", "--timeout", "5m",
+           "-n", NAMESPACE, *(["-f", "k8s/values-kind.yaml"] if demo else []), "--reuse-values",
+           "--wait", "--timeout", "5m",
            "--force-conflicts"]  # the values win over what a CLI rollout set  # fmt: skip
     for value in values:
         cmd += ["--set", value]
     for key, value in (json_values or {}).items():
         cmd += ["--set-json", f"{key}={json.dumps(value)}"]
-    subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit(f"bench-cluster: helm upgrade failed: {done.stderr.strip()} "
+                 "(make deploy applies the chart's CRDs, then the demo values)")  # fmt: skip
 
 
 def pods() -> list[dict]:
@@ -338,14 +344,7 @@ def main() -> None:
 
 def helm_demo_values() -> None:
     """The release as k8s/values-kind.yaml has it: HPA on, its requests, limits and metrics."""
-    done = subprocess.run([tool("helm"), "--kube-context", CONTEXT, "upgrade", RELEASE,
-                           "charts/mlscale", "-n", NAMESPACE, "-f", "k8s/values-kind.yaml",
-                           "--reuse-values", "--set", "autoscaling.enabled=true", "--wait",
-                           "--force-conflicts"],
-                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        sys.exit(f"bench-cluster: could not put the demo values back: {done.stderr.strip()} "
-                 "(make deploy applies the chart's CRDs, then these values)")  # fmt: skip
+    helm_set("autoscaling.enabled=true", demo=True)
 
 
 def show_throughput(runs: dict[int, list[float]], args: argparse.Namespace) -> None:

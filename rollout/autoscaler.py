@@ -10,7 +10,7 @@ from kubernetes.utils import parse_quantity
 
 @dataclass(frozen=True)
 class Reading:
-    metric: str  # "cpu", or a pods metric's name such as mlscale_requests_in_flight
+    metric: str  # "cpu", or a pods metric's name such as mlscale_requests_per_second
     current: float | None  # None: the HPA has no value for it (yet, or the metric is missing)
     target: float
     unit: str  # "%" of the request for resource metrics, "" for a per-pod average

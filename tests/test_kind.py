@@ -176,12 +176,18 @@ def live_version() -> str:
     return json.loads(rollout("-o", "json", "status").stdout)["tracks"][0]["version"]
 
 
+def upgrade(*values: str) -> str:
+    """`helm upgrade` of the demo release, its values kept but for these (--set, --set-json),
+    waiting for it (helm's own 5 minutes)."""
+    return helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", *values,
+                "--wait", "--timeout", "5m")  # fmt: skip
+
+
 def scale(min_replicas: int, exact: bool = False) -> None:
     """Set the HPA's floor and wait until it has at least that many pods, all ready (with
     `exact`, until it has scaled down to just that many)."""
-    helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", "--set",
-         f"autoscaling.minReplicas={min_replicas},pdb.enabled={str(min_replicas > 1).lower()}",
-         "--wait", "--timeout", "5m")  # fmt: skip
+    upgrade("--set", f"autoscaling.minReplicas={min_replicas},"
+            f"pdb.enabled={str(min_replicas > 1).lower()}")  # fmt: skip
 
     def settled() -> bool:
         pods = server_pods()
@@ -261,8 +267,7 @@ def test_prometheus_serves_the_request_metric_to_the_hpa(cluster: str):
 def test_an_hpa_metric_nobody_serves_is_named_by_rollout_status(cluster: str):
     metrics = values_kind()["autoscaling"]["podsMetrics"]
     typo = [{"name": "mlscale_requests_in_flite", "averageValue": "4"}]
-    helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values",
-         "--set-json", f"autoscaling.podsMetrics={json.dumps(typo)}", "--wait")  # fmt: skip
+    upgrade("--set-json", f"autoscaling.podsMetrics={json.dumps(typo)}")
     try:
         said: list[str] = []
 
@@ -273,8 +278,7 @@ def test_an_hpa_metric_nobody_serves_is_named_by_rollout_status(cluster: str):
         wait_for(named, 90, "status to name the metric the HPA cannot read")
         assert "the HPA" in said[0], said
     finally:
-        helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values",
-             "--set-json", f"autoscaling.podsMetrics={json.dumps(metrics)}", "--wait")  # fmt: skip
+        upgrade("--set-json", f"autoscaling.podsMetrics={json.dumps(metrics)}")
 
 
 # --- rollouts ------------------------------------------------------------------------------
@@ -295,8 +299,7 @@ def test_helm_upgrade_after_a_rollout_keeps_the_live_version(cluster: str):
     """After install the operator owns the model version: an upgrade neither reverts it nor
     conflicts with the operator's fields, and `helm test` checks what is live."""
     assert rollout("deploy", "--version", "2", "--timeout", "300", "--force").returncode == 0
-    helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values",
-         "--set", "server.logLevel=debug", "--wait", "--timeout", "5m")  # fmt: skip
+    upgrade("--set", "server.logLevel=debug")
     assert live_version() == "2"
     assert {p["metadata"]["labels"]["mlscale.dev/model-version"] for p in server_pods()} == {"2"}
     assert "version 2 answered" in helm("test", RELEASE, "--namespace", cluster, "--logs")
@@ -538,8 +541,7 @@ def test_the_request_metric_alone_scales_out_on_a_load_step_and_back(cluster: st
     scale(1, exact=True)
     cpu = values_kind()["autoscaling"]["targetCPUUtilizationPercentage"]
     # 1000% of the request: out of reach, as the 500m limit caps a pod at 500%.
-    helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", "--set",
-         "autoscaling.targetCPUUtilizationPercentage=1000", "--wait")  # fmt: skip
+    upgrade("--set", "autoscaling.targetCPUUtilizationPercentage=1000")
     try:
         with steady_load(threads=4) as failures:  # hundreds of requests/s: a few pods' worth
             wait_for(lambda: sum(ready(p) for p in server_pods()) >= 2, 180, "a second pod")
@@ -549,8 +551,7 @@ def test_the_request_metric_alone_scales_out_on_a_load_step_and_back(cluster: st
             scale(1, exact=True)
         assert failures == []
     finally:
-        helm("upgrade", RELEASE, "charts/mlscale", "-n", NAMESPACE, "--reuse-values", "--set",
-             f"autoscaling.targetCPUUtilizationPercentage={cpu}", "--wait")  # fmt: skip
+        upgrade("--set", f"autoscaling.targetCPUUtilizationPercentage={cpu}")
 
 
 def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(

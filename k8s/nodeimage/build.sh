@@ -9,8 +9,8 @@
 #   - the add-on images: metrics-server, the node network agent (k8s/nodeimage/kind-net.yaml),
 #     the gateway (Traefik), with the CRDs it serves (Gateway API's and Traefik's own), and
 #     Prometheus with prometheus-adapter (k8s/prometheus.yaml).
-# Independent builds run side by side: Go builds wait on downloads and links as much as on
-# compiling, and debootstrap on the network.
+# Independent builds run side by side (Go builds wait on downloads and links, debootstrap on the
+# network); on two cores that saved little in a cold build: compiling is most of it.
 # Pins live in k8s/nodeimage/versions.env. Everything is cached under $MLSCALE_CACHE (default
 # ~/.cache/mlscale) keyed by those pins, and nothing already built is built again.
 #

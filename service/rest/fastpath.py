@@ -61,8 +61,7 @@ class FastPath:
             send = _closing(send)
         metrics = self.metrics
         found = self.router.match(scope["path"])
-        # In flight: inference only (the HPA's request metric), not the scrape reading it or
-        # the probes beside it.
+        # In flight: inference requests only, not the scrape reading the gauge or the probes.
         inference = found is not None and found[1].tag == INFERENCE
         metrics.in_flight += inference
         labels: tuple[str, str, str, str]
