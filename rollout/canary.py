@@ -156,6 +156,8 @@ def advance(
     replicas = canary_replicas(step, stable.spec.replicas or 1, route is not None)
     canary, name = release.canary(), canary_name(stable)
     if canary is None:
+        if route is not None:
+            route.prepare()
         body = canary_body(stable, name, target, replicas, image)
         release.kube.call(release.kube.apps.create_namespaced_deployment, release.namespace, body)
         say(

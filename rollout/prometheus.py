@@ -1,5 +1,11 @@
-"""A canary step's traffic read from Prometheus, where the release has one: per track, the
-increase of the servers' own counters over the step's window, as PromQL sums by pod set.
+"""A canary step's traffic read from Prometheus, where the release has one: per track, how
+far the servers' own counters rose over the step's window, pod by pod.
+
+Not `increase()`: over a window a few scrapes long it extrapolates what it saw to the window's
+edges, and it cannot count a new pod's first sample (a canary's first seconds of traffic).
+Each pod's last sample at or before the window's start, against its last sample in the window,
+is exact to the scrape: a pod first seen in the window counts from zero, one restarted in it
+from the restart.
 
 The pods' /metrics through the API server's pod proxy (canary.py's `scrape`) stays the way for
 releases without Prometheus. Prometheus answers for pods scaled away during the window too, and
@@ -86,10 +92,25 @@ class Prometheus:
             raise PrometheusError(f"Prometheus at {self.url}: {body.get('error', body)}")
         return body["data"]["result"]
 
-    def _sum_by(self, label: str, series: str, selector: str, seconds: int, at: float,
-                extra: str = "") -> dict[str, float]:  # fmt: skip
-        promql = f"sum by ({label}) (increase({series}{{{selector}{extra}}}[{seconds}s]))"
-        return {s["metric"].get(label, ""): float(s["value"][1]) for s in self.query(promql, at)}
+    def _by_pod(self, label: str, selected: str, at: float) -> dict[tuple[str, str], float]:
+        promql = f"sum by (pod, {label}) ({selected})"
+        return {
+            (s["metric"].get("pod", ""), s["metric"].get(label, "")): float(s["value"][1])
+            for s in self.query(promql, at)
+        }
+
+    def _rose(self, label: str, series: str, selector: str, start: float, end: float,
+              extra: str = "") -> dict[str, float]:  # fmt: skip
+        """How far a counter rose from `start` to `end`, by `label`, summed over the pods."""
+        selected = f"{series}{{{selector}{extra}}}"
+        seconds = max(1, round(end - start))
+        then = self._by_pod(label, selected, start)
+        now = self._by_pod(label, f"last_over_time({selected}[{seconds}s])", end)
+        out: defaultdict[str, float] = defaultdict(float)
+        for key, value in now.items():
+            was = then.get(key, 0.0)
+            out[key[1]] += value - was if value >= was else value  # lower: it restarted
+        return out
 
     def window(
         self, namespace: str, at_start: set[str], at_end: set[str], start: float, end: float
@@ -104,16 +125,15 @@ class Prometheus:
         seconds = max(1, round(end - start))
         selector = _matcher(namespace, pods)
         infer = f',endpoint=~"{_one_of(INFER_ENDPOINTS)}"'
-        for code, count in self._sum_by("code", REQUESTS + "_total", selector, seconds, end,
-                                        infer).items():  # fmt: skip
+        codes = self._rose("code", REQUESTS + "_total", selector, start, end, infer)
+        for code, count in codes.items():
             out.traffic.requests += count
             if code.startswith("5"):
                 out.traffic.errors += count
-        buckets = self._sum_by("le", LATENCY + "_bucket", selector, seconds, end, infer)
+        buckets = self._rose("le", LATENCY + "_bucket", selector, start, end, infer)
         out.traffic.buckets = defaultdict(float, {float(le): n for le, n in buckets.items()})
-        labels = self._sum_by("label", PREDICTIONS + "_total", selector, seconds, end)
-        out.traffic.labels.update(labels)
-        values = self._sum_by("le", PREDICTION_VALUES + "_bucket", selector, seconds, end)
+        out.traffic.labels.update(self._rose("label", PREDICTIONS + "_total", selector, start, end))
+        values = self._rose("le", PREDICTION_VALUES + "_bucket", selector, start, end)
         out.traffic.values = defaultdict(float, {float(le): n for le, n in values.items()})
         up = self.query(f"min by (pod) (min_over_time(up{{{selector}}}[{seconds}s]))", end)
         scraped = {s["metric"].get("pod", ""): float(s["value"][1]) for s in up}

@@ -262,11 +262,8 @@ class Reconciler:
         """A canary no rollout in the status knows of: its controller died between creating
         it and recording that (or it was made by hand); and a route that still sends it
         requests."""
-        if (route := ro.route(release, stable)) is not None:
-            changed, live = route.set(Split())
-            if changed:
-                ro.say("RouteReset", f"HTTPRoute {route.name}: every request to stable")
-            route.tidy(live)
+        if (route := ro.route(release, stable)) is not None and route.set(Split())[0]:
+            ro.say("RouteReset", f"HTTPRoute {route.name}: every request to stable")
         if (orphan := canary.remove(release)) is not None:
             ro.say("CanaryRemoved", f"removed {orphan}, left by an earlier rollout")
 

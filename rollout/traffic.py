@@ -15,13 +15,18 @@ route's rules, a pure function of the step (`Split`) and `spec.traffic`:
 Mirroring and retries are written the way the gateway takes them (`implementation`): the
 Gateway API's own RequestMirror filter and `retry` field (Standard), or Traefik's
 TraefikService and Retry Middleware (Traefik v3.6 implements neither of the former: it answers
-500 for a route with a RequestMirror filter). The controller owns those Traefik objects too.
+500 for a route with a RequestMirror filter). The controller owns those Traefik objects too,
+and keeps them for as long as the rollout resource: Traefik reads them through another provider
+than the route, so the route can be applied before or after them. Made when a canary starts,
+the TraefikService is there before the route names it; between shadow steps it mirrors nothing
+(it passes every request to stable), so the route may still name it, or name it again, while
+Traefik catches up. A route naming an object Traefik does not have is dropped: its requests
+meet whatever other route matches them (a kind test saw another release's pods answer).
 
 A route change counts once the gateway says so: every parent's Accepted and ResolvedRefs
 conditions True for the route's generation. One that is False stops the rollout, by name.
 """
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -222,7 +227,6 @@ class Route:
         progress = route_progress(route)
         if progress.state is State.DONE:
             run.pop("routeSince", None)
-            self.tidy(route)
         elif progress.state is State.WAITING and seconds_since(run["routeSince"]) > ROUTE_TIMEOUT:
             return Progress(State.FAILED, f"{progress.message} (waited {ROUTE_TIMEOUT:.0f} s)")
         return progress
@@ -237,23 +241,12 @@ class Route:
         while route_progress(route).state is State.WAITING and time.monotonic() < deadline:
             time.sleep(LEAVE_POLL)
             route = self.read()
-        self.tidy(route)
 
-    def tidy(self, route: dict[str, Any] | None = None) -> None:
-        """Delete the TraefikService of a shadow step once the gateway has programmed rules
-        that no longer name it (before, it would answer for a route still using it). Left
-        alone, it names the canary's Service, and Traefik complains of it while no canary runs."""
-        if self.traffic.implementation != TRAEFIK:
-            return
-        route = route or self.read()
-        if route_progress(route).state is not State.DONE or self._mirror_name in str(
-            (route.get("spec") or {}).get("rules")
-        ):
-            return
-        kube = self.kube
-        with contextlib.suppress(NotFound):
-            kube.call(kube.custom.delete_namespaced_custom_object, TRAEFIK_GROUP, TRAEFIK_VERSION,
-                      kube.namespace, TRAEFIK_SERVICES, self._mirror_name)  # fmt: skip
+    def prepare(self) -> None:
+        """The gateway's own objects, made as a canary starts (seconds before any route names
+        them), each doing nothing yet."""
+        if self.traffic.implementation == TRAEFIK:
+            self._traefik_objects(Split(), self._port(self.stable_service))
 
     # --- Traefik's own objects ---------------------------------------------------------------
 
@@ -270,11 +263,12 @@ class Route:
             # Traefik's attempts count the first try: one retry is two attempts.
             self._ensure(MIDDLEWARES, "Middleware", self._retry_name,
                          {"retry": {"attempts": self.traffic.retries + 1}})  # fmt: skip
-        if split.mirror:
-            self._ensure(TRAEFIK_SERVICES, "TraefikService", self._mirror_name, {"mirroring": {
-                "name": self.stable_service, "port": port,
-                "mirrors": [{"name": self.canary_service, "port": port,
-                             "percent": split.mirror}]}})  # fmt: skip
+        # Outside shadow steps it mirrors nothing: naming the canary's Service while no canary
+        # runs, it would fail to build in Traefik.
+        mirrors = [{"name": self.canary_service, "port": port, "percent": split.mirror}]
+        self._ensure(TRAEFIK_SERVICES, "TraefikService", self._mirror_name, {"mirroring": {
+            "name": self.stable_service, "port": port,
+            "mirrors": mirrors if split.mirror else []}})  # fmt: skip
 
     def _ensure(self, plural: str, kind: str, name: str, spec: dict[str, Any]) -> None:
         """Create the object, or bring its spec to `spec`. Owned by the ModelRollout: it goes

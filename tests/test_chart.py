@@ -396,7 +396,7 @@ def test_with_a_gateway_each_track_has_a_service_and_the_route_sends_all_to_stab
     allowed = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]
                for r in rule["resources"]}  # fmt: skip
     assert allowed[("gateway.networking.k8s.io", "httproutes")] == {"get", "patch"}
-    assert allowed[("traefik.io", "traefikservices")] == {"get", "create", "patch", "delete"}
+    assert allowed[("traefik.io", "traefikservices")] == {"get", "create", "patch"}
     assert allowed[("traefik.io", "middlewares")] == {"get", "create", "patch"}
     # Without one: one Service over both tracks, no route, the split a replica ratio.
     plain = render(helm, tmp_path, {})

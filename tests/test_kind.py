@@ -173,6 +173,12 @@ def story(namespace: str = NAMESPACE) -> str:
     return "\n".join(lines[-60:])
 
 
+def failed_with(failures: list, namespace: str = NAMESPACE) -> str:
+    """An assertion's message: the failed requests, then the namespace's events (a string, so
+    pytest prints it whole)."""
+    return "\n".join([*map(str, failures), "events:", story(namespace)])
+
+
 def stamp() -> str:
     """The time of day, to the millisecond: when a failure happened, against the cluster's
     events and logs."""
@@ -301,7 +307,7 @@ def test_rolling_upgrade_under_load_loses_nothing(cluster: str):
     with steady_load() as failures:
         done = rollout("deploy", "--version", "2", "--timeout", "300")
     assert done.returncode == 0, done.stderr
-    assert failures == [], (failures, story())
+    assert failures == [], failed_with(failures)
     assert {p["metadata"]["labels"]["mlscale.dev/model-version"] for p in server_pods()} == {"2"}
     back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
     assert back.returncode == 0, back.stderr
@@ -403,10 +409,13 @@ def test_a_canary_failing_its_analysis_is_aborted(cluster: str):
         done = rollout("canary", "--version", "1", "--steps", "50,100", "--interval", "12",
                        "--min-requests", "10", "--max-p99-ms", "0.001", "--force")  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
-    assert failures == [], (failures, story())
+    assert failures == [], failed_with(failures)
     assert live_version() == "2"  # stable untouched
     status = json.loads(rollout("-o", "json", "status").stdout)
     assert [t["track"] for t in status["tracks"]] == ["stable"]
+    # Judged from the cluster's Prometheus (k8s/values-kind.yaml names it): PromQL per track.
+    analysis = status["rollout"]["analysis"]
+    assert analysis["source"] == "prometheus" and analysis["canaryRequests"] >= 10, analysis
     back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
     assert back.returncode == 0, back.stderr
 
@@ -488,7 +497,7 @@ def test_a_rollout_applied_as_yaml_resumes_after_its_controller_is_killed(cluste
             logs = kubectl("-n", NAMESPACE, "logs", "-l", "app.kubernetes.io/component="
                            "rollout-operator", "--tail", "40", "--prefix")  # fmt: skip
             raise AssertionError(f"{exc}\nseen: {seen}\nkilled: {killed}\n{logs}") from None
-    assert failures == [], (failures[:5], story())
+    assert failures == [], failed_with(failures[:5])
     status = rollout_status()
     assert [e["outcome"] for e in status["history"]][-1] == "succeeded"
     assert [t["track"] for t in json.loads(rollout("-o", "json", "status").stdout)["tracks"]] == [
@@ -529,7 +538,7 @@ def test_draining_a_worker_under_load_loses_nothing(cluster: str):
             kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data",
                     "--timeout", "180s", timeout=240)  # fmt: skip
             wait_for(lambda: sum(ready(p) for p in server_pods()) >= 3, 180, "3 ready pods again")
-        assert failures == [], (failures, story())
+        assert failures == [], failed_with(failures)
         assert all(p["spec"].get("nodeName") != node for p in server_pods())
     finally:
         kubectl("uncordon", node)
@@ -562,10 +571,10 @@ def test_the_request_metric_alone_scales_out_on_a_load_step_and_back(cluster: st
             # watched for under the load rather than read once.
             wait_for(lambda: f"pods metric {REQUEST_RATE}" in hpa_scaling_on(), 60,
                      f"the HPA to compute its replica count from {REQUEST_RATE}")  # fmt: skip
-        assert failures == [], (failures, story())
+        assert failures == [], failed_with(failures)
         with steady_load(threads=1, pause=0.2) as failures:  # light: the pods go back
             scale(1, exact=True)
-        assert failures == [], (failures, story())
+        assert failures == [], failed_with(failures)
     finally:
         upgrade("--set", f"autoscaling.targetCPUUtilizationPercentage={cpu}")
 
@@ -671,7 +680,7 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
             done = rollout(*flowers_rollout, "canary", "--model-image", images["2"], "--steps",
                            "100", "--interval", "12", "--min-requests", "10", *wide)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        assert failures == [], (failures, story("flowers"))
+        assert failures == [], failed_with(failures, "flowers")
         status = json.loads(rollout(*flowers_rollout, "-o", "json", "status").stdout)
         assert [(t["track"], t["version"]) for t in status["tracks"]] == [("stable", "2")]
         assert "(replica ratio, per connection)" in done.stderr  # said while it ran
@@ -702,16 +711,17 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
             mixed_up = rollout(*flowers_rollout, *shadow, "--model-image", images["3"])
         said = " ".join(mixed_up.stderr.split())  # as one line: the console wraps at its width
         assert mixed_up.returncode == 1 and "canary answers drift 1.000" in said, said
-        assert beyond_one_disconnect(failures) == [], (failures, story("flowers"))
+        assert beyond_one_disconnect(failures) == [], failed_with(failures, "flowers")
         status = json.loads(rollout(*flowers_rollout, "-o", "json", "status").stdout)
         assert [(t["track"], t["version"]) for t in status["tracks"]] == [("stable", "2")]
         analysis = status["rollout"]["analysis"]
         assert analysis["mirror"] == 50 and analysis["outputDrift"] > 0.2, analysis
+        assert analysis["source"] == "prometheus", analysis  # answers counted by PromQL too
         answered: list[tuple[float, str]] = []
         with steady_load(url=gateway_url, body=body, headers=host, answered=answered) as failures:
             same = rollout(*flowers_rollout, *shadow, "--model-image", images["1"])
         assert same.returncode == 0, same.stdout + same.stderr
-        assert beyond_one_disconnect(failures) == [], (failures, story("flowers"))
+        assert beyond_one_disconnect(failures) == [], failed_with(failures, "flowers")
         assert answered[-1][1] == "1"
     finally:
         helm("uninstall", "flowers", "-n", "flowers", "--wait")
