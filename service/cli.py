@@ -246,6 +246,12 @@ def serve(
     extra_versions: Annotated[
         str | None, typer.Option(help="More versions to load, comma-separated.")
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="More models to serve beside --model, e.g. 'flowers:2,linear' [MLSCALE_MODELS]."
+        ),
+    ] = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model store root.")] = None,
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (default 8080).")] = None,
@@ -255,6 +261,8 @@ def serve(
     """Serve a model over HTTP. Every setting also reads from MLSCALE_* variables.
 
     Example:  mlscale serve --model iris --version 2 --extra-versions 1
+
+    Several models from one server:  mlscale serve --model iris --models flowers:2,linear
     """
     from mlscale.service.errors import MLScaleError
     from mlscale.service.rest.server import run
@@ -265,16 +273,19 @@ def serve(
         return {k: v for k, v in options.items() if v is not None}
 
     model_settings = given(model_name=model, model_version=version, model_dir=model_dir,
-                           extra_versions=extra_versions)  # fmt: skip
+                           extra_versions=extra_versions, models=models)  # fmt: skip
     server_settings = given(host=host, port=port, workers=workers, log_level=log_level)
     settings = Settings(
         model=ModelSettings(**model_settings), server=ServerSettings(**server_settings)
     )
+    errors = Console(stderr=True)
     try:
-        preflight(settings.model)
+        unserved = preflight(settings.model)
     except MLScaleError as exc:
-        Console(stderr=True).print(f"[red]cannot serve[/]: {escape(exc.message)}", soft_wrap=True)
+        errors.print(f"[red]cannot serve[/]: {escape(exc.message)}", soft_wrap=True)
         raise typer.Exit(1) from None
+    for why in unserved:  # the others serve; this one answers 503 with the reason
+        errors.print(f"[yellow]not served[/]: {escape(why)}", soft_wrap=True)
     run(settings)
 
 
@@ -332,34 +343,41 @@ def infer(
 
 @app.command()
 def check(
-    model: Annotated[str, typer.Argument(help="Model name the server should serve.")],
+    models: Annotated[
+        list[str], typer.Argument(help="Names of the models the server should serve.")
+    ],
     url: Annotated[str, typer.Option(help="Server address.")] = "http://127.0.0.1:8080",
     expect_version: Annotated[
-        str | None, typer.Option(help="Fail unless this version answers.")
+        str | None, typer.Option(help="Fail unless this version answers (of one model).")
     ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 30,
 ) -> None:
-    """Smoke-test a running server: readiness, metadata, one inference of the declared shape.
+    """Smoke-test a running server: readiness, then each model's metadata and one inference
+    of its declared shape.
 
     Used by the chart's `helm test` hook. Example:  mlscale check iris --expect-version 2
     """
+    if expect_version is not None and len(models) > 1:
+        console.print("[red]FAIL[/] --expect-version checks one model; name one")
+        raise typer.Exit(2)
     if not wait_ready(url, wait):
         console.print(f"[red]FAIL[/] {url} did not turn ready within {wait}s")
         raise typer.Exit(1)
-    try:
-        meta = _get_json(f"{url}/v2/models/{model}")
-        answer = _post_json(f"{url}/v2/models/{model}/infer", example_request(meta))
-    except urllib.error.HTTPError as exc:
-        console.print(f"[red]FAIL[/] HTTP {exc.code} from {exc.url}: {_error_text(exc)}")
-        raise typer.Exit(1) from None
-    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
-        console.print(f"[red]FAIL[/] {exc}")
-        raise typer.Exit(1) from None
-    version = answer.get("model_version")
-    if expect_version is not None and version != expect_version:
-        console.print(f"[red]FAIL[/] version {version} answered, expected {expect_version}")
-        raise typer.Exit(1)
-    console.print(f"OK {model} version {version} answered: {answer['outputs'][0]['data']}")
+    for model in models:
+        try:
+            meta = _get_json(f"{url}/v2/models/{model}")
+            answer = _post_json(f"{url}/v2/models/{model}/infer", example_request(meta))
+        except urllib.error.HTTPError as exc:
+            console.print(f"[red]FAIL[/] HTTP {exc.code} from {exc.url}: {_error_text(exc)}")
+            raise typer.Exit(1) from None
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+            console.print(f"[red]FAIL[/] {model}: {exc}")
+            raise typer.Exit(1) from None
+        version = answer.get("model_version")
+        if expect_version is not None and version != expect_version:
+            console.print(f"[red]FAIL[/] version {version} answered, expected {expect_version}")
+            raise typer.Exit(1)
+        console.print(f"OK {model} version {version} answered: {answer['outputs'][0]['data']}")
 
 
 def example_request(meta: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,8 @@ SERVER_COMPONENT = "model-server"
 TRACK_LABEL = "mlscale.dev/track"  # stable | canary
 VERSION_LABEL = "mlscale.dev/model-version"  # label and annotation
 MODEL_IMAGE_ANNOTATION = "mlscale.dev/model-image"
+# On a pod template: the other models of the set and their versions, as in MODELS_ENV.
+MODELS_ANNOTATION = "mlscale.dev/models"
 SERVER_CONTAINER = "server"
 MODEL_CONTAINER = "model"  # the init container that copies a model image's version
 SERVER_PORT = 8080
@@ -54,6 +56,8 @@ ENV_PREFIX = "MLSCALE_"
 MODEL_NAME_ENV = "MLSCALE_MODEL_NAME"
 MODEL_VERSION_ENV = "MLSCALE_MODEL_VERSION"
 MODEL_DIR_ENV = "MLSCALE_MODEL_DIR"
+# More models one server serves beside MODEL_NAME_ENV's: `name:version,name:version`.
+MODELS_ENV = "MLSCALE_MODELS"
 SETTINGS_ENV = "MLSCALE_SETTINGS_JSON"  # the serialized settings uvicorn's workers start from
 DOCKER_ENV = "MLSCALE_DOCKER"  # the container engine's CLI, for model images
 # Set by `mlscale loadtest` and `mlscale operator` for the program each starts, so that its
@@ -62,3 +66,17 @@ PROG_ENV = "MLSCALE_PROG"
 
 # --- Model images --------------------------------------------------------------------------------
 MANIFEST_LABEL = "dev.mlscale.manifest"  # the version's manifest, as JSON
+
+
+def parse_models(text: str) -> dict[str, str]:
+    """MODELS_ENV's value as {name: version}; a name alone means its latest version."""
+    models: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, _, version = entry.partition(":")
+        models[name.strip()] = version.strip() or "latest"
+    return models
+
+
+def format_models(models: dict[str, str]) -> str:
+    """{name: version} as MODELS_ENV's value, in the order given."""
+    return ",".join(f"{name}:{version}" for name, version in models.items())

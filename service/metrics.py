@@ -168,6 +168,16 @@ class Metrics:
             "mlscale_model_load_seconds", "Time to verify, load and warm up a model version.",
             ["model", "version"], registry=self.registry,
         )  # fmt: skip
+        self.memory = Gauge(
+            "mlscale_model_memory_bytes", "Memory a model version holds: what loading and "
+            "warming it up allocated and kept (Python objects and numpy arrays).",
+            ["model", "version"], registry=self.registry,
+        )  # fmt: skip
+        self.model_ready = Gauge(
+            "mlscale_model_ready", "1 while a model of the server's set serves, 0 when it "
+            "failed to load (its reason is in the log and at /v2/models/{name}/ready).",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
         self.model_info = Gauge(
             "mlscale_model_info", "Loaded model versions (value 1); default=true on the one "
             "unversioned paths use.", ["model", "version", "sha256", "sklearn_version", "default"],

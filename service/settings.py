@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mlscale.service.contract import format_models, parse_models
+
 # 0 and +-{1, 2, 5} x 10^k for k in -2..4: 43 bounds, from -50000 to 50000.
 LOG_BUCKETS = tuple(
     sorted({s * m * 10.0**k for s in (-1, 1) for k in range(-2, 5) for m in (1, 2, 5)} | {0.0})
@@ -34,6 +36,13 @@ class ModelSettings(BaseSettings):
         "(comma-separated in the environment).",
     )
 
+    models: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="More models served beside `model_name`, each `name:version` or `name` (its "
+        "latest), comma-separated. Each has its own readiness and metrics; one that fails to "
+        "load is not served, and says why, while the others are.",
+    )
+
     fast_path: bool = Field(
         True,
         description="Evaluate linear models' formulas directly instead of calling `predict` "
@@ -54,6 +63,17 @@ class ModelSettings(BaseSettings):
         if isinstance(raw, str):
             return [v.strip() for v in raw.split(",") if v.strip()]
         return raw
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, raw: object) -> object:
+        return parse_models(raw) if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _one_set(self) -> "ModelSettings":
+        if self.model_name in self.models:
+            raise ValueError(f"models lists '{self.model_name}', which is model_name already")
+        return self
 
     @model_validator(mode="after")
     def _buckets_increase(self) -> "ModelSettings":
@@ -147,6 +167,8 @@ def environment() -> list[tuple[str, str, str]]:
                 default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
                 if len(default) > 40:
                     default = f"{default[:24]}… ({default.count(',') + 1} values)"
+            elif isinstance(default, dict):
+                default = format_models(default)
             elif isinstance(default, bool):
                 default = str(default).lower()
             rows.append((f"{prefix}{name}".upper(), str(default), field.description or ""))

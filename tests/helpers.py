@@ -37,6 +37,21 @@ VALUE_SETS = {
             "image": {"repository": "mlscale-model/flowers", "tag": "2"},
         },
     },
+    "model-set": {"model": {"others": [{"name": "linear", "version": "1"}]}},
+    "model-set-images": {
+        "model": {
+            "name": "flowers",
+            "version": "2",
+            "image": {"repository": "mlscale-model/flowers", "tag": "2"},
+            "others": [
+                {
+                    "name": "wine",
+                    "version": "3",
+                    "image": {"repository": "mlscale-model/wine", "tag": "3"},
+                }
+            ],
+        },
+    },
     "ingress-on": {
         "ingress": {"enabled": True, "className": "nginx", "tlsSecret": "mlscale-tls"},
     },

@@ -148,6 +148,18 @@ def test_helm_test_pod_runs_a_real_inference(helm: str, tmp_path: Path):
     assert command[command.index("--url") + 1] == "http://demo-mlscale:80"
 
 
+def test_a_model_set_is_served_checked_and_filled_from_its_images(helm: str, tmp_path: Path):
+    docs = render(helm, tmp_path, VALUE_SETS["model-set-images"])
+    spec = server_deployment(docs)["spec"]["template"]
+    env = {e["name"]: e["value"] for e in spec["spec"]["containers"][0]["env"]}
+    assert (env["MLSCALE_MODEL_NAME"], env["MLSCALE_MODELS"]) == ("flowers", "wine:3")
+    assert spec["metadata"]["annotations"]["mlscale.dev/models"] == "wine:3"
+    images = {c["name"]: c["image"] for c in spec["spec"]["initContainers"]}
+    assert images == {"model": "mlscale-model/flowers:2", "model-wine": "mlscale-model/wine:3"}
+    command = by_kind(docs, "Pod")[0]["spec"]["containers"][0]["command"]
+    assert command[:4] == ["mlscale", "check", "flowers", "wine"]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -164,6 +176,12 @@ def test_helm_test_pod_runs_a_real_inference(helm: str, tmp_path: Path):
         ({"pdb": {"maxUnavailable": 0}}, "maxUnavailable"),
         ({"service": {"port": 70000}}, "port"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"model": {"others": [{"name": "iris", "version": "1"}]}},
+         "model.others names iris twice"),
+        ({"model": {"others": [{"name": "wine", "version": "1",
+                                "image": {"repository": "mlscale-model/wine", "tag": "1"}}]}},
+         "every model of the set comes from an image, or none does"),
+        ({"model": {"others": [{"name": "wine"}]}}, "version"),
     ],
 )  # fmt: skip
 def test_bad_values_are_rejected_with_a_readable_message(

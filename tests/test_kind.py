@@ -45,6 +45,7 @@ SERVER_PODS = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component
 TRACK = "mlscale.dev/track"
 IRIS_ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
                         "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+LINEAR_ROW = {"inputs": [{"name": "input-0", "shape": [1, 1], "datatype": "FP64", "data": [2.0]}]}
 
 
 def tool(name: str) -> str:
@@ -241,6 +242,10 @@ def test_inference_through_the_node_port_and_the_gateway(cluster: str, url: str)
     r = httpx.post(url + "/v2/models/iris/infer", json=IRIS_ROW, timeout=10)
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [0]
     assert r.headers["x-model-version"] == live_version()
+    # The release serves a set (k8s/values-kind.yaml): the other model answers for itself.
+    other = httpx.post(url + "/v2/models/linear/infer", json=LINEAR_ROW, timeout=10)
+    assert other.status_code == 200, other.text
+    assert (other.json()["model_name"], other.json()["model_version"]) == ("linear", "1")
 
 
 def test_the_gateway_programs_the_releases_route(cluster: str):
@@ -320,7 +325,9 @@ def test_helm_upgrade_after_a_rollout_keeps_the_live_version(cluster: str):
     upgrade("--set", "server.logLevel=debug")
     assert live_version() == "2"
     assert {p["metadata"]["labels"]["mlscale.dev/model-version"] for p in server_pods()} == {"2"}
-    assert "version 2 answered" in helm("test", RELEASE, "--namespace", cluster, "--logs")
+    checked = helm("test", RELEASE, "--namespace", cluster, "--logs")
+    # iris moved; the other model of the set did not.
+    assert "OK iris version 2 answered" in checked and "OK linear version 1 answered" in checked
     back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
     assert back.returncode == 0, back.stderr
 

@@ -1,49 +1,60 @@
-"""The data plane: the loaded versions of one model, readiness, and inference.
+"""The data plane: the set of models a server serves (runtime/registry.py), readiness, and
+inference.
 
 Transport-free: `rest/endpoints.py` translates requests to calls here, and answers back.
 """
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 
 from mlscale.service.artifacts.store import ModelStore
-from mlscale.service.errors import InferenceFailed, ModelNotFound, ModelNotReady, StoreError
+from mlscale.service.errors import (
+    InferenceFailed,
+    MLScaleError,
+    ModelNotFound,
+    ModelNotReady,
+    StoreError,
+)
 from mlscale.service.metrics import Metrics
-from mlscale.service.runtime.batching import Batcher
+from mlscale.service.runtime import registry
 from mlscale.service.runtime.model import LoadedModel, Outputs, RowOutputs
+from mlscale.service.runtime.registry import ServedModel, configured, resolve
 from mlscale.service.settings import BatchingSettings, ModelSettings
 
 log = logging.getLogger("mlscale")
 
 
-def configured_versions(store: ModelStore, model: ModelSettings) -> list[str]:
-    """The versions a server loads, resolved: the default first, then the extra ones."""
-    wanted = [model.model_version, *model.extra_versions]
-    return list(dict.fromkeys(store.resolve(model.model_name, v) for v in wanted))
-
-
-def preflight(model: ModelSettings) -> None:
-    """Everything `DataPlane.load` checks short of unpickling, so that a server which cannot
-    serve says why in one sentence before it starts, instead of in a startup traceback."""
-    store = ModelStore(model.model_dir)
-    for version in configured_versions(store, model):
-        store.check(model.model_name, version)
+def preflight(settings: ModelSettings) -> list[str]:
+    """Everything loading checks short of unpickling, so that a server which cannot serve says
+    why in one sentence before it starts, instead of in a startup traceback. Raises when no
+    model of the set would serve; otherwise returns why each of the others will not."""
+    store = ModelStore(settings.model_dir)
+    failures: list[StoreError] = []
+    models = configured(settings)
+    for model in models:
+        try:
+            for version in resolve(store, model):
+                store.check(model.name, version)
+        except StoreError as exc:
+            failures.append(exc)
+    if len(failures) == len(models):
+        raise failures[0]
+    return [exc.message for exc in failures]
 
 
 class DataPlane:
+    """The set of models a server serves, its readiness, and inference."""
+
     def __init__(self, model: ModelSettings, batching: BatchingSettings, metrics: Metrics) -> None:
         self.settings = model
         self.batching = batching
         self.metrics = metrics
         self.store = ModelStore(model.model_dir)
-        self.name = model.model_name
-        self.default_version = ""
-        self.models: dict[str, LoadedModel] = {}
-        self._batchers: dict[str, Batcher] = {}
-        self.loaded = False  # every configured version verified, loaded and warmed up
+        self.served = {m.name: m for m in configured(model)}
+        self.name = model.model_name  # the model unversioned, unnamed paths (/predict) answer
+        self.loaded = False  # every model of the set tried: loaded, verified, warmed up, or failed
         self.draining = False
 
     @property
@@ -51,40 +62,25 @@ class DataPlane:
         return self.loaded and not self.draining
 
     def load(self) -> None:
-        """Load, verify and warm up every configured version. Any failure is fatal: a bad
-        version never becomes ready."""
-        versions = configured_versions(self.store, self.settings)
-        self.default_version = versions[0]
-        for version in versions:
-            start = time.perf_counter()
-            manifest, estimator = self.store.load(self.name, version)
-            loaded = LoadedModel(manifest, estimator, fast_path=self.settings.fast_path)
-            loaded.warm_up()
-            loaded.load_seconds = time.perf_counter() - start
-            self.models[version] = loaded
-            if self.batching.enabled:
-                self._batchers[version] = Batcher(
-                    loaded.predict,
-                    max_size=self.batching.max_size,
-                    max_wait_s=self.batching.max_wait_ms / 1000,
-                    observer=self.metrics,
-                    concat=np.concatenate if manifest.columns is None else concat_frames,
-                )
-            self.metrics.load_seconds.labels(self.name, version).set(loaded.load_seconds)
-            self.metrics.model_info.labels(
-                self.name, version, manifest.sha256, manifest.sklearn_version,
-                str(version == self.default_version).lower(),
-            ).set(1)  # fmt: skip
-            log.info(
-                "loaded %s/%s (%s, fast path: %s) in %.1f ms",
-                self.name, version, manifest.estimator, loaded.has_fast_path,
-                loaded.load_seconds * 1000,
-            )  # fmt: skip
+        """Load every model of the set. One that fails is not served and says why; the others
+        are. When none loads, the first failure is raised: there is nothing to serve."""
+        failures: list[Exception] = []
+        for model in self.served.values():
+            try:
+                registry.load(self.store, model, self.settings, self.batching, self.metrics)
+            except Exception as exc:  # unpickling can raise anything; none of it stops the rest
+                failures.append(exc)
+                model.error = exc.message if isinstance(exc, MLScaleError) else repr(exc)
+                log.error("model %s is not served: %s", model.name, model.error)
+            self.metrics.model_ready.labels(model.name).set(int(model.ready))
+        if len(failures) == len(self.served):
+            raise failures[0]
         self.loaded = True
 
     async def close(self) -> None:
-        for batcher in self._batchers.values():
-            await batcher.close()
+        for model in self.served.values():
+            for batcher in model.batchers.values():
+                await batcher.close()
 
     def drain(self) -> bool:
         """Stop being ready (SIGTERM); False when already draining."""
@@ -97,15 +93,16 @@ class DataPlane:
         """The V2 model metadata of the version that answers, and who answered."""
         model = self.model(name, version)
         m = model.manifest
+        served = self.served[model.name]
         body = {
             "name": m.name,
-            "versions": list(self.models),
+            "versions": list(served.versions),
             "platform": f"sklearn_{m.sklearn_version}",
             "inputs": [spec.model_dump() for spec in m.inputs],
             "outputs": [spec.model_dump() for spec in m.outputs],
             "parameters": {
                 "version": m.version,
-                "default_version": self.default_version,
+                "default_version": served.default_version,
                 "estimator": m.estimator,
                 "sha256": m.sha256,
                 "metrics": m.metrics,
@@ -123,9 +120,9 @@ class DataPlane:
         return {"name": name, "version": model.version, "ready": self.ready}, model.identity
 
     def store_versions(self, name: str) -> dict[str, Any]:
-        """Every version of the served model in the store (loaded or not), with offline
+        """Every version of a served model in the store (loaded or not), with offline
         metrics: what the rollout operator's quality gate compares."""
-        self.model(name)  # 404 for a model this server does not serve
+        loaded = self._served(name).versions
         versions, damaged = [], []
         for version, m in self.store.catalogue(name):
             if isinstance(m, StoreError):  # listed apart: it hides none of the others
@@ -133,23 +130,31 @@ class DataPlane:
                 continue
             versions.append({"version": m.version, "metrics": m.metrics, "sha256": m.sha256,
                              "created": m.created.isoformat(),
-                             "loaded": m.version in self.models})  # fmt: skip
+                             "loaded": m.version in loaded})  # fmt: skip
         return {"name": name, "versions": versions, "damaged": damaged}
 
+    def _served(self, name: str) -> ServedModel:
+        """A model of the set; 404 names the set for one outside it."""
+        served = self.served.get(name)
+        if served is None:
+            raise ModelNotFound(f"model '{name}' not found; this server serves '"
+                                + "', '".join(self.served) + "'")  # fmt: skip
+        return served
+
     def model(self, name: str | None, version: str | None = None) -> LoadedModel:
-        """The loaded version that answers a path (None: the served model); 404 names what
-        is served instead."""
-        name = self.name if name is None else name
-        if name != self.name:
-            raise ModelNotFound(f"model '{name}' not found; this server serves '{self.name}'")
+        """The loaded version that answers a path (name None: the first model of the set);
+        404 names what is served instead, 503 says why a model is not (yet)."""
+        served = self._served(self.name if name is None else name)
+        if served.error:
+            raise ModelNotReady(f"model '{served.name}' is not served: {served.error}")
         if not self.loaded:
-            raise ModelNotReady(f"model '{name}' is not loaded yet")
-        version = version or self.default_version
-        loaded = self.models.get(version)
+            raise ModelNotReady(f"model '{served.name}' is not loaded yet")
+        version = version or served.default_version
+        loaded = served.versions.get(version)
         if loaded is None:
             raise ModelNotFound(
-                f"model '{name}' version '{version}' is not loaded; loaded versions: "
-                + ", ".join(self.models)
+                f"model '{served.name}' version '{version}' is not loaded; loaded versions: "
+                + ", ".join(served.versions)
             )
         return loaded
 
@@ -169,7 +174,7 @@ class DataPlane:
         return await self.predict(model, x, outputs)
 
     async def predict(self, model: LoadedModel, x: Any, outputs: list[str]) -> Outputs:
-        batcher = self._batchers.get(model.version)
+        batcher = self.served[model.name].batchers.get(model.version)
         try:
             if batcher is not None:
                 answer = await batcher.submit(x, outputs)
@@ -190,9 +195,3 @@ class DataPlane:
         return InferenceFailed(
             f"model '{model.name}' version '{model.version}' failed to predict: {exc}"
         )
-
-
-def concat_frames(frames: list[Any]) -> Any:
-    import pandas as pd  # only models fitted on a DataFrame batch frames
-
-    return pd.concat(frames, ignore_index=True)

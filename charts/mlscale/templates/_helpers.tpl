@@ -109,6 +109,17 @@ app.kubernetes.io/component: model-server
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- $names := list .Values.model.name -}}
+{{- $fromImages := ne .Values.model.image.repository "" -}}
+{{- range .Values.model.others -}}
+{{- if has .name $names -}}
+{{- $errors = append $errors (printf "model.others names %s twice (model.name counts): each model of the set once." .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- if ne $fromImages (ne ((.image | default dict).repository | default "") "") -}}
+{{- $errors = append $errors (printf "model.others: %s %s a model image while model.image %s: the pods read one store, filled from model images or the server image's own, so every model of the set comes from an image, or none does." .name (ternary "has" "has no" (not $fromImages)) (ternary "is set" "is not" $fromImages)) -}}
+{{- end -}}
+{{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nmlscale: invalid values:\n  - %s\n" (join "\n  - " $errors)) -}}
 {{- end -}}
@@ -122,13 +133,8 @@ the version the stable Deployment serves (read with `lookup`), so it neither rev
 `model.version`.
 */}}
 {{- define "mlscale.modelVersion" -}}
-{{- $live := "" -}}
-{{- if not .Values.model.helmOwnsVersion -}}
-{{- $deployment := lookup "apps/v1" "Deployment" .Release.Namespace (include "mlscale.fullname" .) -}}
-{{- if $deployment -}}
-{{- $live = index ($deployment.metadata.annotations | default dict) "mlscale.dev/model-version" | default "" -}}
-{{- end -}}
-{{- end -}}
+{{- $deployment := include "mlscale.liveDeployment" . | fromJson -}}
+{{- $live := dig "metadata" "annotations" "mlscale.dev/model-version" "" $deployment -}}
 {{- $live | default .Values.model.version -}}
 {{- end -}}
 
@@ -138,16 +144,64 @@ operator owns it after install: upgrades keep the live one (the Deployment's
 mlscale.dev/model-image annotation) unless model.helmOwnsVersion is set.
 */}}
 {{- define "mlscale.modelImage" -}}
-{{- $live := "" -}}
-{{- if not .Values.model.helmOwnsVersion -}}
-{{- $deployment := lookup "apps/v1" "Deployment" .Release.Namespace (include "mlscale.fullname" .) -}}
-{{- if $deployment -}}
-{{- $live = index ($deployment.metadata.annotations | default dict) "mlscale.dev/model-image" | default "" -}}
-{{- end -}}
-{{- end -}}
+{{- $deployment := include "mlscale.liveDeployment" . | fromJson -}}
+{{- $live := dig "metadata" "annotations" "mlscale.dev/model-image" "" $deployment -}}
 {{- with .Values.model.image -}}
 {{- $live | default (ternary (printf "%s:%s" .repository .tag) "" (ne .repository "")) -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The other models of the set, as MLSCALE_MODELS (`name:version,...`). Like model.version, a version
+the operator has moved since is kept on upgrades (read from the live Deployment's environment)
+unless model.helmOwnsVersion is set.
+*/}}
+{{- define "mlscale.otherModels" -}}
+{{- $live := dict -}}
+{{- $deployment := include "mlscale.liveDeployment" . | fromJson -}}
+{{- range (dig "spec" "template" "spec" "containers" list $deployment) -}}
+{{- range (.env | default list) -}}
+{{- if eq .name "MLSCALE_MODELS" -}}
+{{- range splitList "," (.value | default "") -}}
+{{- $_ := set $live (first (splitList ":" .)) (last (splitList ":" .)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $entries := list -}}
+{{- range .Values.model.others -}}
+{{- $entries = append $entries (printf "%s:%s" .name (get $live .name | default .version)) -}}
+{{- end -}}
+{{- join "," $entries -}}
+{{- end -}}
+
+{{/*
+The model image of one of the other models ("" without one), kept on upgrades like the version:
+the live init container `model-NAME`'s. Called with (dict "root" $ "model" .).
+*/}}
+{{- define "mlscale.otherModelImage" -}}
+{{- $live := "" -}}
+{{- $deployment := include "mlscale.liveDeployment" .root | fromJson -}}
+{{- range (dig "spec" "template" "spec" "initContainers" list $deployment) -}}
+{{- if eq .name (printf "model-%s" $.model.name) -}}
+{{- $live = .image -}}
+{{- end -}}
+{{- end -}}
+{{- with (.model.image | default dict) -}}
+{{- $live | default (ternary (printf "%s:%s" .repository .tag) "" (ne (.repository | default "") "")) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The live stable Deployment as JSON ({} when nothing is live, or model.helmOwnsVersion is set):
+what the operator may have moved since the last upgrade.
+*/}}
+{{- define "mlscale.liveDeployment" -}}
+{{- $deployment := dict -}}
+{{- if not .Values.model.helmOwnsVersion -}}
+{{- $deployment = lookup "apps/v1" "Deployment" .Release.Namespace (include "mlscale.fullname" .) | default dict -}}
+{{- end -}}
+{{- toJson $deployment -}}
 {{- end -}}
 
 {{/*
