@@ -49,9 +49,12 @@ class Snapshot:
     labels: defaultdict[str, float] = field(default_factory=_counts)
     values: defaultdict[float, float] = field(default_factory=lambda: defaultdict(float))
 
-    def add_scrape(self, text: str) -> None:
+    def add_scrape(self, text: str, model: str = "") -> None:
+        """A pod's /metrics, for `model` ("": every model it serves)."""
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
+                if model and sample.labels.get("model", model) != model:
+                    continue
                 if sample.name == PREDICTIONS + "_total":
                     self.labels[sample.labels["label"]] += sample.value
                 elif sample.name == PREDICTION_VALUES + "_bucket":

@@ -51,10 +51,11 @@ Say = Callable[[str, str], None]  # an event: reason, message
 
 
 def canary_body(
-    stable: V1Deployment, name: str, version: str, replicas: int, model_image: str | None = None
-) -> dict[str, Any]:
-    """The stable Deployment, renamed, relabelled track=canary and moved to `version` (and
-    the model image holding it)."""
+    stable: V1Deployment, name: str, version: str, replicas: int, model: str = "",
+    model_image: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The stable Deployment, renamed, relabelled track=canary and moved to `version` of
+    `model` (and the model image holding it); the set's other models as stable serves them."""
     body = client.ApiClient().sanitize_for_serialization(stable)
     body.pop("status", None)
     meta = body["metadata"]
@@ -68,7 +69,7 @@ def canary_body(
     spec["replicas"] = replicas
     spec["selector"]["matchLabels"][TRACK] = "canary"
     spec["template"]["metadata"]["labels"][TRACK] = "canary"
-    patch = version_patch(version, model_image=model_image)
+    patch = version_patch(stable, version, model, model_image)
     body["metadata"]["annotations"].update(patch["metadata"]["annotations"])
     body["spec"] = merge(spec, patch["spec"])
     return body
@@ -95,10 +96,11 @@ class Scrape:
         self.unread -= later.pods.keys()
 
 
-def scrape(release: Release, track: str) -> Scrape:
+def scrape(release: Release, track: str, model: str = "") -> Scrape:
     """Every serving pod's counters. Pods that are not Ready take no traffic and may not listen
     yet (the HPA keeps adding and removing stable pods); one that does not answer (scaled away
-    between the listing and its scrape, or a pod-proxy error) is recorded as unread."""
+    between the listing and its scrape, or a pod-proxy error) is recorded as unread. Only
+    `model`'s series count ("": every model's)."""
     result = Scrape()
     for pod in release.pods(track):
         if not pod_ready(pod):
@@ -109,12 +111,12 @@ def scrape(release: Release, track: str) -> Scrape:
             result.unread.add(name_of(pod))
             continue
         snapshot = Snapshot()
-        snapshot.add_scrape(text)
+        snapshot.add_scrape(text, model)
         result.pods[name_of(pod)] = snapshot
     return result
 
 
-def listing(release: Release, track: str) -> Scrape:
+def listing(release: Release, track: str, model: str = "") -> Scrape:
     """The Ready pods of a track, without reading them: where Prometheus holds their counts."""
     return Scrape(pods={name_of(p): Snapshot() for p in release.pods(track) if pod_ready(p)})
 
@@ -158,7 +160,7 @@ def advance(
     if canary is None:
         if route is not None:
             route.prepare()
-        body = canary_body(stable, name, target, replicas, image)
+        body = canary_body(stable, name, target, replicas, release.model, image)
         release.kube.call(release.kube.apps.create_namespaced_deployment, release.namespace, body)
         say(
             "CanaryCreated",
@@ -234,11 +236,12 @@ def judge_step(
     name = f"step {i} ({label(step)})"
     key = f"{i}@{run.get('stepStartedAt')}"
     look = listing if spec.prometheus_url else scrape
+    model = release.model_name()  # pods may serve others beside it: judged on its requests
 
     def open_window() -> None:
         run.update(stepStartedAt=now_iso(), intervals=1)
         windows.clear()
-        windows[f"{i}@{run['stepStartedAt']}"] = {t: look(release, t) for t in TRACKS}
+        windows[f"{i}@{run['stepStartedAt']}"] = {t: look(release, t, model) for t in TRACKS}
 
     if key not in windows:  # a new step, or a controller that restarted mid-window
         open_window()
@@ -248,9 +251,9 @@ def judge_step(
     due = step.seconds * run.get("intervals", 1)
     if elapsed < due:
         return Wait(due - elapsed)
-    before, after = windows[key], {t: look(release, t) for t in TRACKS}
+    before, after = windows[key], {t: look(release, t, model) for t in TRACKS}
     if spec.prometheus_url:
-        read = from_prometheus(release, spec.prometheus_url, before, after, elapsed)
+        read = from_prometheus(release, spec.prometheus_url, before, after, elapsed, model)
         if isinstance(read, str):  # never judged on part of the traffic: a window anew
             open_window()
             return Wait(step.seconds, f"{name}: not judged: {read}; judging a new window of "
@@ -317,8 +320,9 @@ def judge_step(
 
 
 def from_prometheus(
-    release: Release, url: str, before: dict[str, Scrape], after: dict[str, Scrape], elapsed: float
-) -> tuple[Snapshot, Snapshot] | str:
+    release: Release, url: str, before: dict[str, Scrape], after: dict[str, Scrape],
+    elapsed: float, model: str,
+) -> tuple[Snapshot, Snapshot] | str:  # fmt: skip
     """Each track's traffic over the window, from Prometheus: the pods Ready at its start or its
     end, summed by PromQL. Or why the window cannot be judged: Prometheus not answering, or a
     pod whose scrapes failed (its counts would be missing from the sums)."""
@@ -326,7 +330,7 @@ def from_prometheus(
     try:
         reads = {
             t: Prometheus(url).window(release.namespace, set(before[t].pods),
-                                      set(after[t].pods), end - elapsed, end)
+                                      set(after[t].pods), end - elapsed, end, model)
             for t in TRACKS
         }  # fmt: skip
     except PrometheusError as exc:

@@ -140,6 +140,13 @@ ImageOpt = Annotated[
         "installed with model.image."
     ),
 ]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Which model of the release's set to move (the chart's model.others); default: "
+        "its first (model.name). The others keep serving what they serve."
+    ),
+]
 TimeoutOpt = Annotated[
     float, typer.Option(help="Seconds to follow the rollout (and for each step's pods).")
 ]
@@ -154,6 +161,7 @@ RegressionOpt = Annotated[
 def deploy(
     ctx: typer.Context,
     version: VersionOpt = None,
+    model: ModelOpt = None,
     model_image: ImageOpt = None,
     wait: Annotated[bool, typer.Option(help="Follow the rollout to its end.")] = True,
     timeout: TimeoutOpt = 600,
@@ -165,13 +173,14 @@ def deploy(
 
     Examples:  mlscale rollout deploy --version 2
                mlscale rollout deploy --model-image mlscale-model/flowers:2
+               mlscale rollout deploy --model linear --version 2   (one model of a set)
     """
     from mlscale.rollout.client import roll, spec_for
 
     def act(c: Ctx) -> Any:
         spec = spec_for(_version(c, version, model_image), model_image, force=force,
                         strategy={"type": "Rolling"}, max_regression=max_regression,
-                        timeout=timeout)  # fmt: skip
+                        timeout=timeout, model=model)  # fmt: skip
         return roll(c.kube(), c.release_name, spec, say=c.say, timeout=timeout, wait=wait,
                     dry_run=dry_run)  # fmt: skip
 
@@ -182,6 +191,7 @@ def deploy(
 def canary(
     ctx: typer.Context,
     version: VersionOpt = None,
+    model: ModelOpt = None,
     model_image: ImageOpt = None,
     steps: Annotated[
         str,
@@ -255,7 +265,7 @@ def canary(
         ]
         spec = spec_for(_version(c, version, model_image), model_image, force=force,
                         strategy={"type": "Canary", "steps": steps},
-                        max_regression=max_regression, timeout=timeout)  # fmt: skip
+                        max_regression=max_regression, timeout=timeout, model=model)  # fmt: skip
         spec["analysis"] = {
             "maxErrorRate": max_error_rate,
             "maxP99Ms": max_p99_ms,
@@ -323,25 +333,40 @@ def rollback(
     to: Annotated[
         str | None, typer.Option(help="Version to return to (default: previous).")
     ] = None,
+    model: ModelOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds to follow the rollout.")] = 600,
 ) -> None:
-    """Roll back to the version before the current one in the history, or to --to VERSION."""
+    """Roll back to the version before the current one in the history, or to --to VERSION.
+
+    For a release serving a set, the model the resource last moved, or --model's."""
     from mlscale.rollout.client import read, roll, spec_for
     from mlscale.rollout.kube import RolloutError
 
     def act(c: Ctx) -> Any:
         kube = c.kube()
-        status = read(kube, c.release_name).get("status") or {}
-        current, image = status.get("stableVersion", ""), None
-        target = to
+        resource = read(kube, c.release_name)
+        status, moved = resource.get("status") or {}, resource["spec"].get("model") or ""
+        which = moved if model is None else model
+        current, image, target = status.get("stableVersion", ""), None, to
+        if which != moved:  # stableVersion is the other model's
+            current = next(
+                (
+                    e["version"]
+                    for e in reversed(status.get("history", []))
+                    if e.get("model", "") == which and e["outcome"] == "succeeded"
+                ),
+                "",
+            )
         if target is None:
             earlier = [e for e in reversed(status.get("history", []))
-                       if e["version"] == current and e["outcome"] == "succeeded"]  # fmt: skip
+                       if e["version"] == current and e["outcome"] == "succeeded"
+                       and e.get("model", "") == which]  # fmt: skip
             if not earlier:
                 raise RolloutError(f"no history of how version {current} was reached; "
                                    "say where to go with --to VERSION")  # fmt: skip
             target, image = earlier[0]["previous"], earlier[0].get("previousImage") or None
-        spec = spec_for(target, image, strategy={"type": "Rolling"}, force=True, timeout=timeout)
+        spec = spec_for(target, image, strategy={"type": "Rolling"}, force=True, timeout=timeout,
+                        model=which or None)  # fmt: skip
         return roll(kube, c.release_name, spec, say=c.say, timeout=timeout)
 
     run(ctx, act)
@@ -349,6 +374,8 @@ def rollback(
 
 def _print_status(s: dict[str, Any]) -> None:
     out.print(f"release [bold]{s['release']}[/] in {s['namespace']}, model {s['model']}")
+    if len(s["models"]) > 1:  # a set: what stable serves of each
+        out.print("serves " + ", ".join(f"{m} {v}" for m, v in s["models"].items()))
     if r := s["rollout"]:
         out.print(f"rollout [bold]{r['phase']}[/]: {r['message']}", markup=True)
         if r["canaryVersion"] and r["currentStep"] is not None:

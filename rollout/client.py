@@ -41,10 +41,12 @@ def spec_for(
     force: bool = False,
     max_regression: float = 0.05,
     timeout: float = 600,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """The spec fields a rollout sets (merged into the resource's spec)."""
     return {
         "version": version,
+        "model": model,  # None removes it: the release's first model
         "modelImage": model_image,  # None removes it: the server image's own store
         "paused": False,
         "progressTimeoutSeconds": max(10, int(timeout)),

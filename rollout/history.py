@@ -18,6 +18,7 @@ class Entry:
     seconds: float
     image: str = ""  # the model images of `version` and `previous`, for releases that use them
     previousImage: str = ""
+    model: str = ""  # of the release's set; "": the first
 
 
 def record(status: dict[str, Any], run: dict[str, Any], outcome: str, detail: str) -> None:
@@ -27,5 +28,6 @@ def record(status: dict[str, Any], run: dict[str, Any], outcome: str, detail: st
     new = Entry(
         run["version"], run.get("previousVersion", ""), run.get("strategy", ""), outcome,
         detail, started, seconds, run.get("image", ""), run.get("previousImage", ""),
+        run.get("model", ""),
     )  # fmt: skip
     status["history"] = [*status.get("history", []), asdict(new)][-KEEP_HISTORY:]

@@ -113,18 +113,21 @@ class Prometheus:
         return out
 
     def window(
-        self, namespace: str, at_start: set[str], at_end: set[str], start: float, end: float
-    ) -> Window:
+        self, namespace: str, at_start: set[str], at_end: set[str], start: float, end: float,
+        model: str = "",
+    ) -> Window:  # fmt: skip
         """What the pods Ready at the window's start or its end served from `start` to `end`
-        (seconds since the epoch), and which of them Prometheus lacks counts of. A pod that
-        became Ready during the window may not have been scraped yet: it served little."""
+        (seconds since the epoch), for `model` (""; every model they serve), and which of them
+        Prometheus lacks counts of. A pod that became Ready during the window may not have been
+        scraped yet: it served little."""
         out = Window()
         pods = at_start | at_end
         if not pods:
             return out
         seconds = max(1, round(end - start))
         selector = _matcher(namespace, pods)
-        infer = f',endpoint=~"{_one_of(INFER_ENDPOINTS)}"'
+        of_model = f',model="{model}"' if model else ""
+        infer = f',endpoint=~"{_one_of(INFER_ENDPOINTS)}"{of_model}'
         codes = self._rose("code", REQUESTS + "_total", selector, start, end, infer)
         for code, count in codes.items():
             out.traffic.requests += count
@@ -132,8 +135,10 @@ class Prometheus:
                 out.traffic.errors += count
         buckets = self._rose("le", LATENCY + "_bucket", selector, start, end, infer)
         out.traffic.buckets = defaultdict(float, {float(le): n for le, n in buckets.items()})
-        out.traffic.labels.update(self._rose("label", PREDICTIONS + "_total", selector, start, end))
-        values = self._rose("le", PREDICTION_VALUES + "_bucket", selector, start, end)
+        out.traffic.labels.update(
+            self._rose("label", PREDICTIONS + "_total", selector, start, end, of_model)
+        )
+        values = self._rose("le", PREDICTION_VALUES + "_bucket", selector, start, end, of_model)
         out.traffic.values = defaultdict(float, {float(le): n for le, n in values.items()})
         up = self.query(f"min by (pod) (min_over_time(up{{{selector}}}[{seconds}s]))", end)
         scraped = {s["metric"].get("pod", ""): float(s["value"][1]) for s in up}

@@ -18,7 +18,7 @@ from mlscale.rollout.gate import quality_gate
 from mlscale.rollout.history import record
 from mlscale.rollout.kube import Kube, Refused
 from mlscale.rollout.progress import Done, Failed, Outcome, Wait
-from mlscale.rollout.release import Release, model_image_of, name_of, version_of
+from mlscale.rollout.release import Release, name_of
 from mlscale.rollout.resource import (
     ABORT,
     ABORTED,
@@ -178,16 +178,17 @@ class Reconciler:
         return after, ro.status
 
     def _step(self, ro: Rollout) -> float:
-        release = Release(self.kube, ro.name)
+        run = ro.status.get("rollout")
+        # A rollout under way moves the model it started with, even if the spec names another.
+        release = Release(self.kube, ro.name, run.get("model", "") if run else ro.spec.model)
         try:
             stable = release.stable()
         except Refused as exc:
             ro.reason = "ReleaseNotFound"
             ro.set(DEGRADED, str(exc))
             return RESYNC
-        run = ro.status.get("rollout")
         want = (ro.spec.version, ro.spec.model_image or "")
-        if run and (run["version"], run.get("image", "")) != want:
+        if run and (run["version"], run.get("image", ""), release.model) != (*want, ro.spec.model):
             ro.say("Superseded", f"spec changed to version {ro.spec.version} during the rollout "
                    f"of {run['version']}: aborting it, then starting the new one")  # fmt: skip
             self._end(ro, release, stable, ABORTED, "aborted", f"superseded by {ro.spec.version}")
@@ -203,7 +204,7 @@ class Reconciler:
         for verb in REQUESTS:  # nothing running: nothing to abort or promote
             if verb != RETRY:
                 ro.handled(verb)
-        live = (version_of(stable), model_image_of(stable) or "")
+        live = (release.version_of(stable), release.image_of(stable) or "")
         if want == live:
             self._remove_orphan(ro, release, stable)
             ro.status.pop("failedGeneration", None)
@@ -223,6 +224,7 @@ class Reconciler:
         self._remove_orphan(ro, release, stable)
         run: dict[str, Any] = {
             "strategy": spec.strategy,
+            "model": spec.model,
             "version": spec.version,
             "image": spec.model_image or "",
             "previousVersion": live[0],
@@ -232,6 +234,10 @@ class Reconciler:
             "step": 0,
             "gated": not spec.gate,
         }
+        try:
+            release.check_model(stable)
+        except Refused as exc:
+            return self._refuse(ro, run, str(exc))
         route = ro.route(release, stable)
         if route is not None and (why := route.unusable()) is not None:
             return self._refuse(ro, run, f"traffic cannot move through the gateway: {why}")
@@ -339,10 +345,9 @@ class Reconciler:
                 ro.say("RouteNotReset", str(exc), warning=True)
         if (gone := canary.remove(release)) is not None:
             ro.say("CanaryRemoved", f"removed {gone}")
-        if version_of(stable) != back or (image and model_image_of(stable) != image):
-            release.set_version(
-                name_of(stable), back, expected=version_of(stable), model_image=image
-            )
+        live = release.version_of(stable)
+        if live != back or (image and release.image_of(stable) != image):
+            release.set_version(name_of(stable), back, expected=live, model_image=image)
             ro.say("RolledBack", f"{name_of(stable)}: back to version {back}", warning=True)
         record(ro.status, run, outcome, why)
         verb = "canary aborted" if phase == ABORTED else "rolled back"

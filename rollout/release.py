@@ -13,10 +13,14 @@ from mlscale.service.contract import (
     INSTANCE_LABEL,
     MODEL_CONTAINER,
     MODEL_NAME_ENV,
+    MODELS_ANNOTATION,
+    MODELS_ENV,
     SERVER_COMPONENT,
     SERVER_CONTAINER,
     SERVER_PORT,
     STORE_VERSIONS,
+    format_models,
+    parse_models,
 )
 from mlscale.service.contract import MODEL_IMAGE_ANNOTATION as MODEL_IMAGE
 from mlscale.service.contract import MODEL_METADATA as METADATA
@@ -42,14 +46,43 @@ def env(deployment: V1Deployment, name: str) -> str | None:
     return next((e.value for e in container.env or [] if e.name == name), None)
 
 
-def version_of(deployment: V1Deployment) -> str:
-    return env(deployment, VERSION_ENV) or ""
+# A release's pods serve a set of models (the chart's model.name, then model.others). A rollout
+# moves one of them, named by `model`: "" (or the first model's name) is the first, whose
+# version has its own variable, label and annotation; the others' versions are entries of
+# MODELS_ENV, and their model images init containers of their own.
 
 
-def model_image_of(deployment: V1Deployment) -> str | None:
-    """The model image a Deployment's pods copy their version from; None without one."""
+def first_model(deployment: V1Deployment, model: str) -> bool:
+    return not model or model == env(deployment, MODEL_NAME_ENV)
+
+
+def other_models(deployment: V1Deployment) -> dict[str, str]:
+    """The other models of the set and their versions."""
+    return parse_models(env(deployment, MODELS_ENV) or "")
+
+
+def pod_models(pod: V1Pod) -> dict[str, str]:
+    """The other models of the set a pod serves, and their versions."""
+    annotations = (pod.metadata.annotations if pod.metadata else None) or {}
+    return parse_models(annotations.get(MODELS_ANNOTATION, ""))
+
+
+def version_of(deployment: V1Deployment, model: str = "") -> str:
+    """The version of `model` a Deployment serves; "" for a model outside its set."""
+    if first_model(deployment, model):
+        return env(deployment, VERSION_ENV) or ""
+    return other_models(deployment).get(model, "")
+
+
+def model_container(deployment: V1Deployment, model: str) -> str:
+    return MODEL_CONTAINER if first_model(deployment, model) else f"{MODEL_CONTAINER}-{model}"
+
+
+def model_image_of(deployment: V1Deployment, model: str = "") -> str | None:
+    """The model image a Deployment's pods copy `model`'s version from; None without one."""
     init = pod_spec(deployment).init_containers or []
-    return next((c.image for c in init if c.name == MODEL_CONTAINER), None)
+    name = model_container(deployment, model)
+    return next((c.image for c in init if c.name == name), None)
 
 
 def canary_name(stable: V1Deployment) -> str:
@@ -80,37 +113,42 @@ def pod_ready(pod: V1Pod) -> bool:
 
 
 def version_patch(
-    version: str, resource_version: str | None = None, model_image: str | None = None
+    current: V1Deployment,
+    version: str,
+    model: str = "",
+    model_image: str | None = None,
+    resource_version: str | None = None,
 ) -> dict[str, Any]:
-    """Strategic-merge patch moving a Deployment to `version` (env, label, annotations), and
-    to the model image holding it where there is one (init container, annotation).
+    """Strategic-merge patch moving `current` (a Deployment) to `version` of `model` (env,
+    label, annotations), and to the model image holding it where there is one (its init
+    container, annotation). The other models of the set keep their versions.
 
     With a resourceVersion the write is conditional: a concurrent change makes it fail with
     409, and the caller retries on a fresh read."""
-    annotations = {VERSION: version, **({MODEL_IMAGE: model_image} if model_image else {})}
-    metadata: dict[str, Any] = {"annotations": annotations}
+    metadata: dict[str, Any] = {"annotations": {}}
     if resource_version:
         metadata["resourceVersion"] = resource_version
-    pod: dict[str, Any] = {
-        "containers": [{"name": SERVER_CONTAINER, "env": [{"name": VERSION_ENV, "value": version}]}]
-    }
+    template: dict[str, Any] = {"metadata": {"annotations": {}}}
+    if first_model(current, model):
+        variable = {"name": VERSION_ENV, "value": version}
+        metadata["annotations"] = {VERSION: version, **({MODEL_IMAGE: model_image} if model_image
+                                                       else {})}  # fmt: skip
+        template["metadata"] = {"labels": {VERSION: version}, "annotations": {VERSION: version}}
+    else:
+        value = format_models({**other_models(current), model: version})
+        variable = {"name": MODELS_ENV, "value": value}
+        template["metadata"]["annotations"] = {MODELS_ANNOTATION: value}
+    pod: dict[str, Any] = {"containers": [{"name": SERVER_CONTAINER, "env": [variable]}]}
     if model_image:
-        pod["initContainers"] = [{"name": MODEL_CONTAINER, "image": model_image}]
-    return {
-        "metadata": metadata,
-        "spec": {
-            "template": {
-                "metadata": {"labels": {VERSION: version}, "annotations": {VERSION: version}},
-                "spec": pod,
-            }
-        },
-    }
+        pod["initContainers"] = [{"name": model_container(current, model), "image": model_image}]
+    return {"metadata": metadata, "spec": {"template": {**template, "spec": pod}}}
 
 
 @dataclass
 class Release:
     kube: Kube
     name: str
+    model: str = ""  # the model of the set a rollout moves; "": the first
 
     @property
     def namespace(self) -> str:
@@ -150,14 +188,36 @@ class Release:
         return next((h for h in found if h.spec.scale_target_ref.name == stable), None)
 
     def model_name(self) -> str:
-        return env(self.stable(), MODEL_NAME_ENV) or ""
+        return self.model or env(self.stable(), MODEL_NAME_ENV) or ""
+
+    def version_of(self, deployment: V1Deployment) -> str:
+        """The version of the rolled model a Deployment serves."""
+        return version_of(deployment, self.model)
+
+    def image_of(self, deployment: V1Deployment) -> str | None:
+        """The model image of the rolled model a Deployment's pods copy; None without one."""
+        return model_image_of(deployment, self.model)
+
+    def check_model(self, stable: V1Deployment) -> None:
+        """Refuse a model outside the release's set, naming the set."""
+        if not first_model(stable, self.model) and self.model not in other_models(stable):
+            served = ", ".join([env(stable, MODEL_NAME_ENV) or "", *other_models(stable)])
+            raise Refused(f"release '{self.name}' serves no model '{self.model}'; it serves "
+                          f"{served} (the chart's model.name and model.others)")  # fmt: skip
 
     def pods(self, track: str | None = None, version: str | None = None) -> list[V1Pod]:
-        selector = self.selector(track) + (f",{VERSION}={version}" if version else "")
+        """The pods of a track (None: both) that are not terminating; with a version, those
+        serving that version of the rolled model."""
+        first = not version or first_model(self.stable(), self.model)
+        by_label = f",{VERSION}={version}" if version and first else ""
         pods = self.kube.call(
-            self.kube.core.list_namespaced_pod, self.namespace, label_selector=selector
-        ).items
-        return [p for p in pods if p.metadata.deletion_timestamp is None]  # not terminating
+            self.kube.core.list_namespaced_pod, self.namespace,
+            label_selector=self.selector(track) + by_label,
+        ).items  # fmt: skip
+        pods = [p for p in pods if p.metadata.deletion_timestamp is None]
+        if not first:  # the other models' versions are in an annotation
+            pods = [p for p in pods if pod_models(p).get(self.model) == version]
+        return pods
 
     def proxy_get(self, pod: str, path: str) -> str:
         """GET a path on a pod's port 8080, through the API server's pod proxy."""
@@ -199,12 +259,13 @@ class Release:
 
         def attempt() -> None:
             current = kube.call(kube.apps.read_namespaced_deployment, deployment, kube.namespace)
-            if (live := version_of(current)) != expected:
+            if (live := self.version_of(current)) != expected:
                 raise Refused(
                     f"{deployment} changed while the rollout was deciding: it serves version "
                     f"{live}, not {expected}; nothing was changed"
                 )
-            patch = version_patch(version, current.metadata.resource_version, model_image)
+            patch = version_patch(current, version, self.model, model_image,
+                                  current.metadata.resource_version)  # fmt: skip
             kube.call(kube.apps.patch_namespaced_deployment, deployment, kube.namespace, patch)
 
         kube.retry_on_conflict(attempt)

@@ -74,6 +74,7 @@ class Spec:
     before a default existed, and tests, may lack them)."""
 
     version: str
+    model: str = ""  # which model of the release's set; "": the first
     model_image: str | None = None
     paused: bool = False
     timeout: int = 600
@@ -99,6 +100,7 @@ class Spec:
                       for s in strategy.get("steps") or ()) or cls.steps  # fmt: skip
         return cls(
             version=str(spec["version"]),
+            model=str(spec.get("model") or ""),
             model_image=spec.get("modelImage") or None,
             paused=bool(spec.get("paused", False)),
             timeout=int(spec.get("progressTimeoutSeconds", cls.timeout)),

@@ -13,7 +13,7 @@ from mlscale.rollout.progress import (
     failing_pods,
     rollout_progress,
 )
-from mlscale.rollout.release import Release, model_image_of, name_of, version_of
+from mlscale.rollout.release import Release, name_of
 from mlscale.rollout.resource import seconds_since
 
 LOOK_AGAIN = 1.0  # seconds between looks while pods move
@@ -25,8 +25,9 @@ def advance(
     """One step of moving `stable` to the rollout's version (status.rollout)."""
     target, image = run["version"], run.get("image") or None
     name = name_of(stable)
-    if version_of(stable) != target or (image and model_image_of(stable) != image):
-        release.set_version(name, target, expected=version_of(stable), model_image=image)
+    live = release.version_of(stable)
+    if live != target or (image and release.image_of(stable) != image):
+        release.set_version(name, target, expected=live, model_image=image)
         return Wait(LOOK_AGAIN, f"{name}: version {run['previousVersion']} -> {target}")
     if failure := failing_pods(release.pods(version=target)):
         return Failed(failure)

@@ -10,10 +10,13 @@ from mlscale.rollout.client import read
 from mlscale.rollout.kube import Refused
 from mlscale.rollout.progress import rollout_progress
 from mlscale.rollout.release import (
+    MODEL_NAME_ENV,
     VERSION,
     Release,
-    model_image_of,
+    env,
     name_of,
+    other_models,
+    pod_models,
     pod_ready,
     version_of,
 )
@@ -24,8 +27,8 @@ def _track(release: Release, deployment: V1Deployment, track: str) -> dict[str, 
     return {
         "track": track,
         "deployment": name_of(deployment),
-        "version": version_of(deployment),
-        "model_image": model_image_of(deployment),  # None: the server image's own store
+        "version": release.version_of(deployment),
+        "model_image": release.image_of(deployment),  # None: the server image's own store
         "desired": deployment.spec.replicas,
         "updated": s.updated_replicas or 0,
         "ready": s.ready_replicas or 0,
@@ -35,7 +38,9 @@ def _track(release: Release, deployment: V1Deployment, track: str) -> dict[str, 
             {
                 "name": name_of(p),
                 "node": p.spec.node_name,
-                "version": (p.metadata.labels or {}).get(VERSION),
+                "version": (p.metadata.labels or {}).get(VERSION)
+                if not release.model
+                else pod_models(p).get(release.model),
                 "ready": pod_ready(p),
             }
             for p in release.pods(track)
@@ -44,6 +49,12 @@ def _track(release: Release, deployment: V1Deployment, track: str) -> dict[str, 
 
 
 def status(release: Release) -> dict[str, Any]:
+    try:
+        resource = read(release.kube, release.name)
+    except Refused:  # a release from before ModelRollouts: its Deployments alone
+        resource = {}
+    # The model of the set the resource rolls ("" for the first): the one the tracks show.
+    release.model = (resource.get("spec") or {}).get("model") or ""
     stable = release.stable()
     tracks = [_track(release, stable, "stable")]
     canary = release.canary()
@@ -59,16 +70,15 @@ def status(release: Release) -> dict[str, Any]:
         "metrics": [reading.__dict__ for reading in autoscaler.readings(h)],
         "problem": autoscaler.problem(h),
     }
-    try:
-        resource = read(release.kube, release.name).get("status") or {}
-    except Refused:  # a release from before ModelRollouts: its Deployments alone
-        resource = {}
+    resource = resource.get("status") or {}
     keys = ("phase", "message", "stableVersion", "canaryVersion", "currentStep",
             "currentWeight", "currentMirror", "trafficSplit", "analysis")  # fmt: skip
     return {
         "release": release.name,
         "namespace": release.namespace,
         "model": release.model_name(),
+        # Every model of the set, with the version stable serves.
+        "models": {env(stable, MODEL_NAME_ENV) or "": version_of(stable), **other_models(stable)},
         "rollout": {k: resource.get(k) for k in keys} if resource else None,
         "tracks": tracks,
         "hpa": hpa,

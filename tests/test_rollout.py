@@ -28,7 +28,7 @@ from mlscale.cli import app as mlscale
 from mlscale.rollout import client
 from mlscale.rollout.kube import Forbidden, Kube, NotFound, Refused, RolloutError, Target
 from mlscale.service.artifacts.manifest import Manifest
-from mlscale.service.contract import MANIFEST_LABEL, TRACK_LABEL
+from mlscale.service.contract import MANIFEST_LABEL, TRACK_LABEL, parse_models
 from tests.apiproxy import FaultProxy
 from tests.conftest import ROOT, Envtest, free_port
 from tests.control_plane import ADMIN_TOKEN, Admin, ApiServerError
@@ -158,11 +158,12 @@ class Cluster:
         return client.roll(self.kube(), "demo", {**body, **spec}, say=self.say, timeout=timeout)
 
     def canary(self, version: str, timeout: float = 60, model_image: str | None = None,
-               steps: tuple[int, ...] = FAST_STEPS, seconds: int = 1,
+               steps: tuple[int, ...] = FAST_STEPS, seconds: int = 1, model: str | None = None,
                **analysis: object) -> client.Outcome:  # fmt: skip
         body = client.spec_for(
             version,
             model_image,
+            model=model,
             timeout=timeout,
             strategy={
                 "type": "Canary",
@@ -1201,3 +1202,89 @@ def test_a_canary_users_meet_through_a_gateway_never_rests_on_one_pod():
     assert canary_replicas(Step(50, 60), 10, gateway=True) == 5
     assert canary_replicas(Step(0, 60), 10, gateway=True) == 1  # pinned requests only
     assert canary_replicas(Step(0, 60, mirror=50), 6, gateway=True) == 3  # copies of half
+
+
+# --- one model of a set ------------------------------------------------------------------------
+
+
+def linear_version(pod: dict) -> str:
+    env = pod["spec"]["containers"][0].get("env", [])
+    return parse_models(next((e["value"] for e in env if e["name"] == "MLSCALE_MODELS"), ""))[
+        "linear"
+    ]
+
+
+@pytest.fixture
+def model_set(control_plane: Envtest, crd: None, helm: str, tmp_path: Path) -> Iterator[Cluster]:
+    """A release whose pods serve iris and linear (the chart's model.others). Each pod says
+    which linear version it serves and counts linear's requests beside iris', whose error
+    rate is `error_rate[iris version]` and linear's `error_rate["linear:" + version]`."""
+    model = {"name": "iris", "version": "1", "others": [{"name": "linear", "version": "1"}]}
+    with start_cluster(control_plane, helm, tmp_path, model) as c:
+
+        def respond(pod: dict, path: str) -> tuple[int, str] | None:
+            version = linear_version(pod)
+            if path == "/v2/models/linear":
+                return 200, json.dumps({"name": "linear", "parameters": {"version": version}})
+            if path == "/mlscale/v1/models/linear/versions":
+                versions = [{"version": v, "metrics": m} for v, m in STORE.items()]
+                return 200, json.dumps({"name": "linear", "versions": versions})
+            answer = c.pod_answers(pod, path)
+            if path != "/metrics" or answer is None:
+                return answer
+            n = c.served[pod["metadata"]["name"]]
+            errors = round(n * c.error_rate[f"linear:{version}"])
+            labels = f'endpoint="/v2/models/{{name}}/infer",model="linear",version="{version}"'
+            return 200, answer[1] + "\n".join([
+                f'mlscale_requests_total{{code="200",{labels}}} {n - errors}',
+                f'mlscale_requests_total{{code="500",{labels}}} {errors}',
+                f'mlscale_request_duration_seconds_bucket{{code="200",{labels},le="0.005"}} {n}',
+                f'mlscale_request_duration_seconds_bucket{{code="200",{labels},le="+Inf"}} {n}',
+            ]) + "\n"  # fmt: skip
+
+        c.respond = respond
+        yield c
+
+
+def server_env(deployment: dict | None) -> dict[str, str]:
+    assert deployment is not None
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e.get("value", "") for e in env}
+
+
+def test_one_model_of_a_set_is_rolled_and_the_others_keep_their_versions(model_set: Cluster):
+    outcome = model_set.deploy("2", model="linear")
+    assert outcome.outcome == "succeeded" and outcome.previous == "1", outcome
+    env = server_env(model_set.deployment())
+    assert (env["MLSCALE_MODEL_VERSION"], env["MLSCALE_MODELS"]) == ("1", "linear:2")
+    pods = model_set.pods()
+    assert sorted(map(linear_version, pods)) == ["2", "2", "2"] and model_set.versions() == [
+        "1", "1", "1"
+    ]  # fmt: skip
+    status = model_set.status()
+    assert (status["phase"], status["stableVersion"]) == ("Healthy", "2")
+    assert status["history"][-1]["model"] == "linear"
+    shown = json.loads(CliRunner().invoke(mlscale, [
+        "rollout", "--server", model_set.user_url, "-n", model_set.ns, "-r", "demo", "-o", "json",
+        "status"]).output)  # fmt: skip
+    assert shown["model"] == "linear" and shown["models"] == {"iris": "1", "linear": "2"}
+    assert {p["version"] for p in shown["tracks"][0]["pods"]} == {"2"}
+
+
+def test_a_canary_of_one_model_is_judged_on_that_models_requests_alone(model_set: Cluster):
+    model_set.error_rate["1"] = 0.5  # iris fails half its requests, on both tracks
+    outcome = model_set.canary("2", model="linear")
+    assert outcome.outcome == "succeeded", (outcome, model_set.events())
+    env = server_env(model_set.deployment())
+    assert (env["MLSCALE_MODEL_VERSION"], env["MLSCALE_MODELS"]) == ("1", "linear:2")
+    model_set.error_rate["linear:1"] = 0.3  # back to 1, which now fails
+    with pytest.raises(RolloutError, match=r"canary error rate 30\.00% > 5\.00%"):
+        model_set.canary("1", model="linear")
+    assert server_env(model_set.deployment())["MLSCALE_MODELS"] == "linear:2"
+    assert model_set.status()["history"][-1]["model"] == "linear"
+
+
+def test_a_model_outside_the_set_is_refused_naming_the_set(model_set: Cluster):
+    with pytest.raises(Refused, match="serves no model 'wine'; it serves iris, linear"):
+        model_set.deploy("2", model="wine")
+    assert server_env(model_set.deployment())["MLSCALE_MODELS"] == "linear:1"
