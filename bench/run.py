@@ -32,9 +32,9 @@ from rich.table import Table
 
 from examples import flowers
 from mlscale.service.artifacts.manifest import ARTIFACT
-from mlscale.service.artifacts.publish import publish
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.artifacts.train import ensure_versions
+from mlscale.service.publish import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "multilinear"
@@ -42,6 +42,7 @@ ROW = [0.1, 0.2, 0.3, 0.4]
 NAIVE = "naive FastAPI (pydantic, sync, predict)"
 NAIVE_PIPELINE = "naive FastAPI, flowers pipeline (DataFrame per request)"
 PIPELINE = "mlscale, flowers pipeline (batching)"
+COMPILED = "mlscale, flowers pipeline compiled (onnxruntime, batching)"
 FLOOR_GATHERED = "floor through mlscale's transport"
 console = Console()
 
@@ -216,7 +217,12 @@ def main() -> None:
           "64 precise rows, binary": binary_body(precise)}),
         (NAIVE_PIPELINE, [*uvicorn, "bench.naive_app:app"], {"MODEL": pipeline_artifact},
          "/docs", "/predict-frame", {"pipeline, 1 row": {"instances": pipeline_row}}),
-        (PIPELINE, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "flowers"},
+        (PIPELINE, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "flowers",
+                           "MLSCALE_RUNTIME": "sklearn"},
+         "/v2/health/ready", "/v2/models/flowers/infer",
+         {"pipeline, 1 row": by_column_body(pipeline_row)}),
+        # The same version, published compiled, on its ONNX graphs.
+        (COMPILED, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "flowers"},
          "/v2/health/ready", "/v2/models/flowers/infer",
          {"pipeline, 1 row": by_column_body(pipeline_row)}),
         ("mlscale, sklearn predict, batching off", serve,
@@ -264,6 +270,10 @@ def main() -> None:
         "mlscale / floor through mlscale's transport, req/s, c=64": ratio(mlscale, FLOOR_GATHERED),
         "pipeline: mlscale / naive, req/s, 1 row, c=64": ratio(
             PIPELINE, NAIVE_PIPELINE, "pipeline, 1 row"),
+        "pipeline: compiled / scikit-learn, req/s, 1 row, c=64": ratio(
+            COMPILED, PIPELINE, "pipeline, 1 row"),
+        "pipeline: compiled / scikit-learn, CPU per request, 1 row, c=64": ratio(
+            COMPILED, PIPELINE, "pipeline, 1 row", "cpu_us"),
         "64 precise rows: binary / JSON, req/s, c=64": ratio(
             mlscale, mlscale, "64 precise rows, binary", versus="64 precise rows, JSON"),
         "64 precise rows: binary / JSON, CPU per request, c=64": ratio(

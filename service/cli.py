@@ -92,6 +92,13 @@ def publish(
             help="Accept inputs, outputs, labels or task that differ from the latest version's.",
         ),
     ] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="auto: compile to ONNX and serve with onnxruntime when the graphs convert and "
+            "verify, else scikit-learn; onnx: refuse otherwise; sklearn: do not compile."
+        ),
+    ] = "auto",
     model_dir: ModelDir = Path("models"),
 ) -> None:
     """Publish your own fitted scikit-learn model as a new immutable version.
@@ -104,15 +111,15 @@ def publish(
     Example:  mlscale publish churn.joblib --name churn --sample train.csv \\
                   --holdout test.csv --target churned
     """
-    from mlscale.service.artifacts.publish import (
+    from mlscale.service.artifacts.store import ModelStore
+    from mlscale.service.errors import MLScaleError
+    from mlscale.service.publish import (
         load_file,
         plan,
         read_csv,
         restore_categories,
         split_target,
     )
-    from mlscale.service.artifacts.store import ModelStore
-    from mlscale.service.errors import MLScaleError
 
     if (holdout is None) != (target is None):
         raise typer.BadParameter("--holdout and --target go together")
@@ -125,7 +132,7 @@ def publish(
         )
         checked = plan(estimator, name, store, version=version, sample=rows, holdout=held_out,
                        allow_signature_change=allow_signature_change,
-                       artifact=artifact)  # fmt: skip
+                       artifact=artifact, runtime=runtime)  # fmt: skip
         checked.write(store, console)
     except MLScaleError as exc:
         console.print(f"[red]error:[/] {exc.message}", soft_wrap=True)

@@ -6,7 +6,7 @@ never read as globals.
 
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,6 +41,12 @@ class ModelSettings(BaseSettings):
         description="More models served beside `model_name`, each `name:version` or `name` (its "
         "latest), comma-separated. Each has its own readiness and metrics; one that fails to "
         "load is not served, and says why, while the others are.",
+    )
+
+    runtime: Literal["auto", "sklearn"] = Field(
+        "auto",
+        description="auto: a version published compiled runs its ONNX graphs on onnxruntime, "
+        "the others scikit-learn; sklearn: every version runs its joblib file.",
     )
 
     fast_path: bool = Field(

@@ -11,8 +11,8 @@ import pytest
 import tritonclient.http as triton
 
 from examples import flowers
-from mlscale.service.artifacts.publish import publish
 from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.publish import publish
 from tests.conftest import Server, run_server
 
 HEADER = "Inference-Header-Content-Length"
@@ -58,7 +58,7 @@ def test_binary_and_json_outputs_mixed(iris_server: Server):
 
 def test_strings_travel_as_bytes_both_ways(tmp_path: Path):
     pipe, x_train, x_test, _ = flowers.train()
-    publish(pipe, "flowers", model_dir=tmp_path, sample=x_train.head())
+    publish(pipe, "flowers", model_dir=tmp_path, sample=x_train.head(), runtime="sklearn")
     rows = x_test.head(16)
     inputs = []
     for name in rows.columns:

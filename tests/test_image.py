@@ -15,8 +15,8 @@ import pytest
 from examples import flowers
 from mlscale.rollout.modelimage import read_manifest
 from mlscale.service.artifacts.package import package
-from mlscale.service.artifacts.publish import publish
 from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.publish import publish
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker

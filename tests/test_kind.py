@@ -29,8 +29,8 @@ import yaml
 from examples import flowers
 from mlscale import service
 from mlscale.rollout.analysis import Snapshot
-from mlscale.service.artifacts.publish import publish
 from mlscale.service.contract import REQUEST_RATE
+from mlscale.service.publish import publish
 from tests import helpers
 from tests.conftest import ROOT
 from tests.helpers import by_column
@@ -656,7 +656,7 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
     values.write_text(json.dumps({
         "image": {"tag": service.__version__},  # the demo's server image: no rebuild
         "service": {"nodePort": 30081},
-        "model": {"name": "flowers", "version": "1",
+        "model": {"name": "flowers", "version": "1", "others": [],  # not the demo's second
                   "image": {"repository": "mlscale-model/flowers", "tag": "1"}},
         "gateway": {"enabled": False},
     }))  # fmt: skip

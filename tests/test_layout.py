@@ -16,6 +16,9 @@ LAYERS = {
     "mlscale.service.cli": 5,
     "mlscale.service.__main__": 5,
     "mlscale.service.rest": 4,
+    # Publishing runs what it publishes (compiling and verifying on the runtime's models).
+    "mlscale.service.publish": 3,
+    "mlscale.service.compile": 3,
     "mlscale.service.codecs": 3,
     "mlscale.service.runtime": 2,
     "mlscale.service.artifacts": 1,

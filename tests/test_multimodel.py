@@ -11,10 +11,10 @@ from sklearn.ensemble import RandomForestClassifier
 from typer.testing import CliRunner
 
 from mlscale.service.artifacts.manifest import ARTIFACT
-from mlscale.service.artifacts.publish import publish
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.cli import app
 from mlscale.service.contract import format_models, parse_models
+from mlscale.service.publish import publish
 from mlscale.service.settings import ModelSettings
 from tests.conftest import run_server
 from tests.helpers import v2

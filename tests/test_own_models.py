@@ -25,11 +25,11 @@ from typer.testing import CliRunner
 from mlscale.cli import app
 from mlscale.service import contract
 from mlscale.service.artifacts.manifest import Manifest
-from mlscale.service.artifacts.publish import publish
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.codecs.columns import decode_instances
 from mlscale.service.codecs.protocol import decode_infer_request
 from mlscale.service.errors import InvalidInput, InvalidModel
+from mlscale.service.publish import publish
 from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings
 from tests.conftest import free_port, run_server
 
@@ -97,6 +97,16 @@ def test_whole_number_floats_fill_an_integer_column(regression):
     as_floats = [[float(r[0]), *r[1:]] for r in as_floats]
     frame = decode_infer_request(table(as_floats), manifest).x
     np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
+
+
+def test_a_pipeline_with_an_imputer_takes_a_missing_number(regression):
+    """Published, the pipeline answered a row of NaN floats: null stays allowed (imputed)."""
+    manifest, pipe, _ = regression
+    assert manifest.columns is not None and manifest.columns.missing
+    body = columns(age=("INT64", [50]), bmi=("FP64", [None]), bp=("FP64", [80.0]),
+                   smoker=("BYTES", ["no"]))  # fmt: skip
+    frame = decode_infer_request(body, manifest).x
+    assert np.isnan(frame["bmi"][0]) and np.isfinite(pipe.predict(frame)).all()
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from examples import flowers
 from mlscale.cli import app
-from mlscale.service.artifacts.publish import publish
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.errors import StoreError
+from mlscale.service.publish import publish
 from tests.conftest import Server, run_server
 from tests.helpers import by_column
 
@@ -36,7 +36,14 @@ def served(
 ) -> Iterator[tuple[Server, Pipeline, pd.DataFrame]]:
     pipe, x_train, x_test, y_test = flowers.train()
     store = tmp_path_factory.mktemp("byo") / "models"
-    publish(pipe, "flowers", model_dir=store, sample=x_train.head(), holdout=(x_test, y_test))
+    publish(
+        pipe,
+        "flowers",
+        model_dir=store,
+        sample=x_train.head(),
+        holdout=(x_test, y_test),
+        runtime="sklearn",
+    )  # the codecs, bit for bit; test_compiled.py: onnx
     with run_server(store, model_name="flowers") as server:
         yield server, pipe, x_test.reset_index(drop=True)
 
@@ -126,15 +133,19 @@ def test_bad_columns_get_400(served, change, text):
     assert text in r.json()["error"]
 
 
-def test_a_null_number_is_a_missing_value(served):
-    """JSON has no NaN; null in a float column reaches the model as NaN (which this
-    pipeline's scaler passes on and the classifier refuses: a 500 that names the cause)."""
+def test_a_null_number_is_refused_where_the_model_refused_missing_values(served):
+    """JSON has no NaN; null in a float column would reach the model as NaN, which this
+    pipeline's classifier refused when it was published: a 400 naming the column (it was a 500
+    from inside scikit-learn). A pipeline with an imputer takes null (test_own_models.py)."""
     server, _, rows = served
     body = by_column(rows.head(2), ["predict"])
     body["inputs"][0]["data"] = [None, 3.0]
     with server.client() as c:
         r = c.post("/v2/models/flowers/infer", json=body)
-    assert r.status_code == 500 and "NaN" in r.json()["error"]
+    assert r.status_code == 400
+    assert r.json()["error"].startswith(
+        f"column {body['inputs'][0]['name']!r}: null is not allowed"
+    )
 
 
 async def _concurrently(url: str, bodies: list[dict]) -> list[dict]:

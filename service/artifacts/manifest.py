@@ -14,6 +14,10 @@ from pydantic import BaseModel, Field
 from mlscale.service.errors import StoreError
 
 ARTIFACT = "model.joblib"
+# The compiled graphs of a version published with the onnx runtime: every output but
+# decision_function, and decision_function (the classifier's raw scores) where declared.
+COMPILED, SCORES = "model.onnx", "scores.onnx"
+SKLEARN, ONNX = "sklearn", "onnx"  # runtimes
 MANIFEST = "manifest.json"
 # Names and versions become Kubernetes label values and folder names: the label value rule.
 LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
@@ -37,6 +41,28 @@ class Columns(BaseModel):
     example: dict[str, Any] | None = Field(
         None, description="One row of the training data: the warm-up input, and a request example."
     )
+    missing: bool = Field(
+        True, description="A missing number (null) is answered; false: refused with a 400, "
+        "as the estimator refused NaN at publish.",
+    )  # fmt: skip
+
+
+class Compiled(BaseModel):
+    """A version's ONNX graphs, and how they were checked against the estimator at publish."""
+
+    files: dict[str, str] = Field(description="sha256 per compiled file (model.onnx, scores.onnx).")
+    tolerance: float = Field(
+        description="Largest difference allowed between a compiled number and the estimator's, "
+        "relative above 1 and absolute below (|a - b| / max(1, |b|)); labels must be equal."
+    )
+    max_difference: float = Field(description="The largest difference seen, measured so.")
+    rows: int = Field(description="Rows verified: the sample and the holdout.")
+    stacked: bool = Field(
+        False, description="The graph takes a DataFrame model's columns as one float64 tensor "
+        "(an estimator that is not a pipeline of column transformers), not one input each.",
+    )  # fmt: skip
+    skl2onnx_version: str
+    onnxruntime_version: str
 
 
 class Manifest(BaseModel):
@@ -57,6 +83,9 @@ class Manifest(BaseModel):
     )
     pandas_version: str | None = None
     created: datetime
+    runtime: str = Field(SKLEARN, description="What serves it: sklearn (the joblib file), or "
+                         "onnx (the compiled graphs, with onnxruntime).")  # fmt: skip
+    compiled: Compiled | None = Field(None, description="Set when runtime is onnx.")
 
     @cached_property
     def output_types(self) -> dict[str, str]:

@@ -32,6 +32,7 @@ class Signature:
     dtypes: dict[str, str]  # pandas dtype per column; empty for tensor models
     categories: dict[str, list[Any]]  # the categories of `category` columns
     example: dict[str, Any] | None  # one sample row, for the warm-up and the docs
+    missing: bool = True  # a missing number (NaN) in a float column is answered, not refused
 
 
 def datatype_of(dtype: np.dtype[Any] | pd.api.extensions.ExtensionDtype) -> str:
@@ -79,7 +80,22 @@ def infer(estimator: Any, sample: pd.DataFrame | None = None) -> Signature:
         inputs, dtypes, categories, probe, example = _column_inputs([str(n) for n in names], sample)
     classes = getattr(estimator, "classes_", None)
     labels = [str(c) for c in classes] if classes is not None and np.ndim(classes) == 1 else []
-    return Signature(inputs, _outputs(estimator, probe), labels, dtypes, categories, example)
+    outputs = _outputs(estimator, probe)
+    missing = names is None or _answers_missing(estimator, probe)
+    return Signature(inputs, outputs, labels, dtypes, categories, example, missing)
+
+
+def _answers_missing(estimator: Any, probe: pd.DataFrame) -> bool:
+    """Whether the estimator answers a row whose float columns are missing (NaN): imputers
+    and HistGradientBoosting do; most others raise, which the server turns into a 400."""
+    floats = [n for n in probe.columns if probe[n].dtype.kind == "f"]
+    if not floats:
+        return True
+    try:
+        estimator.predict(probe.assign(**dict.fromkeys(floats, np.nan)))
+    except ValueError:
+        return False
+    return True
 
 
 def _tensor_inputs(

@@ -1,8 +1,9 @@
 """The model store: immutable versions under `<root>/<name>/<version>/`.
 
-A version folder holds `model.joblib` and `manifest.json`. Versions are written to a hidden
-temporary folder and renamed into place, so a half-written version is never visible, and an
-existing version is never overwritten. Loading checks the artifact's sha256 and the
+A version folder holds `model.joblib` and `manifest.json` (and, for a version published with
+the onnx runtime, its compiled graphs `model.onnx` and `scores.onnx`). Versions are written to
+a hidden temporary folder and renamed into place, so a half-written version is never visible,
+and an existing version is never overwritten. Loading checks every artifact's sha256, and the
 scikit-learn version before unpickling: a joblib file is code.
 """
 
@@ -23,7 +24,10 @@ from pydantic import ValidationError
 from mlscale.service.artifacts.manifest import (
     ARTIFACT,
     MANIFEST,
+    ONNX,
+    SKLEARN,
     Columns,
+    Compiled,
     Manifest,
     TensorSpec,
     check_label,
@@ -83,22 +87,33 @@ class ModelStore:
             raise StoreError(f"{path}: {_first_problem(exc)}") from None
 
     def verify(self, name: str, version: str) -> Manifest:
-        """The manifest, once the artifact is there and its sha256 is the manifest's."""
+        """The manifest, once every artifact is there and its sha256 is the manifest's: the
+        joblib file, and the compiled graphs of a version published with them."""
         manifest = self.manifest(name, version)
-        artifact = self.root / name / manifest.version / ARTIFACT
-        if not artifact.is_file():
-            raise StoreError(f"{name}/{manifest.version}: {ARTIFACT} is missing")
-        actual = sha256_of(artifact)
-        if actual != manifest.sha256:
-            raise StoreError(
-                f"{name}/{manifest.version}: {ARTIFACT} sha256 {actual[:12]}… does not match "
-                f"the manifest's {manifest.sha256[:12]}…; refusing to load a changed artifact"
-            )
+        expected = {ARTIFACT: manifest.sha256, **(manifest.compiled.files if manifest.compiled
+                                                   else {})}  # fmt: skip
+        for file, sha256 in expected.items():
+            artifact = self.root / name / manifest.version / file
+            if not artifact.is_file():
+                raise StoreError(f"{name}/{manifest.version}: {file} is missing")
+            actual = sha256_of(artifact)
+            if actual != sha256:
+                raise StoreError(
+                    f"{name}/{manifest.version}: {file} sha256 {actual[:12]}… does not match "
+                    f"the manifest's {sha256[:12]}…; refusing to load a changed artifact"
+                )
         return manifest
 
-    def check(self, name: str, version: str) -> Manifest:
-        """Everything `load` checks, short of unpickling: intact, and made for this runtime."""
+    def folder(self, manifest: Manifest) -> Path:
+        return self.root / manifest.name / manifest.version
+
+    def check(self, name: str, version: str, runtime: str = "auto") -> Manifest:
+        """Everything loading checks, short of unpickling: intact, and made for this runtime.
+        A compiled version runs on onnxruntime whatever scikit-learn is here, unless `runtime`
+        is sklearn (MLSCALE_RUNTIME): then it is its joblib file, as any other."""
         manifest = self.verify(name, version)
+        if manifest.runtime == ONNX and runtime != SKLEARN:
+            return manifest
         if manifest.sklearn_version != sklearn.__version__:
             raise StoreError(
                 f"{name}/{manifest.version} was trained with scikit-learn "
@@ -109,7 +124,7 @@ class ModelStore:
 
     def load(self, name: str, version: str) -> tuple[Manifest, Any]:
         """Check, then unpickle. Raises StoreError rather than load anything doubtful."""
-        manifest = self.check(name, version)
+        manifest = self.check(name, version, SKLEARN)
         return manifest, joblib.load(self.root / name / manifest.version / ARTIFACT)
 
     def catalogue(self, name: str, verify: bool = False) -> list[tuple[str, Manifest | StoreError]]:
@@ -149,6 +164,8 @@ class ModelStore:
         columns: Columns | None = None,
         artifact: bytes | None = None,
         unique: bool = False,
+        compiled: Compiled | None = None,
+        compiled_files: dict[str, bytes] | None = None,
     ) -> Manifest:
         """Write a new version atomically. An existing version is refused, never replaced;
         with `unique`, so is an artifact identical to an existing version's. `artifact`: the
@@ -183,7 +200,11 @@ class ModelStore:
                 columns=columns,
                 pandas_version=_pandas_version() if columns else None,
                 created=datetime.now(UTC),
+                runtime=ONNX if compiled else SKLEARN,
+                compiled=compiled,
             )
+            for file, data in (compiled_files or {}).items():
+                (staging / file).write_bytes(data)
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
             os.chmod(staging, 0o755)  # mkdtemp makes it 0700; readers may run as another user
             try:

@@ -36,7 +36,7 @@ def preflight(settings: ModelSettings) -> list[str]:
     for model in models:
         try:
             for version in resolve(store, model):
-                store.check(model.name, version)
+                store.check(model.name, version, settings.runtime)
         except StoreError as exc:
             failures.append(exc)
     if len(failures) == len(models):
@@ -97,13 +97,14 @@ class DataPlane:
         body = {
             "name": m.name,
             "versions": list(served.versions),
-            "platform": f"sklearn_{m.sklearn_version}",
+            "platform": model.platform,
             "inputs": [spec.model_dump() for spec in m.inputs],
             "outputs": [spec.model_dump() for spec in m.outputs],
             "parameters": {
                 "version": m.version,
                 "default_version": served.default_version,
                 "estimator": m.estimator,
+                "runtime": m.runtime,
                 "sha256": m.sha256,
                 "metrics": m.metrics,
                 "labels": m.labels,

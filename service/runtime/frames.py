@@ -31,6 +31,8 @@ def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
         if isinstance(values, np.ndarray):  # binary tensor data: already typed
             if kind in "iu" and values.dtype.kind == "f" and not _integral(values).all():
                 raise InvalidInput(f"{where}: expects whole numbers{_NO_NULL}")
+            if kind == "f" and not columns.missing and np.isnan(values).any():
+                raise InvalidInput(f"{where}: {_NO_MISSING}")
             data[name] = pd.Series(values).astype(dtype)
             continue
         if kind == "b":
@@ -39,6 +41,8 @@ def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
         elif kind == "f":
             if not all(type(v) in (int, float) or v is None for v in values):
                 raise InvalidInput(f"{where}: expects numbers or null")
+            if None in values and not columns.missing:
+                raise InvalidInput(f"{where}: {_NO_MISSING}")
             values = [np.nan if v is None else v for v in values]
         elif kind in "iu":
             if not all(type(v) is int for v in values):
@@ -52,6 +56,10 @@ def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+_NO_MISSING = (
+    "null is not allowed: this model does not answer missing values (it refused them when "
+    "published; a pipeline with an imputer takes them)"
+)
 # An integer column has no missing value: its training data had none, or it would be floats.
 _NO_NULL = "; null is not allowed (the column held integers in training)"
 

@@ -175,6 +175,11 @@ class LoadedModel:
         return bool(self.manifest.labels)
 
     @property
+    def platform(self) -> str:
+        """What runs it, as the V2 metadata's `platform` says."""
+        return f"sklearn_{self.manifest.sklearn_version}"
+
+    @property
     def has_fast_path(self) -> bool:
         return self._fast is not None
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from mlscale.service.artifacts.manifest import ONNX, SKLEARN
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.metrics import Metrics
 from mlscale.service.runtime.batching import Batcher
+from mlscale.service.runtime.compiled import CompiledModel
 from mlscale.service.runtime.model import LoadedModel
 from mlscale.service.settings import BatchingSettings, ModelSettings
 
@@ -58,16 +60,15 @@ def load(
     for version in versions:
         start = time.perf_counter()
         with held_memory() as memory:
-            manifest, estimator = store.load(model.name, version)
-            one = LoadedModel(manifest, estimator, fast_path=settings.fast_path)
+            one = open_version(store, model.name, version, settings)
             one.warm_up()
         one.load_seconds = time.perf_counter() - start
         loaded[version] = one
         metrics.load_seconds.labels(model.name, version).set(one.load_seconds)
         metrics.memory.labels(model.name, version).set(memory.bytes)
         log.info(
-            "loaded %s/%s (%s, fast path: %s) in %.1f ms, holding %.1f KiB",
-            model.name, version, manifest.estimator, one.has_fast_path,
+            "loaded %s/%s (%s on %s, fast path: %s) in %.1f ms, holding %.1f KiB",
+            model.name, version, one.manifest.estimator, one.platform, one.has_fast_path,
             one.load_seconds * 1000, memory.bytes / 1024,
         )  # fmt: skip
     model.default_version = versions[0]
@@ -85,6 +86,17 @@ def load(
                 observer=metrics,
                 concat=np.concatenate if one.manifest.columns is None else concat_frames,
             )
+
+
+def open_version(
+    store: ModelStore, name: str, version: str, settings: ModelSettings
+) -> LoadedModel:
+    """A verified version, on the runtime it was published for (unless settings say sklearn)."""
+    manifest = store.check(name, version, settings.runtime)
+    if manifest.runtime == ONNX and settings.runtime != SKLEARN:
+        return CompiledModel.open(manifest, store.folder(manifest))
+    manifest, estimator = store.load(name, version)
+    return LoadedModel(manifest, estimator, fast_path=settings.fast_path)
 
 
 @dataclass

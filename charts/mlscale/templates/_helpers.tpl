@@ -117,7 +117,7 @@ app.kubernetes.io/component: model-server
 {{- end -}}
 {{- $names = append $names .name -}}
 {{- if ne $fromImages (ne ((.image | default dict).repository | default "") "") -}}
-{{- $errors = append $errors (printf "model.others: %s %s a model image while model.image %s: the pods read one store, filled from model images or the server image's own, so every model of the set comes from an image, or none does." .name (ternary "has" "has no" (not $fromImages)) (ternary "is set" "is not" $fromImages)) -}}
+{{- $errors = append $errors (printf "model.others: %s has %s model image while model.image %s: the pods read one store, filled from model images or the server image's own, so every model of the set comes from an image, or none does." .name (ternary "a" "no" (not $fromImages)) (ternary "is set" "is not" $fromImages)) -}}
 {{- end -}}
 {{- end -}}
 {{- if $errors -}}

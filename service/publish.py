@@ -2,7 +2,7 @@
 
 One call after `fit` in a training script:
 
-    from mlscale.service.artifacts.publish import publish
+    from mlscale.service.publish import publish
     publish(pipeline, "churn", sample=X_train.head(), holdout=(X_test, y_test))
 
 `mlscale publish FILE` does the same from a joblib or pickle file. The manifest is inferred
@@ -12,7 +12,8 @@ compares. Nothing is written unless every check passed.
 
 import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,18 @@ from sklearn.base import is_classifier
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 
 from mlscale.service.artifacts import signature
-from mlscale.service.artifacts.manifest import Columns, Manifest, check_label
+from mlscale.service.artifacts.manifest import ONNX, SKLEARN, Columns, Manifest, check_label
 from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.compile import (
+    Compilation,
+    CompileFailed,
+    compile_estimator,
+    verification_rows,
+)
 from mlscale.service.errors import InvalidModel
+from mlscale.service.runtime.model import FAST_PATHS
+
+RUNTIMES = ("auto", ONNX, SKLEARN)
 
 
 def load_file(path: Path) -> tuple[Any, bytes]:
@@ -100,6 +110,8 @@ class Plan:
     signature: signature.Signature
     metrics: dict[str, float]
     artifact: bytes | None = None  # the published file's bytes; None: dump the estimator
+    compilation: Compilation | None = None  # the verified graphs: served with onnxruntime
+    not_compiled: str = ""  # why not, when compiling was tried and failed
 
     def table(self) -> Table:
         """What will be written, as `mlscale publish` shows it."""
@@ -114,6 +126,13 @@ class Plan:
             table.add_row("labels", ", ".join(sig.labels))
         metrics = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
         table.add_row("metrics", metrics or "none (no --holdout)")
+        if self.compilation is not None:
+            c = self.compilation.compiled
+            table.add_row("runtime", f"onnx: verified on {c.rows} rows, largest difference "
+                          f"{c.max_difference:.2g} (tolerance {c.tolerance:g})")  # fmt: skip
+        else:
+            table.add_row("runtime", "sklearn" + (f" ({self.not_compiled})"
+                                                  if self.not_compiled else ""))  # fmt: skip
         return table
 
     def write(self, store: ModelStore, console: Console | None = None) -> Manifest:
@@ -132,13 +151,25 @@ class Plan:
                           f"sha256 {manifest.sha256[:12]}…", soft_wrap=True)  # fmt: skip
         return manifest
 
+    def columns(self) -> Columns | None:
+        sig = self.signature
+        if not sig.dtypes:
+            return None
+        return Columns(dtypes=sig.dtypes, categories=sig.categories, example=sig.example,
+                       missing=sig.missing)  # fmt: skip
+
+    def draft(self) -> Manifest:
+        """The manifest as far as it is known before writing: what compiling needs."""
+        sig = self.signature
+        return Manifest(name=self.name, version=self.version, sha256="", sklearn_version="",
+                        numpy_version="", python_version="",
+                        estimator=type(self.estimator).__name__, inputs=sig.inputs,
+                        outputs=sig.outputs, metrics=self.metrics, labels=sig.labels,
+                        columns=self.columns(), created=datetime.now(UTC))  # fmt: skip
+
     def _write(self, store: ModelStore) -> Manifest:
         sig = self.signature
-        columns = (
-            Columns(dtypes=sig.dtypes, categories=sig.categories, example=sig.example)
-            if sig.dtypes
-            else None
-        )
+        columns = self.columns()
         return store.write(
             self.name,
             self.version,
@@ -150,6 +181,8 @@ class Plan:
             columns=columns,
             artifact=self.artifact,
             unique=True,
+            compiled=self.compilation.compiled if self.compilation else None,
+            compiled_files=self.compilation.files if self.compilation else None,
         )
 
 
@@ -163,8 +196,12 @@ def plan(
     holdout: tuple[Any, Any] | None = None,
     allow_signature_change: bool = False,
     artifact: bytes | None = None,
+    runtime: str = "auto",
 ) -> Plan:
-    """Check everything publishing needs and infer the manifest; writes nothing."""
+    """Check everything publishing needs, infer the manifest, and (runtime auto or onnx)
+    compile and verify the graphs; writes nothing."""
+    if runtime not in RUNTIMES:
+        raise InvalidModel(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     check_label("name", name)
     if version is not None:
         check_label("version", version)
@@ -186,7 +223,23 @@ def plan(
                 "allow_signature_change=True) when they are ready for it"
             )
     metrics = holdout_metrics(estimator, *holdout) if holdout is not None else {}
-    return Plan(estimator, name, version, sig, metrics, artifact)
+    checked = Plan(estimator, name, version, sig, metrics, artifact)
+    if runtime == SKLEARN:
+        return checked
+    if runtime == "auto" and type(estimator) in FAST_PATHS:
+        why = f"the server evaluates a {type(estimator).__name__}'s formula, faster than a graph"
+        return replace(checked, not_compiled=f"not compiled: {why}")
+    try:
+        draft = checked.draft()
+        rows = verification_rows(draft, sample, holdout[0] if holdout is not None else None)
+        compilation = compile_estimator(estimator, draft, rows)
+    except CompileFailed as exc:
+        if runtime == ONNX:
+            raise InvalidModel(f"{name}/{version} cannot be served compiled: {exc.step} "
+                               f"failed: {exc.reason}; publish it with --runtime sklearn "
+                               "(or auto)") from None  # fmt: skip
+        return replace(checked, not_compiled=f"not compiled: {exc.step} failed: {exc.reason}")
+    return replace(checked, compilation=compilation)
 
 
 def signature_changes(before: Manifest, after: signature.Signature) -> list[str]:
@@ -230,6 +283,7 @@ def publish(
     sample: pd.DataFrame | None = None,
     holdout: tuple[Any, Any] | None = None,
     allow_signature_change: bool = False,
+    runtime: str = "auto",
     show: bool = False,
 ) -> Manifest:
     """Write a fitted estimator as version `version` (default: the next number) of `name`,
@@ -238,9 +292,12 @@ def publish(
     `sample`: a few rows of the training DataFrame, for the column dtypes (a model fitted on a
     DataFrame without it is assumed to take numbers). `holdout`: (X, y) for offline metrics.
     `allow_signature_change`: accept inputs, outputs, labels or task that differ from the
-    latest version's. `show`: print what was inferred, as `mlscale publish` does.
+    latest version's. `runtime`: auto (compile to ONNX and serve it with onnxruntime when the
+    graphs convert and verify, else scikit-learn), onnx (refuse otherwise) or sklearn. `show`:
+    print what was inferred, as `mlscale publish` does.
     """
     store = ModelStore(Path(model_dir))
     checked = plan(estimator, name, store, version=version, sample=sample, holdout=holdout,
-                   allow_signature_change=allow_signature_change)  # fmt: skip
+                   allow_signature_change=allow_signature_change,
+                   runtime=runtime)  # fmt: skip
     return checked.write(store, Console() if show else None)

@@ -1,0 +1,103 @@
+"""A version published with the onnx runtime: its compiled graphs, run by onnxruntime.
+
+The graphs were checked against the estimator at publish (service/compile.py): same labels,
+numbers within the manifest's tolerance. Here they get the same validated input the estimator
+would (float rows, or the typed frame of a model fitted on a DataFrame), as the graphs' feeds,
+and answer the manifest's outputs with the estimator's dtypes and shapes, so the codecs and
+every route treat both runtimes alike. One thread per session: pods scale out, not up.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlscale.service.artifacts.manifest import COMPILED, SCORES, Manifest
+from mlscale.service.runtime.model import LoadedModel, Outputs
+
+
+def session(path: Path) -> Any:
+    import onnxruntime as ort  # only servers of compiled versions load it
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def runtime_version() -> str:
+    import onnxruntime as ort
+
+    return str(ort.__version__)
+
+
+def feeds(x: Any, manifest: Manifest) -> dict[str, np.ndarray]:
+    """A validated batch as the graphs' inputs: the rows as one float64 tensor, or each column
+    of a typed frame as a [rows, 1] tensor (floats as float64, integers and booleans as int64,
+    strings and categories as strings, a missing string as ""), or the frame's numbers stacked
+    as one float64 tensor where the graph was made so."""
+    columns = manifest.columns
+    if columns is None:
+        return {"input": np.asarray(x, dtype=np.float64)}
+    if manifest.compiled is not None and manifest.compiled.stacked:
+        return {"input": x[list(columns.dtypes)].to_numpy(np.float64)}
+    out = {}
+    for name in columns.dtypes:
+        values = x[name]
+        kind = input_kind(values.dtype)
+        if kind == "f":
+            column = values.to_numpy(np.float64)
+        elif kind == "i":
+            column = values.to_numpy(np.int64)
+        else:
+            column = np.array(["" if v is None or v != v else str(v) for v in values], dtype=object)
+        out[name] = column.reshape(-1, 1)
+    return out
+
+
+def input_kind(dtype: Any) -> str:
+    """How a training column travels into the graph: f (float64), i (int64) or s (string)."""
+    import pandas as pd
+
+    if isinstance(dtype, pd.CategoricalDtype | pd.StringDtype):
+        return "s"
+    kind = np.dtype(dtype).kind
+    return "f" if kind == "f" else "i" if kind in "iub" else "s"
+
+
+class CompiledModel(LoadedModel):
+    """`estimator` holds the sessions: {"model": ..., "scores": ... or None}."""
+
+    @classmethod
+    def open(cls, manifest: Manifest, folder: Path) -> "CompiledModel":
+        assert manifest.compiled is not None
+        scores = folder / SCORES if SCORES in manifest.compiled.files else None
+        sessions = {"model": session(folder / COMPILED), "scores": scores and session(scores)}
+        return cls(manifest, sessions, fast_path=False)
+
+    @property
+    def platform(self) -> str:
+        return f"onnxruntime_{runtime_version()}"
+
+    def predict_slow(self, x: Any, names: list[str] | None = None) -> Outputs:
+        names = names or [spec.name for spec in self.manifest.outputs]
+        inputs = feeds(x, self.manifest)
+        out: Outputs = {}
+        if set(names) - {"decision_function"}:
+            first, *rest = self.estimator["model"].run(None, inputs)
+            out["predict"] = first
+            if rest:
+                out["predict_proba"] = rest[0]
+        if "decision_function" in names:
+            out["decision_function"] = self.estimator["scores"].run(None, inputs)[1]
+        return {name: self._shaped(name, out[name]) for name in names}
+
+    def _shaped(self, name: str, values: np.ndarray) -> np.ndarray:
+        """An output with the estimator's shape and dtype: a regressor's [N, 1] as [N], a
+        binary classifier's two raw scores as the positive class's one, numbers as float64."""
+        rank = len(next(s.shape for s in self.manifest.outputs if s.name == name))
+        if rank == 1 and values.ndim == 2:
+            values = values[:, -1]
+        if values.dtype.kind == "f":
+            values = values.astype(np.float64)
+        return values

@@ -1,0 +1,250 @@
+"""Compiled inference: pipelines published as verified ONNX graphs and served by onnxruntime.
+
+The same store is served twice, by its compiled graphs (the default) and by scikit-learn
+(MLSCALE_RUNTIME=sklearn), and every route is asked the same question on both: the labels
+must be equal, the numbers within the manifest's tolerance, a refusal the same refusal."""
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.naive_bayes import GaussianNB
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from typer.testing import CliRunner
+
+from examples import flowers
+from mlscale.cli import app
+from mlscale.service.artifacts.manifest import COMPILED, SCORES
+from mlscale.service.artifacts.store import ModelStore, sha256_of
+from mlscale.service.errors import InvalidModel
+from mlscale.service.publish import plan, publish
+from tests.conftest import Server, run_server
+from tests.helpers import by_column, v2
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """flowers (a pipeline over a DataFrame, string labels) and a scaled random forest over
+    one tensor (integer labels), both published with the default runtime."""
+    root = tmp_path_factory.mktemp("compiled") / "models"
+    pipe, x_train, x_test, y_test = flowers.train()
+    publish(pipe, "flowers", model_dir=root, sample=x_train.head(), holdout=(x_test, y_test))
+    x, y = load_iris(return_X_y=True)
+    forest = make_pipeline(StandardScaler(), RandomForestClassifier(20, random_state=0))
+    publish(forest.fit(x, y), "forest", model_dir=root, holdout=(x, y))
+    return root
+
+
+@pytest.fixture(scope="module")
+def both(store: Path) -> Iterator[tuple[Server, Server]]:
+    """The store served compiled, and by scikit-learn."""
+    models = {"model_name": "flowers", "models": "forest"}
+    with run_server(store, **models) as onnx, run_server(store, runtime="sklearn", **models) as sk:
+        yield onnx, sk
+
+
+def test_publishing_compiles_verifies_and_records_the_graphs(store: Path):
+    m = ModelStore(store).manifest("flowers", "1")
+    assert m.runtime == "onnx" and m.compiled is not None
+    assert set(m.compiled.files) == {COMPILED, SCORES}  # decision_function has its own graph
+    folder = store / "flowers" / "1"
+    assert {f: sha256_of(folder / f) for f in m.compiled.files} == m.compiled.files
+    assert 0 <= m.compiled.max_difference <= m.compiled.tolerance == 1e-3
+    assert m.compiled.rows == 5 + 38  # the sample and the holdout
+
+
+def same_answers(onnx: dict, sklearn: dict, tolerance: float = 1e-3) -> None:
+    """Two V2 answers: equal labels and shapes, numbers within the tolerance."""
+    assert [o["name"] for o in onnx["outputs"]] == [o["name"] for o in sklearn["outputs"]]
+    for a, b in zip(onnx["outputs"], sklearn["outputs"], strict=True):
+        assert (a["datatype"], a["shape"]) == (b["datatype"], b["shape"]), a["name"]
+        if a["datatype"] in ("BYTES", "INT64"):
+            assert a["data"] == b["data"], a["name"]
+        else:
+            np.testing.assert_allclose(a["data"], b["data"], atol=tolerance, rtol=tolerance)
+
+
+def ask(servers: tuple[Server, Server], method: str, path: str, **kwargs) -> tuple:
+    """The same request to both servers: their two answers."""
+    answers = []
+    for server in servers:
+        with server.client() as c:
+            answers.append(c.request(method, path, **kwargs))
+    return tuple(answers)
+
+
+def test_every_route_answers_what_scikit_learn_answers(both):
+    rows = flowers.train()[2].head(8).reset_index(drop=True)
+    onnx, sk = ask(both, "POST", "/v2/models/flowers/infer", json=by_column(rows, []))
+    assert onnx.status_code == sk.status_code == 200
+    same_answers(onnx.json(), sk.json())
+    table = {"inputs": [{"name": "input-0", "shape": list(rows.shape), "datatype": "BYTES",
+                         "data": rows.to_numpy().flatten().tolist()}]}  # fmt: skip
+    onnx, sk = ask(both, "POST", "/v2/models/flowers/infer", json=table)
+    assert onnx.status_code == sk.status_code == 200, onnx.text
+    same_answers(onnx.json(), sk.json())
+    instances = {"instances": rows.to_dict(orient="records")}
+    for path in ("/v1/models/flowers:predict", "/predict"):
+        onnx, sk = ask(both, "POST", path, json=instances)
+        assert onnx.status_code == sk.status_code == 200
+        assert onnx.json() == sk.json()
+    x = load_iris().data[::15].tolist()
+    onnx, sk = ask(both, "POST", "/v2/models/forest/infer", json=v2(x, [len(x), 4]))
+    assert onnx.status_code == sk.status_code == 200
+    same_answers(onnx.json(), sk.json())
+
+
+def test_metadata_says_which_runtime_answers(both):
+    onnx, sk = ask(both, "GET", "/v2/models/flowers")
+    assert onnx.json()["platform"].startswith("onnxruntime_")
+    assert onnx.json()["parameters"]["runtime"] == "onnx"
+    assert sk.json()["platform"].startswith("sklearn_")
+    assert {k: v for k, v in onnx.json().items() if k != "platform"} == {
+        k: v for k, v in sk.json().items() if k != "platform"
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"petal_length": [2]}, id="an integer in a float column"),
+        pytest.param({"sepal_size": ["enormous"]}, id="an unseen category"),
+        pytest.param({"sepal_size": [None]}, id="a missing string"),
+        pytest.param({"petal_width": [None]}, id="a missing number"),
+        pytest.param({"petal_width": ["wide"]}, id="a string in a float column"),
+        pytest.param({"sepal_size": [3.5]}, id="a number in a string column"),
+    ],
+)
+def test_awkward_inputs_get_the_same_answer_or_the_same_refusal(both, change):
+    row = {"sepal_width": [3.1], "petal_length": [4.4], "petal_width": [1.4],
+           "sepal_size": ["medium"], **change}  # fmt: skip
+    onnx, sk = ask(both, "POST", "/v1/models/flowers:predict",
+                   json={"instances": [{k: v[0] for k, v in row.items()}]})  # fmt: skip
+    assert onnx.status_code == sk.status_code, (onnx.text, sk.text)
+    assert onnx.json() == sk.json()
+
+
+def test_a_missing_column_is_the_same_400(both):
+    onnx, sk = ask(both, "POST", "/v1/models/flowers:predict",
+                   json={"instances": [{"sepal_width": 3.1, "petal_length": 4.4}]})  # fmt: skip
+    assert onnx.status_code == sk.status_code == 400
+    assert onnx.json() == sk.json()
+
+
+def test_a_changed_graph_is_refused_before_loading(store: Path, tmp_path: Path):
+    root = tmp_path / "models"
+    shutil.copytree(store, root)
+    graph = root / "flowers" / "1" / COMPILED
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with run_server(root, model_name="forest", models="flowers") as server, server.client() as c:
+        answer = c.get("/v2/models/flowers/ready")
+        assert c.get("/v2/models/forest/ready").status_code == 200  # the others serve
+    assert answer.status_code == 503
+    assert "model.onnx sha256" in answer.json()["error"]
+    assert "does not match the manifest" in answer.json()["error"]
+
+
+def double(x: np.ndarray) -> np.ndarray:
+    return x * 2
+
+
+def test_a_pipeline_that_does_not_convert_is_published_with_scikit_learn(tmp_path: Path):
+    x, y = load_iris(return_X_y=True)
+    pipe = make_pipeline(FunctionTransformer(double), LogisticRegression(max_iter=500)).fit(x, y)
+    m = publish(pipe, "doubled", model_dir=tmp_path)
+    assert (m.runtime, m.compiled) == ("sklearn", None)
+    assert sorted(p.name for p in (tmp_path / "doubled" / "1").iterdir()) == [
+        "manifest.json", "model.joblib"
+    ]  # fmt: skip
+    with pytest.raises(InvalidModel, match=r"cannot be served compiled: convert failed: "
+                       r"skl2onnx cannot convert it .*FunctionTransformer"):  # fmt: skip
+        publish(pipe, "doubled", model_dir=tmp_path, runtime="onnx")
+    assert ModelStore(tmp_path).versions("doubled") == ["1"]  # nothing half-written
+
+
+def test_the_cli_says_which_runtime_and_why(tmp_path: Path):
+    x, y = load_iris(return_X_y=True)
+    path = tmp_path / "doubled.joblib"
+    joblib.dump(make_pipeline(FunctionTransformer(double), LogisticRegression(max_iter=500))
+                .fit(x, y), path)  # fmt: skip
+    result = CliRunner().invoke(app, ["publish", str(path), "--name", "doubled",
+                                      "--model-dir", str(tmp_path / "models")])  # fmt: skip
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, said
+    assert "sklearn (not compiled: convert failed: skl2onnx cannot convert it" in said
+    pipe, x_train, x_test, y_test = flowers.train()
+    joblib.dump(pipe, tmp_path / "flowers.joblib")
+    x_train.head().to_csv(tmp_path / "sample.csv", index=False)
+    x_test.assign(species=y_test).to_csv(tmp_path / "holdout.csv", index=False)
+    result = CliRunner().invoke(app, [
+        "publish", str(tmp_path / "flowers.joblib"), "--name", "flowers", "--sample",
+        str(tmp_path / "sample.csv"), "--holdout", str(tmp_path / "holdout.csv"), "--target",
+        "species", "--model-dir", str(tmp_path / "models")])  # fmt: skip
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, said
+    assert "onnx: verified on 43 rows, largest difference" in said
+    manifest = json.loads((tmp_path / "models" / "flowers" / "1" / "manifest.json").read_text())
+    assert manifest["runtime"] == "onnx"
+
+
+def test_a_linear_model_keeps_its_exact_formula(tmp_path: Path):
+    x, y = load_iris(return_X_y=True)
+    m = publish(LogisticRegression(max_iter=500).fit(x, y), "iris", model_dir=tmp_path)
+    assert m.runtime == "sklearn"  # the server's formula: faster, and bit for bit
+    compiled = publish(LogisticRegression(max_iter=500).fit(x[::2], y[::2]), "iris",
+                       model_dir=tmp_path, runtime="onnx")  # fmt: skip
+    assert compiled.runtime == "onnx"
+
+
+def test_binary_tensors_from_a_stock_triton_client_get_the_same_answers(both):
+    rows = flowers.train()[2].head(16)
+    answers = []
+    for server in both:
+        inputs = []
+        for name in rows.columns:
+            datatype = "BYTES" if name == "sepal_size" else "FP64"
+            tensor = triton.InferInput(name, [len(rows)], datatype)
+            tensor.set_data_from_numpy(
+                rows[name].to_numpy().astype(object if datatype == "BYTES" else np.float64)
+            )
+            inputs.append(tensor)
+        outputs = [triton.InferRequestedOutput(n) for n in ("predict", "predict_proba")]
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        answers.append(client.infer("flowers", inputs, outputs=outputs))
+    onnx, sk = answers
+    assert onnx.as_numpy("predict").tolist() == sk.as_numpy("predict").tolist()
+    np.testing.assert_allclose(onnx.as_numpy("predict_proba"), sk.as_numpy("predict_proba"),
+                               atol=1e-3)  # fmt: skip
+
+
+def test_an_estimator_over_a_frame_of_numbers_takes_them_as_one_tensor(tmp_path: Path):
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    m = publish(GaussianNB().fit(x, y), "bayes", model_dir=tmp_path, sample=x.head(),
+                holdout=(x, y))  # fmt: skip
+    assert m.runtime == "onnx" and m.compiled is not None and m.compiled.stacked
+    rows = x.iloc[::10].to_dict(orient="records")
+    servers = [run_server(tmp_path, model_name="bayes", runtime=r) for r in ("auto", "sklearn")]
+    with servers[0] as onnx, servers[1] as sk:
+        a, b = ask((onnx, sk), "POST", "/v1/models/bayes:predict", json={"instances": rows})
+    assert a.status_code == b.status_code == 200 and a.json() == b.json()
+
+
+def test_graphs_that_answer_otherwise_are_not_kept(tmp_path: Path):
+    """skl2onnx converts this classifier, but its graph picks another class on some rows:
+    verification catches it, and the version is published with scikit-learn."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    model = SGDClassifier(loss="log_loss", random_state=0).fit(x, y)
+    plan_ = plan(model, "sgd", ModelStore(tmp_path), sample=x.head(), holdout=(x, y))
+    assert plan_.compilation is None
+    said = r"not compiled: verify failed: predict differs on \d+ of 155 rows \(e\.g\. row \d+: "
+    assert re.match(said + r".* compiled, .* from the estimator\)", plan_.not_compiled)
