@@ -39,7 +39,7 @@ class Compilation:
 
 def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilation:
     """The verified graphs of `estimator`, whose manifest (not yet written) says what it takes
-    and answers; `rows` (a frame, or float rows) are what the graphs are checked on."""
+    and answers; `rows` (a typed table, or float rows) are what the graphs are checked on."""
     try:
         import skl2onnx
         from skl2onnx import to_onnx

@@ -90,12 +90,12 @@ def test_whole_number_floats_fill_an_integer_column(regression):
         bp=("FP64", rows["bp"].tolist()),
         smoker=("BYTES", rows["smoker"].tolist()),
     )
-    frame = decode_infer_request(body, manifest).x
+    frame = decode_infer_request(body, manifest).x.frame()
     assert isinstance(frame, pd.DataFrame) and frame["age"].dtype == np.int64
     np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
     as_floats = x.head(3).astype(object).to_numpy().tolist()
     as_floats = [[float(r[0]), *r[1:]] for r in as_floats]
-    frame = decode_infer_request(table(as_floats), manifest).x
+    frame = decode_infer_request(table(as_floats), manifest).x.frame()
     np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
 
 
@@ -105,7 +105,7 @@ def test_a_pipeline_with_an_imputer_takes_a_missing_number(regression):
     assert manifest.columns is not None and manifest.columns.missing
     body = columns(age=("INT64", [50]), bmi=("FP64", [None]), bp=("FP64", [80.0]),
                    smoker=("BYTES", ["no"]))  # fmt: skip
-    frame = decode_infer_request(body, manifest).x
+    frame = decode_infer_request(body, manifest).x.frame()
     assert np.isnan(frame["bmi"][0]) and np.isfinite(pipe.predict(frame)).all()
 
 
@@ -151,7 +151,7 @@ def test_a_numeric_table_serves_an_all_number_model(tmp_path: Path):
     pipe = make_pipeline(StandardScaler(), Ridge()).fit(x, y)
     manifest = publish(pipe, "numbers", model_dir=tmp_path, sample=x.head())
     rows = x.head(2)
-    frame = decode_infer_request(table(rows.to_numpy().tolist(), "FP64"), manifest).x
+    frame = decode_infer_request(table(rows.to_numpy().tolist(), "FP64"), manifest).x.frame()
     np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
 
 
@@ -292,7 +292,7 @@ def test_a_category_column_keeps_its_categories_through_a_csv_sample(tmp_path: P
     rows = x.head(5)
     body = orjson.dumps({"instances": rows.astype(object).to_dict(orient="records")},
                         option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
-    frame = decode_instances(orjson.loads(body)["instances"], manifest)
+    frame = decode_instances(orjson.loads(body)["instances"], manifest).frame()
     assert isinstance(frame["band"].dtype, pd.CategoricalDtype)
     np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
 

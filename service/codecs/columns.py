@@ -4,24 +4,23 @@ rows-by-columns tensor in the model's column order. KServe v1 `instances` may be
 column order, types mixed) or objects keyed by column.
 
 The tensors' shapes, names and datatypes are checked here; their values against the training
-dtypes by `runtime/frames.py`, which builds the typed frame.
+dtypes by `runtime/frames.py`, which builds the typed table.
 """
 
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from mlscale.service.artifacts.manifest import Columns, Manifest
 from mlscale.service.codecs.datatypes import DATATYPES, NUMERIC_TYPES
 from mlscale.service.errors import InvalidInput
-from mlscale.service.runtime.frames import frame
+from mlscale.service.runtime.frames import Table, frame
 
 # The name of one rows-by-columns tensor, the name array models' single input has too.
 TABLE = "input-0"
 
 
-def decode_tensors(inputs: list[Any], manifest: Manifest) -> pd.DataFrame:
+def decode_tensors(inputs: list[Any], manifest: Manifest) -> Table:
     """V2 inputs, one per column or one rows-by-columns tensor, as a typed DataFrame."""
     columns = _columns(manifest)
     names = list(columns.dtypes)
@@ -56,7 +55,7 @@ def decode_tensors(inputs: list[Any], manifest: Manifest) -> pd.DataFrame:
     return frame(by_name, columns)
 
 
-def decode_instances(instances: list[Any], manifest: Manifest) -> pd.DataFrame:
+def decode_instances(instances: list[Any], manifest: Manifest) -> Table:
     """KServe v1 instances: rows in column order, or objects keyed by column."""
     columns = _columns(manifest)
     names = list(columns.dtypes)
@@ -124,7 +123,7 @@ def _fits(datatype: Any, want: str) -> bool:
     return _family(datatype) == _family(want)
 
 
-def _decode_table(tensor: Any, manifest: Manifest) -> pd.DataFrame:
+def _decode_table(tensor: Any, manifest: Manifest) -> Table:
     """One rows-by-columns tensor (mixed types travel as BYTES), columns in the model's order."""
     columns = _columns(manifest)
     name, shape, datatype, data = _fields(tensor)

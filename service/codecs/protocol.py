@@ -19,7 +19,7 @@ from mlscale.service.errors import InvalidInput
 from mlscale.service.runtime.model import Outputs, RowOutputs, Rows
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from mlscale.service.runtime.frames import Table
 
 # Requests up to this many numbers stay Python lists (see runtime/model.py); bigger ones, where
 # numpy's per-call cost pays off, become arrays. Python was faster in-process up to ~40
@@ -28,9 +28,9 @@ SMALL_REQUEST_VALUES = 32
 
 
 class InferRequest(NamedTuple):
-    # Validated rows: float64 (rows, features), Rows when small; a typed frame for models
-    # fitted on a DataFrame.
-    x: "np.ndarray | Rows | pd.DataFrame"
+    # Validated rows: float64 (rows, features), Rows when small; a typed table (frames.Table)
+    # for models fitted on a DataFrame.
+    x: "np.ndarray | Rows | Table"
     outputs: list[str]  # names of the outputs to return, in order
     id: str | None = None
     binary: frozenset[str] | bool = frozenset()  # outputs wanted as binary data; True: all
@@ -204,7 +204,7 @@ def _requested_outputs(payload: dict[str, Any], manifest: Manifest) -> list[str]
     return names
 
 
-def decode_instances(body: bytes, manifest: Manifest) -> "np.ndarray | pd.DataFrame":
+def decode_instances(body: bytes, manifest: Manifest) -> "np.ndarray | Table":
     """KServe v1 / simple predict body: {"instances": [[...], ...]} (or [x, ...] for 1 feature);
     rows of mixed types or objects keyed by column for models fitted on a DataFrame."""
     payload = loads(body)

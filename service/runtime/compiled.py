@@ -2,7 +2,7 @@
 
 The graphs were checked against the estimator at publish (service/compile.py): same labels,
 numbers within the manifest's tolerance. Here they get the same validated input the estimator
-would (float rows, or the typed frame of a model fitted on a DataFrame), as the graphs' feeds,
+would (float rows, or the typed table of a model fitted on a DataFrame), as the graphs' feeds,
 and answer the manifest's outputs with the estimator's dtypes and shapes, so the codecs and
 every route treat both runtimes alike. One thread per session: pods scale out, not up.
 """
@@ -33,22 +33,21 @@ def runtime_version() -> str:
 
 def feeds(x: Any, manifest: Manifest) -> dict[str, np.ndarray]:
     """A validated batch as the graphs' inputs: the rows as one float64 tensor, or each column
-    of a typed frame as a [rows, 1] tensor (floats as float64, integers and booleans as int64,
-    strings and categories as strings, a missing string as ""), or the frame's numbers stacked
-    as one float64 tensor where the graph was made so."""
+    of a typed table (frames.Table) as a [rows, 1] tensor (floats as float64, integers and
+    booleans as int64, strings and categories as strings, a missing string as ""), or the
+    table's numbers stacked as one float64 tensor where the graph was made so."""
     columns = manifest.columns
     if columns is None:
         return {"input": np.asarray(x, dtype=np.float64)}
     if manifest.compiled is not None and manifest.compiled.stacked:
-        return {"input": x[list(columns.dtypes)].to_numpy(np.float64)}
+        return {"input": np.column_stack([x[n] for n in columns.dtypes]).astype(np.float64)}
     out = {}
     for name in columns.dtypes:
         values = x[name]
-        kind = input_kind(values.dtype)
-        if kind == "f":
-            column = values.to_numpy(np.float64)
-        elif kind == "i":
-            column = values.to_numpy(np.int64)
+        if values.dtype.kind == "f":
+            column = values.astype(np.float64, copy=False)
+        elif values.dtype.kind in "iub":
+            column = values.astype(np.int64)
         else:
             column = np.array(["" if v is None or v != v else str(v) for v in values], dtype=object)
         out[name] = column.reshape(-1, 1)

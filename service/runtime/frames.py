@@ -1,10 +1,13 @@
-"""Typed frames for models fitted on a pandas DataFrame: each column's values checked against
-the dtype it had in training, then the frame built with those dtypes, so the estimator sees
-what it saw in `fit`. The codecs (`codecs/columns.py`) decode requests into these; the
-warm-up builds one from the row recorded at publish. A JSON `null` in a float column is a
-missing value (NaN): imputers in the pipeline can handle it, and JSON has no NaN.
+"""Typed tables for models fitted on a pandas DataFrame: each column's values checked against
+the dtype it had in training, and held as a numpy array. The codecs (`codecs/columns.py`)
+decode requests into these; the warm-up builds one from the row recorded at publish. Batching
+joins the arrays; a DataFrame with the training dtypes is made once per batch for scikit-learn,
+which sees what it saw in `fit`, and never for a compiled graph, which takes the arrays. A JSON
+`null` in a float column is a missing value (NaN): imputers in the pipeline can handle it, and
+JSON has no NaN.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,8 +23,35 @@ def dtype_of(columns: Columns, name: str) -> Any:
     return pd.api.types.pandas_dtype(columns.dtypes[name])
 
 
-def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
-    """Check each column's values against its training dtype, then build the typed frame."""
+@dataclass(frozen=True)
+class Table:
+    """Rows by column: each column's checked values, as an array of its training dtype (floats,
+    integers, booleans) or of objects (strings and categories, None where missing)."""
+
+    columns: Columns
+    data: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.data.values())))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.data[name]
+
+    def frame(self) -> pd.DataFrame:
+        """The DataFrame of the training dtypes, for scikit-learn."""
+        return pd.DataFrame({name: pd.Series(values, dtype=dtype_of(self.columns, name))
+                             for name, values in self.data.items()})  # fmt: skip
+
+    @staticmethod
+    def concat(tables: list["Table"]) -> "Table":
+        """Several requests' rows as one batch, in order."""
+        first = tables[0]
+        return Table(first.columns, {name: np.concatenate([t.data[name] for t in tables])
+                                     for name in first.data})  # fmt: skip
+
+
+def frame(by_name: dict[str, Any], columns: Columns) -> Table:
+    """Check each column's values against its training dtype: the typed table."""
     data = {}
     for name in columns.dtypes:
         dtype = dtype_of(columns, name)
@@ -33,7 +63,7 @@ def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
                 raise InvalidInput(f"{where}: expects whole numbers{_NO_NULL}")
             if kind == "f" and not columns.missing and np.isnan(values).any():
                 raise InvalidInput(f"{where}: {_NO_MISSING}")
-            data[name] = pd.Series(values).astype(dtype)
+            data[name] = _array(values, dtype, kind, where)
             continue
         if kind == "b":
             if not all(type(v) is bool for v in values):
@@ -49,11 +79,23 @@ def frame(by_name: dict[str, Any], columns: Columns) -> pd.DataFrame:
                 values = _whole(values, where)
         elif not all(type(v) is str or v is None for v in values):
             raise InvalidInput(f"{where}: expects strings (BYTES) or null")
-        try:
-            data[name] = pd.Series(values, dtype=dtype)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise InvalidInput(f"{where}: cannot be read as {dtype}: {exc}") from None
-    return pd.DataFrame(data)
+        data[name] = _array(values, dtype, kind, where)
+    return Table(columns, data)
+
+
+def _array(values: Any, dtype: Any, kind: str, where: str) -> np.ndarray:
+    """Values as an array: of the column's own numpy dtype for numbers and booleans, of
+    objects for strings and categories (pandas types those once per batch)."""
+    numeric = kind in "fiub" and not isinstance(dtype, pd.CategoricalDtype)
+    try:
+        if numeric:
+            return np.asarray(values).astype(dtype) if isinstance(values, np.ndarray) else (
+                np.array(values, dtype=dtype))  # fmt: skip
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"{where}: cannot be read as {dtype}: {exc}") from None
 
 
 _NO_MISSING = (

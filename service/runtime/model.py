@@ -185,7 +185,7 @@ class LoadedModel:
 
     def predict(self, x: Any, names: list[str] | None = None) -> Outputs:
         """Outputs `names` (default: all the manifest declares) for a validated batch: float64
-        rows, or a typed DataFrame for a model fitted on one. The formulas give every output
+        rows, or a typed table for a model fitted on a DataFrame. The formulas give every output
         (they cost next to nothing); scikit-learn computes only those asked for."""
         if self._fast is not None:
             return self._fast.predict(x)
@@ -203,6 +203,8 @@ class LoadedModel:
         that name (`predict`, `predict_proba`, `decision_function`)."""
         estimator = self.estimator
         names = names or [spec.name for spec in self.manifest.outputs]
+        if self.manifest.columns is not None:
+            x = x.frame()  # a frames.Table: one DataFrame per batch, of the training dtypes
         return {name: np.asarray(getattr(estimator, name)(x)) for name in names}
 
     def warm_up(self) -> None:

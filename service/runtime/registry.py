@@ -84,7 +84,7 @@ def load(
                 max_size=batching.max_size,
                 max_wait_s=batching.max_wait_ms / 1000,
                 observer=metrics,
-                concat=np.concatenate if one.manifest.columns is None else concat_frames,
+                concat=np.concatenate if one.manifest.columns is None else concat_tables,
             )
 
 
@@ -122,7 +122,7 @@ def held_memory() -> Iterator[Held]:
             tracemalloc.stop()
 
 
-def concat_frames(frames: list[Any]) -> Any:
-    import pandas as pd  # only models fitted on a DataFrame batch frames
+def concat_tables(tables: list[Any]) -> Any:
+    from mlscale.service.runtime.frames import Table  # pandas, only for DataFrame models
 
-    return pd.concat(frames, ignore_index=True)
+    return Table.concat(tables)
