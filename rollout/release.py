@@ -208,7 +208,7 @@ class Release:
     def pods(self, track: str | None = None, version: str | None = None) -> list[V1Pod]:
         """The pods of a track (None: both) that are not terminating; with a version, those
         serving that version of the rolled model."""
-        first = not version or first_model(self.stable(), self.model)
+        first = not (version and self.model) or first_model(self.stable(), self.model)
         by_label = f",{VERSION}={version}" if version and first else ""
         pods = self.kube.call(
             self.kube.core.list_namespaced_pod, self.namespace,

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlscale.service.artifacts.manifest import COMPILED, SCORES, Compiled, Manifest
+from mlscale.service.artifacts.manifest import COMPILED, SCORES, Columns, Compiled, Manifest
 from mlscale.service.runtime.compiled import CompiledModel, input_kind, runtime_version
-from mlscale.service.runtime.model import LoadedModel
+from mlscale.service.runtime.frames import dtype_of, frame
+from mlscale.service.runtime.model import LoadedModel, probe_row
 
 # Tree ensembles run in float32 in onnxruntime: a row within float32 rounding of a split goes
 # the other way in that one tree, which moves a gradient-boosted score by about 1e-3.
@@ -90,13 +91,14 @@ def _convert(
         raise CompileFailed("convert", f"skl2onnx cannot convert it ({why})") from None
 
 
-def _all_numbers(manifest: Manifest) -> bool:
-    from mlscale.service.runtime.frames import dtype_of
+def _kinds(columns: Columns) -> dict[str, str]:
+    """How each training column travels into the graph (runtime/compiled.input_kind)."""
+    return {name: input_kind(dtype_of(columns, name)) for name in columns.dtypes}
 
+
+def _all_numbers(manifest: Manifest) -> bool:
     columns = manifest.columns
-    return columns is not None and all(
-        input_kind(dtype_of(columns, name)) != "s" for name in columns.dtypes
-    )
+    return columns is not None and "s" not in _kinds(columns).values()
 
 
 def _placeholder(files: dict[str, bytes], stacked: bool) -> Compiled:
@@ -115,10 +117,7 @@ def _input_types(manifest: Manifest, stacked: bool) -> list[tuple[str, Any]]:
     if stacked:
         return [("input", DoubleTensorType([None, len(columns.dtypes)]))]
     types = {"f": DoubleTensorType, "i": Int64TensorType, "s": StringTensorType}
-    from mlscale.service.runtime.frames import dtype_of
-
-    return [(name, types[input_kind(dtype_of(columns, name))]([None, 1]))
-            for name in columns.dtypes]  # fmt: skip
+    return [(name, types[kind]([None, 1])) for name, kind in _kinds(columns).items()]
 
 
 def _verify(estimator: Any, manifest: Manifest, files: dict[str, bytes], rows: Any) -> float:
@@ -160,18 +159,13 @@ def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
 
 def verification_rows(manifest: Manifest, sample: Any, holdout: Any) -> Any:
     """The rows the graphs are checked on: the sample and the holdout's features; without
-    either, the warm-up row (a row of zeros, or the example recorded at publish)."""
+    either, the warm-up row."""
     parts = [p for p in (sample, holdout) if p is not None and len(p)]
+    if not parts:
+        return probe_row(manifest)
     if manifest.columns is not None:
-        from mlscale.service.runtime.frames import frame
-
-        if not parts:
-            example = manifest.columns.example or dict.fromkeys(manifest.columns.dtypes, 0.0)
-            return frame({k: [v] for k, v in example.items()}, manifest.columns)
         names = list(manifest.columns.dtypes)
         joined = pd.concat([pd.DataFrame(p)[names] for p in parts], ignore_index=True)
         return frame({n: [None if pd.isna(v) else v for v in joined[n].tolist()] for n in names},
                      manifest.columns)  # fmt: skip
-    if not parts:
-        return np.zeros((1, manifest.inputs[0].shape[1]))
     return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])

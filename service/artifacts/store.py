@@ -93,7 +93,7 @@ class ModelStore:
         expected = {ARTIFACT: manifest.sha256, **(manifest.compiled.files if manifest.compiled
                                                    else {})}  # fmt: skip
         for file, sha256 in expected.items():
-            artifact = self.root / name / manifest.version / file
+            artifact = self.folder(manifest) / file  # where loading reads it
             if not artifact.is_file():
                 raise StoreError(f"{name}/{manifest.version}: {file} is missing")
             actual = sha256_of(artifact)
@@ -105,6 +105,7 @@ class ModelStore:
         return manifest
 
     def folder(self, manifest: Manifest) -> Path:
+        """Where a version's artifacts are: checked by `verify`, read by loading."""
         return self.root / manifest.name / manifest.version
 
     def check(self, name: str, version: str, runtime: str = "auto") -> Manifest:
@@ -125,7 +126,11 @@ class ModelStore:
     def load(self, name: str, version: str) -> tuple[Manifest, Any]:
         """Check, then unpickle. Raises StoreError rather than load anything doubtful."""
         manifest = self.check(name, version, SKLEARN)
-        return manifest, joblib.load(self.root / name / manifest.version / ARTIFACT)
+        return manifest, self.unpickle(manifest)
+
+    def unpickle(self, manifest: Manifest) -> Any:
+        """The estimator of a version `check` has passed (for the sklearn runtime)."""
+        return joblib.load(self.folder(manifest) / ARTIFACT)
 
     def catalogue(self, name: str, verify: bool = False) -> list[tuple[str, Manifest | StoreError]]:
         """Every version, oldest first, with its manifest (its artifact checked too, with

@@ -208,14 +208,17 @@ class LoadedModel:
         return {name: np.asarray(getattr(estimator, name)(x)) for name in names}
 
     def warm_up(self) -> None:
-        """One prediction on a row publishing probed (zeros, or a training row for a model
-        that takes a DataFrame); readiness waits for it."""
-        columns = self.manifest.columns
-        if columns is None:
-            features = self.manifest.inputs[0].shape[1:]
-            self.predict(np.zeros((1, *features), dtype=np.float64))
-            return
-        from mlscale.service.runtime.frames import frame  # pandas, only for DataFrame models
+        """One prediction on `probe_row`; readiness waits for it."""
+        self.predict(probe_row(self.manifest))
 
-        row = columns.example or dict.fromkeys(columns.dtypes, 0.0)
-        self.predict(frame({name: [value] for name, value in row.items()}, columns))
+
+def probe_row(manifest: Manifest) -> Any:
+    """The row publishing probed, validated as a request would be: zeros, or the training row
+    recorded for a model that takes a DataFrame."""
+    columns = manifest.columns
+    if columns is None:
+        return np.zeros((1, *manifest.inputs[0].shape[1:]), dtype=np.float64)
+    from mlscale.service.runtime.frames import frame  # pandas, only for DataFrame models
+
+    row = columns.example or dict.fromkeys(columns.dtypes, 0.0)
+    return frame({name: [value] for name, value in row.items()}, columns)
