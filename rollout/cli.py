@@ -118,16 +118,19 @@ def status(ctx: typer.Context) -> None:
 
 def _version(c: Ctx, version: str | None, model_image: str | None) -> str:
     """The version asked for, or the one the model image holds (read from its label in the
-    local container engine)."""
-    if version is not None:
-        return version
-    if model_image is None:
+    local container engine); a version the release's server image cannot run is refused."""
+    if model_image is not None:
+        from mlscale.rollout.modelimage import image_version, read_manifest, refuse_onto_slim
+
+        manifest = read_manifest(model_image)
+        if manifest is not None:
+            refuse_onto_slim(manifest, c.release().stable())
+        return version if version is not None else image_version(model_image, manifest)
+    if version is None:
         from mlscale.rollout.kube import Refused
 
         raise Refused("say which version to roll out: --version V (or --model-image IMAGE)")
-    from mlscale.rollout.modelimage import image_version
-
-    return image_version(model_image)
+    return version
 
 
 VersionOpt = Annotated[

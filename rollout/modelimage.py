@@ -1,13 +1,16 @@
 """Model images (`mlscale package`) as the CLI sees them: which model and version one holds,
-read from the image's manifest label in the local container engine."""
+and on which runtime, read from the image's manifest label in the local container engine."""
 
 import json
 import subprocess
 
+from kubernetes.client import V1Deployment
+
 from mlscale.rollout.kube import Refused
+from mlscale.rollout.release import env
 from mlscale.service.artifacts.engine import engine
-from mlscale.service.artifacts.manifest import Manifest
-from mlscale.service.contract import MANIFEST_LABEL
+from mlscale.service.artifacts.manifest import ONNX, SKLEARN, Manifest
+from mlscale.service.contract import MANIFEST_LABEL, RUNTIME_ENV
 
 
 def read_manifest(ref: str) -> Manifest | None:
@@ -23,10 +26,22 @@ def read_manifest(ref: str) -> Manifest | None:
     return Manifest.model_validate_json(label)
 
 
-def image_version(image: str) -> str:
-    """The version a local model image holds, from its manifest label: what `--model-image`
-    alone rolls out. The controller checks the rest on the image's own pods."""
-    manifest = read_manifest(image)
+def refuse_onto_slim(manifest: Manifest, stable: V1Deployment) -> None:
+    """A version that runs on scikit-learn cannot go onto the slim image: its server would
+    refuse to load it, so the rollout is refused before anything changes."""
+    if manifest.runtime == SKLEARN and env(stable, RUNTIME_ENV) == ONNX:
+        raise Refused(
+            f"{manifest.name}/{manifest.version} runs on scikit-learn (it was not compiled when "
+            "published), and this release runs the slim image, which serves compiled versions "
+            "only, without scikit-learn: publish it again with --runtime onnx and package it, "
+            "or set the chart's image.slim=false"
+        )
+
+
+def image_version(image: str, manifest: Manifest | None) -> str:
+    """The version a local model image holds (`manifest`: its label, None where the engine
+    lacks it): what `--model-image` alone rolls out. The controller checks the rest on the
+    image's own pods."""
     if manifest is None:
         raise Refused(
             f"model image {image} is not in the local container engine, so the version it "

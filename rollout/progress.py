@@ -60,8 +60,18 @@ def failing_pods(pods: list[V1Pod], restarts: int = 2) -> str | None:
                 why = f"{waiting.reason}: {waiting.message or 'no message'}"
                 return f"pod {name_of(pod)} cannot pull image {cs.image} ({why})"
             if (waiting and waiting.reason == "CrashLoopBackOff") or cs.restart_count >= restarts:
-                return f"pod {name_of(pod)} is crash-looping ({cs.restart_count} restarts)"
+                ended = cs.last_state.terminated if cs.last_state else None
+                said = last_line(ended.message) if ended and ended.message else ""
+                return (f"pod {name_of(pod)} is crash-looping ({cs.restart_count} restarts)"
+                        + (f": {said}" if said else ""))  # fmt: skip
     return None
+
+
+def last_line(message: str) -> str:
+    """What a container said last before it ended (the chart keeps its log's tail as the
+    termination message): why a server would not start, in its own sentence."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}

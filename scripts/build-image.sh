@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Build mlscale:<version> and the rollout controller's mlscale-operator:<version> (`make image`).
+# Build mlscale:<version>, its slim variant mlscale:<version>-slim (compiled models only) and the
+# rollout controller's mlscale-operator:<version> (`make image`).
 # Works with a normal Docker, and where no registry is reachable: then it builds a local Debian
 # base with debootstrap and passes it as BASE_IMAGE. Prints the server image's tag.
 #   BASE_IMAGE=...     use this base instead of the Dockerfile's default
 #   TAG=...            server image tag (default mlscale:<project version>)
 #   OPERATOR_TAG=...   operator image tag (default mlscale-operator:<the server tag>)
+#   SLIM_TAG=...       slim server image tag (default <the server tag>-slim)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 TAG=${TAG:-mlscale:$VERSION}
 OPERATOR_TAG=${OPERATOR_TAG:-mlscale-operator:${TAG##*:}}
+SLIM_TAG=${SLIM_TAG:-$TAG-slim}
 DOCKER=$(scripts/docker-engine.sh)
 DEFAULT_BASE=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 LOCAL_BASE=mlscale-base/debian-python:bookworm
@@ -44,4 +47,5 @@ build() {  # build TAG [docker build options]
 }
 build "$TAG"
 build "$OPERATOR_TAG" --target operator
+build "$SLIM_TAG" --target slim
 echo "$TAG"

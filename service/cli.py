@@ -1,6 +1,7 @@
 """The server's commands: train examples, publish and package models, list the store, serve,
 and send predictions. `mlscale/cli.py` composes them with the operator's and the load test's."""
 
+import importlib.util
 import json
 import math
 import sys
@@ -24,6 +25,15 @@ ModelDir = Annotated[
 ]
 
 
+def needs_scikit_learn(command: str) -> None:
+    """Stop with a sentence where scikit-learn is missing: the slim image serves, never fits."""
+    if importlib.util.find_spec("sklearn") is None:
+        console.print(f"mlscale {command} needs scikit-learn, which the slim image leaves out: "
+                      "run it where mlscale is installed with pip, or in the full image",
+                      style="red", markup=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(2)
+
+
 @app.command()
 def train(
     models: Annotated[
@@ -41,6 +51,7 @@ def train(
                mlscale train iris      (one new version of iris)
                mlscale train --ensure 2  (versions 1 and 2 of each, if missing)
     """
+    needs_scikit_learn("train")
     from mlscale.service.artifacts.store import ModelStore
     from mlscale.service.artifacts.train import EXAMPLES, ensure_versions, train_version
     from mlscale.service.errors import StoreError
@@ -111,6 +122,7 @@ def publish(
     Example:  mlscale publish churn.joblib --name churn --sample train.csv \\
                   --holdout test.csv --target churned
     """
+    needs_scikit_learn("publish")
     from mlscale.service.artifacts.store import ModelStore
     from mlscale.service.errors import MLScaleError
     from mlscale.service.publish import (

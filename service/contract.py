@@ -58,6 +58,8 @@ MODEL_VERSION_ENV = "MLSCALE_MODEL_VERSION"
 MODEL_DIR_ENV = "MLSCALE_MODEL_DIR"
 # More models one server serves beside MODEL_NAME_ENV's: `name:version,name:version`.
 MODELS_ENV = "MLSCALE_MODELS"
+# Which runtime runs a version: `onnx` (the slim image) serves compiled versions only.
+RUNTIME_ENV = "MLSCALE_RUNTIME"
 SETTINGS_ENV = "MLSCALE_SETTINGS_JSON"  # the serialized settings uvicorn's workers start from
 DOCKER_ENV = "MLSCALE_DOCKER"  # the container engine's CLI, for model images
 # Set by `mlscale loadtest` and `mlscale operator` for the program each starts, so that its

@@ -35,7 +35,7 @@ from mlscale.service.compile import (
     verification_rows,
 )
 from mlscale.service.errors import InvalidModel
-from mlscale.service.runtime.model import FAST_PATHS
+from mlscale.service.runtime.model import fast_paths
 
 RUNTIMES = ("auto", ONNX, SKLEARN)
 
@@ -226,7 +226,7 @@ def plan(
     checked = Plan(estimator, name, version, sig, metrics, artifact)
     if runtime == SKLEARN:
         return checked
-    if runtime == "auto" and type(estimator) in FAST_PATHS:
+    if runtime == "auto" and type(estimator) in fast_paths():
         why = f"the server evaluates a {type(estimator).__name__}'s formula, faster than a graph"
         return replace(checked, not_compiled=f"not compiled: {why}")
     try:

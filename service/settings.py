@@ -43,10 +43,11 @@ class ModelSettings(BaseSettings):
         "load is not served, and says why, while the others are.",
     )
 
-    runtime: Literal["auto", "sklearn"] = Field(
+    runtime: Literal["auto", "sklearn", "onnx"] = Field(
         "auto",
         description="auto: a version published compiled runs its ONNX graphs on onnxruntime, "
-        "the others scikit-learn; sklearn: every version runs its joblib file.",
+        "the others scikit-learn; sklearn: every version runs its joblib file; onnx: compiled "
+        "versions only, any other is refused (the slim image, which has no scikit-learn).",
     )
 
     fast_path: bool = Field(

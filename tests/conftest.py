@@ -151,11 +151,15 @@ def wait_ready(server: Server, timeout: float = 30) -> None:
 
 
 @contextmanager
-def run_server(model_dir: Path, ready: bool = True, **env: str) -> Iterator[Server]:
-    """Start `python -m mlscale.service` with MLSCALE_* settings; stop it on exit."""
+def run_server(
+    model_dir: Path, ready: bool = True, python_path: Path | None = None, **env: str
+) -> Iterator[Server]:
+    """Start `python -m mlscale.service` with MLSCALE_* settings; stop it on exit.
+    `python_path`: a folder the interpreter searches first (tests/slim: the slim image's)."""
     port = free_port()
     environ = {
         **os.environ,
+        **({"PYTHONPATH": str(python_path)} if python_path else {}),
         "MLSCALE_MODEL_DIR": str(model_dir),
         "MLSCALE_PORT": str(port),
         "MLSCALE_HOST": "127.0.0.1",

@@ -37,6 +37,15 @@ VALUE_SETS = {
             "image": {"repository": "mlscale-model/flowers", "tag": "2"},
         },
     },
+    "slim": {
+        "image": {"slim": True},
+        "model": {
+            "name": "flowers",
+            "version": "2",
+            "others": [],
+            "image": {"repository": "mlscale-model/flowers", "tag": "2"},
+        },
+    },
     "model-set": {"model": {"others": [{"name": "linear", "version": "1"}]}},
     "model-set-images": {
         "model": {

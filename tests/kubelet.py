@@ -35,6 +35,8 @@ POD_NETWORK = ipaddress.ip_network("10.213.0.0/24")  # inside netns.POD_ROUTE
 NODES = ("worker-1", "worker-2", "worker-3")
 READY_AFTER = 0.05  # seconds from start to Ready
 CRASH_EVERY = 0.2  # seconds between restarts of a crash-looping container
+# The log tail a crash-looping container leaves as its termination message (the chart's policy).
+CRASH_LOG = "INFO: loading\ncannot serve: a version this simulated server will not start\n"
 Fate = Callable[[dict], str]  # pod -> "ready" | "never" | "crash" | "pull"
 Answer = Callable[[dict, str], tuple[int, str] | None]  # (pod, path) -> (status, body)
 
@@ -182,6 +184,8 @@ class Kubelet:
                 "name": container["name"], "image": container["image"],
                 "imageID": f"{container['image']}@sha256:0", "ready": ready, "started": True,
                 "restartCount": restarts, "state": state,
+                **({"lastState": {"terminated": {"exitCode": 1, "message": CRASH_LOG}}}
+                   if fate == "crash" else {}),
             }],
         }  # fmt: skip
         self.admin.patch("pods", ns, name, {"status": status}, sub="status")

@@ -182,6 +182,7 @@ def test_a_model_set_is_served_checked_and_filled_from_its_images(helm: str, tmp
                                 "image": {"repository": "mlscale-model/wine", "tag": "1"}}]}},
          "every model of the set comes from an image, or none does"),
         ({"model": {"others": [{"name": "wine"}]}}, "version"),
+        ({"image": {"slim": True}}, "image.slim holds no models: ship them as model images"),
     ],
 )  # fmt: skip
 def test_bad_values_are_rejected_with_a_readable_message(
@@ -322,6 +323,21 @@ def test_a_model_image_reaches_the_server_through_an_emptydir(helm: str, tmp_pat
     plain = server_deployment(render(helm, tmp_path, {}))
     assert "initContainers" not in plain["spec"]["template"]["spec"]
     assert "mlscale.dev/model-image" not in plain["metadata"]["annotations"]
+
+
+def test_the_slim_image_is_one_value_and_serves_compiled_versions_only(helm: str, tmp_path: Path):
+    pod = server_deployment(render(helm, tmp_path, VALUE_SETS["slim"]))["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    assert server["image"] == f"mlscale:{chart_app_version()}-slim"
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert env["MLSCALE_RUNTIME"] == "onnx"  # what `mlscale rollout` reads to refuse the rest
+    full = server_deployment(render(helm, tmp_path, VALUE_SETS["model-image"]))
+    full_env = {e["name"] for e in full["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "MLSCALE_RUNTIME" not in full_env
+
+
+def chart_app_version() -> str:
+    return yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 
 def test_the_crd_is_a_valid_structural_schema_with_printer_columns():

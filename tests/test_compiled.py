@@ -248,3 +248,51 @@ def test_graphs_that_answer_otherwise_are_not_kept(tmp_path: Path):
     assert plan_.compilation is None
     said = r"not compiled: verify failed: predict differs on \d+ of 155 rows \(e\.g\. row \d+: "
     assert re.match(said + r".* compiled, .* from the estimator\)", plan_.not_compiled)
+
+
+SLIM = Path(__file__).parent / "slim"  # scikit-learn, scipy, pandas and joblib cannot import
+
+
+@pytest.fixture(scope="module")
+def slim(store: Path) -> Iterator[Server]:
+    """The store served as the slim image serves it: compiled versions only, by a Python that
+    has no scikit-learn, scipy, pandas or joblib."""
+    with run_server(store, python_path=SLIM, runtime="onnx", model_name="flowers") as server:
+        yield server
+
+
+def test_the_slim_server_answers_every_route_as_the_full_one(both, slim):
+    full = both[0]  # the same graphs, on the image that has scikit-learn too
+    rows = flowers.train()[2].head(8).reset_index(drop=True)
+    for method, path, body in [
+        ("POST", "/v2/models/flowers/infer", by_column(rows, [])),
+        ("POST", "/v1/models/flowers:predict", {"instances": rows.to_dict(orient="records")}),
+        ("POST", "/predict", {"instances": rows.to_dict(orient="records")}),
+        ("GET", "/v2/models/flowers", None),
+        ("POST", "/v1/models/flowers:predict", {"instances": [{"sepal_width": 3.1}]}),
+        ("POST", "/v1/models/flowers:predict", {"instances": [{
+            "sepal_width": 3.1, "petal_length": 4.4, "petal_width": "wide",
+            "sepal_size": "medium"}]}),
+    ]:  # fmt: skip
+        ours, theirs = ask((slim, full), method, path, json=body)
+        assert ours.status_code == theirs.status_code, (path, ours.text)
+        assert ours.json() == theirs.json(), path
+    assert "ModuleNotFoundError" not in slim.log()
+
+
+def test_the_slim_server_refuses_a_version_that_runs_on_scikit_learn(store: Path, tmp_path: Path):
+    root = tmp_path / "models"
+    shutil.copytree(store, root)
+    x, y = load_iris(return_X_y=True)
+    publish(GaussianNB().fit(x, y), "bayes", model_dir=root, runtime="sklearn", holdout=(x, y))
+    with run_server(root, python_path=SLIM, runtime="onnx", model_name="flowers",
+                    models="bayes") as server, server.client() as c:  # fmt: skip
+        refused = c.get("/v2/models/bayes/ready")
+        assert c.get("/v2/models/flowers/ready").status_code == 200  # the others serve
+    assert refused.status_code == 503
+    assert "bayes/1 runs on scikit-learn" in refused.json()["error"]
+    assert "serves compiled versions only" in refused.json()["error"]
+    with run_server(root, ready=False, python_path=SLIM, runtime="onnx",
+                    model_name="bayes") as alone:  # fmt: skip
+        assert alone.process.wait(timeout=30) != 0
+    assert "publish it again with --runtime onnx" in alone.log()

@@ -219,3 +219,46 @@ def test_the_operator_image_carries_the_controller_and_no_model_runtime(docker: 
     assert sh(*run, "--entrypoint", "python", operator, "-c", probe) == "10001 [] True"
     usage = sh(*run, operator, "--help")
     assert "Run the rollout controller" in usage and "--lease-seconds" in usage
+
+
+def test_the_slim_image_serves_compiled_versions_without_scikit_learn(
+    docker: str, image: str, tmp_path: Path
+):
+    """`make image` builds the slim server (`<tag>-slim`): onnxruntime and numpy, no
+    scikit-learn, scipy, pandas or joblib, no models of its own. It serves a compiled version
+    from a mounted store (as a model image fills one in a pod), and refuses one that runs on
+    scikit-learn in a sentence."""
+    slim = f"{image}-slim"
+    run = [docker, "run", "--rm", *HARDENED]
+    probe = ("import importlib.util as u, os; print(os.getuid(), os.environ['MLSCALE_RUNTIME'], "
+             "[m for m in ('sklearn', 'scipy', 'pandas', 'joblib', 'pip') if u.find_spec(m)], "
+             "bool(u.find_spec('onnxruntime')))")  # fmt: skip
+    assert sh(*run, slim, "python", "-c", probe) == "10001 onnx [] True"
+    sizes = [int(sh(docker, "image", "inspect", "--format", "{{.Size}}", i)) for i in (slim, image)]
+    assert sizes[0] < sizes[1], sizes
+    publishing = subprocess.run([*run, slim, "mlscale", "publish", "x.joblib", "--name", "x"],
+                                capture_output=True, text=True)  # fmt: skip
+    assert publishing.returncode == 2 and "needs scikit-learn" in publishing.stdout
+    pipe, x_train, x_test, y_test = flowers.train()
+    store = tmp_path / "models"
+    publish(pipe, "flowers", model_dir=store, sample=x_train.head(), holdout=(x_test, y_test))
+    publish(pipe, "sklearn-flowers", model_dir=store, sample=x_train.head(), runtime="sklearn")
+    mount = ["-v", f"{store}:/models:ro", "-p", "127.0.0.1::8080"]
+    cid = sh(docker, "run", "-d", *HARDENED, *mount, "-e", "MLSCALE_MODEL_NAME=flowers",
+             "-e", "MLSCALE_MODELS=sklearn-flowers", slim)  # fmt: skip
+    try:
+        port = sh(docker, "port", cid, "8080/tcp").splitlines()[0].rsplit(":", 1)[1]
+        deadline = time.monotonic() + 90
+        while state(docker, cid).get("Health", {}).get("Status") != "healthy":
+            assert state(docker, cid)["Running"], sh(docker, "logs", cid)
+            assert time.monotonic() < deadline, "not healthy in 90 s"
+            time.sleep(0.2)
+        rows = x_test.head(5)
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict",
+                            json={"instances": rows.to_dict(orient="records")}).json()  # fmt: skip
+        refused = httpx.get(f"http://127.0.0.1:{port}/v2/models/sklearn-flowers/ready")
+    finally:
+        sh(docker, "rm", "-f", cid, check=False)
+    assert answer["predictions"] == pipe.predict(rows).tolist()
+    assert refused.status_code == 503
+    assert "runs on scikit-learn" in refused.json()["error"]

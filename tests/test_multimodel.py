@@ -91,12 +91,17 @@ def test_a_bigger_model_accounts_more_memory(tmp_path: Path, model_dir: Path):
     store = tmp_path / "models"
     shutil.copytree(model_dir, store)
     x, y = make_classification(500, 8, random_state=0)
-    publish(RandomForestClassifier(100, random_state=0).fit(x, y), "forest", model_dir=store)
-    with run_server(store, model_name="linear", models="forest") as server, server.client() as c:
+    forest = RandomForestClassifier(100, random_state=0).fit(x, y)
+    publish(forest, "forest", model_dir=store, runtime="sklearn")  # held by Python's allocator
+    publish(forest, "graphs", model_dir=store)  # compiled: held by onnxruntime, natively
+    assert ModelStore(store).manifest("graphs", "1").runtime == "onnx"
+    served = run_server(store, model_name="linear", models="forest,graphs")
+    with served as server, server.client() as c:
         text = c.get("/metrics").text
-    forest = metric(text, "mlscale_model_memory_bytes", model="forest", version="1")
     linear = metric(text, "mlscale_model_memory_bytes", model="linear", version="2")
-    assert forest > 100 * 1024 and forest > 20 * linear, (forest, linear)
+    for name in ("forest", "graphs"):
+        held = metric(text, "mlscale_model_memory_bytes", model=name, version="1")
+        assert held > 100 * 1024 and held > 20 * linear, (name, held, linear)
 
 
 def test_a_model_that_fails_to_load_does_not_stop_the_others(tmp_path: Path, model_dir: Path):

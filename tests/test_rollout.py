@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from mlscale.cli import app as mlscale
 from mlscale.rollout import client
 from mlscale.rollout.kube import Forbidden, Kube, NotFound, Refused, RolloutError, Target
-from mlscale.service.artifacts.manifest import Manifest
+from mlscale.service.artifacts.manifest import ONNX, SKLEARN, Manifest
 from mlscale.service.contract import MANIFEST_LABEL, TRACK_LABEL, parse_models
 from tests.apiproxy import FaultProxy
 from tests.conftest import ROOT, Envtest, free_port
@@ -431,7 +431,8 @@ def test_a_failed_version_is_not_tried_again_until_asked(cluster: Cluster):
 
 def test_crash_looping_pods_are_caught_before_the_deadline(cluster: Cluster):
     cluster.fates["2"] = "crash"
-    with pytest.raises(RolloutError, match="crash-looping"):
+    # quoting the last line the server said (the pod's termination message)
+    with pytest.raises(RolloutError, match=r"crash-looping \(\d+ restarts\): cannot serve: a"):
         cluster.deploy("2")
     assert cluster.stable_version() == "1"
 
@@ -923,11 +924,12 @@ def test_explicit_flags_win_over_in_cluster_config_and_the_context_namespace_is_
 IMAGE = "mlscale-model/iris"
 
 
-def image_labels(name: str, version: str, metrics: dict[str, float]) -> str:
+def image_labels(name: str, version: str, metrics: dict[str, float], runtime: str = SKLEARN
+                 ) -> str:  # fmt: skip
     manifest = Manifest(
         name=name, version=version, sha256="0" * 64, sklearn_version="1", numpy_version="1",
         python_version="3", estimator="Pipeline", inputs=[], outputs=[], metrics=metrics,
-        created=datetime.now(UTC),
+        created=datetime.now(UTC), runtime=runtime,
     )  # fmt: skip
     return json.dumps({MANIFEST_LABEL: manifest.model_dump_json()})
 
@@ -937,6 +939,7 @@ def engine(tmp_path: Path, monkeypatch) -> Path:
     """A container engine CLI that knows a few model images: `image inspect` answers their
     labels as Docker does, and fails for any other image."""
     images = {f"{IMAGE}:{v}": image_labels("iris", v, STORE[v]) for v in ("1", "2", "3")}
+    images[f"{IMAGE}-compiled:2"] = image_labels("iris", "2", STORE["2"], runtime=ONNX)  # compiled
     folder = tmp_path / "images"
     folder.mkdir()
     for ref, labels in images.items():
@@ -1002,6 +1005,23 @@ def test_the_quality_gate_of_a_model_image_reads_its_own_pod(image_cluster: Clus
     assert c.deployment("demo-mlscale-canary") is None
     unknown = cli(c, "deploy", "--model-image", f"{IMAGE}:9")
     assert unknown.exit_code == 2 and "not in the local container engine" in unknown.output
+
+
+def test_a_version_on_scikit_learn_is_refused_onto_the_slim_image(
+    control_plane: Envtest, crd: None, helm: str, tmp_path: Path, engine: Path
+):
+    """The slim image serves compiled versions only: `mlscale rollout` reads the model image's
+    runtime and refuses one that runs on scikit-learn, before anything changes."""
+    model = {"name": "iris", "version": "1", "image": {"repository": IMAGE, "tag": "1"}}
+    with start_cluster(control_plane, helm, tmp_path, model, image={"slim": True}) as c:
+        refused = cli(c, "deploy", "--model-image", f"{IMAGE}:2", "--timeout", "30")
+        assert refused.exit_code == 2, refused.output
+        assert "iris/2 runs on scikit-learn" in refused.output
+        assert "this release runs the slim image" in refused.output
+        assert c.stable_version() == "1" and not c.status().get("history")
+        compiled = cli(c, "deploy", "--model-image", f"{IMAGE}-compiled:2", "--timeout", "30")
+        assert compiled.exit_code == 0, compiled.output
+        assert c.stable_version() == "2" and model_image(c)[0] == f"{IMAGE}-compiled:2"
 
 
 def test_a_canary_of_a_model_image_is_promoted_with_it(image_cluster: Cluster):

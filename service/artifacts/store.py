@@ -4,7 +4,9 @@ A version folder holds `model.joblib` and `manifest.json` (and, for a version pu
 the onnx runtime, its compiled graphs `model.onnx` and `scores.onnx`). Versions are written to
 a hidden temporary folder and renamed into place, so a half-written version is never visible,
 and an existing version is never overwritten. Loading checks every artifact's sha256, and the
-scikit-learn version before unpickling: a joblib file is code.
+scikit-learn version before unpickling: a joblib file is code. scikit-learn and joblib are
+imported only where a version is unpickled or written: a server of compiled versions (the slim
+image) reads its store without them.
 """
 
 import hashlib
@@ -16,9 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
-import numpy
-import sklearn
 from pydantic import ValidationError
 
 from mlscale.service.artifacts.manifest import (
@@ -115,10 +114,18 @@ class ModelStore:
         manifest = self.verify(name, version)
         if manifest.runtime == ONNX and runtime != SKLEARN:
             return manifest
-        if manifest.sklearn_version != sklearn.__version__:
+        here = _sklearn_version()
+        if runtime == ONNX or here is None:
+            raise StoreError(
+                f"{name}/{manifest.version} runs on scikit-learn (it was not compiled when "
+                "published), and this server serves compiled versions only (the slim image, "
+                "without scikit-learn); publish it again with --runtime onnx, or serve it with "
+                "the full image"
+            )
+        if manifest.sklearn_version != here:
             raise StoreError(
                 f"{name}/{manifest.version} was trained with scikit-learn "
-                f"{manifest.sklearn_version}, this server runs {sklearn.__version__}; "
+                f"{manifest.sklearn_version}, this server runs {here}; "
                 "retrain it or serve it with the matching image"
             )
         return manifest
@@ -130,6 +137,8 @@ class ModelStore:
 
     def unpickle(self, manifest: Manifest) -> Any:
         """The estimator of a version `check` has passed (for the sklearn runtime)."""
+        import joblib
+
         return joblib.load(self.folder(manifest) / ARTIFACT)
 
     def catalogue(self, name: str, verify: bool = False) -> list[tuple[str, Manifest | StoreError]]:
@@ -175,6 +184,10 @@ class ModelStore:
         """Write a new version atomically. An existing version is refused, never replaced;
         with `unique`, so is an artifact identical to an existing version's. `artifact`: the
         estimator's joblib or pickle file as published, stored as is (else it is dumped)."""
+        import joblib
+        import numpy
+        import sklearn
+
         check_label("name", name)
         check_label("version", version)
         final = self.root / name / version
@@ -229,6 +242,15 @@ def _first_problem(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
     return f"{first['msg']} ({where})" if where else first["msg"]
+
+
+def _sklearn_version() -> str | None:
+    """scikit-learn's version here; None in the slim image, which has none."""
+    try:
+        import sklearn
+    except ImportError:
+        return None
+    return str(sklearn.__version__)
 
 
 def _pandas_version() -> str:

@@ -7,6 +7,7 @@ and answer the manifest's outputs with the estimator's dtypes and shapes, so the
 every route treat both runtimes alike. One thread per session: pods scale out, not up.
 """
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ def session(path: Path) -> Any:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def resident_bytes() -> int:
+    """This process's resident memory: what onnxruntime allocates is native, which Python's
+    tracemalloc does not see."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def runtime_version() -> str:
@@ -71,8 +79,11 @@ class CompiledModel(LoadedModel):
     def open(cls, manifest: Manifest, folder: Path) -> "CompiledModel":
         assert manifest.compiled is not None
         scores = folder / SCORES if SCORES in manifest.compiled.files else None
+        before = resident_bytes()
         sessions = {"model": session(folder / COMPILED), "scores": scores and session(scores)}
-        return cls(manifest, sessions, fast_path=False)
+        opened = cls(manifest, sessions, fast_path=False)
+        opened.native_bytes = max(0, resident_bytes() - before)
+        return opened
 
     @property
     def platform(self) -> str:

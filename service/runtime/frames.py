@@ -4,23 +4,45 @@ decode requests into these; the warm-up builds one from the row recorded at publ
 joins the arrays; a DataFrame with the training dtypes is made once per batch for scikit-learn,
 which sees what it saw in `fit`, and never for a compiled graph, which takes the arrays. A JSON
 `null` in a float column is a missing value (NaN): imputers in the pipeline can handle it, and
-JSON has no NaN.
+JSON has no NaN. Checking needs numpy only: pandas is imported where a DataFrame is made (the
+slim image, which serves compiled versions, has none).
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from mlscale.service.artifacts.manifest import Columns
 from mlscale.service.errors import InvalidInput
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 def dtype_of(columns: Columns, name: str) -> Any:
+    """A column's pandas dtype in training."""
+    import pandas as pd
+
     if name in columns.categories:
         return pd.CategoricalDtype(columns.categories[name])
     return pd.api.types.pandas_dtype(columns.dtypes[name])
+
+
+def storage_of(columns: Columns, name: str) -> tuple[str, np.dtype[Any] | None]:
+    """How a column's values are checked and held: the kind of its values (numpy's letters,
+    O for strings), and the numpy dtype of its array (None: an array of objects, for strings
+    and categories). The same as pandas' dtype says, without pandas for numpy dtypes."""
+    if name in columns.categories:  # a category's values are of its categories' kind
+        categories = columns.categories[name]
+        kind = np.asarray(categories).dtype.kind if categories else "O"
+        return ("O" if kind in "USO" else kind), None
+    text = columns.dtypes[name]
+    try:
+        dtype = np.dtype(text)
+    except TypeError:  # pandas' own dtypes ("string", "Int64", ...)
+        return _storage_kind(dtype_of(columns, name)), None
+    return dtype.kind, (dtype if dtype.kind in "fiub" else None)
 
 
 @dataclass(frozen=True)
@@ -37,8 +59,10 @@ class Table:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.data[name]
 
-    def frame(self) -> pd.DataFrame:
+    def frame(self) -> "pd.DataFrame":
         """The DataFrame of the training dtypes, for scikit-learn."""
+        import pandas as pd
+
         return pd.DataFrame({name: pd.Series(values, dtype=dtype_of(self.columns, name))
                              for name, values in self.data.items()})  # fmt: skip
 
@@ -54,10 +78,9 @@ def frame(by_name: dict[str, Any], columns: Columns) -> Table:
     """Check each column's values against its training dtype: the typed table."""
     data = {}
     for name in columns.dtypes:
-        dtype = dtype_of(columns, name)
+        kind, dtype = storage_of(columns, name)
         values = by_name[name]
         where = f"column {name!r}"
-        kind = _storage_kind(dtype)
         if isinstance(values, np.ndarray):  # binary tensor data: already typed
             if kind in "iu" and values.dtype.kind == "f" and not _integral(values).all():
                 raise InvalidInput(f"{where}: expects whole numbers{_NO_NULL}")
@@ -83,12 +106,11 @@ def frame(by_name: dict[str, Any], columns: Columns) -> Table:
     return Table(columns, data)
 
 
-def _array(values: Any, dtype: Any, kind: str, where: str) -> np.ndarray:
+def _array(values: Any, dtype: np.dtype[Any] | None, kind: str, where: str) -> np.ndarray:
     """Values as an array: of the column's own numpy dtype for numbers and booleans, of
     objects for strings and categories (pandas types those once per batch)."""
-    numeric = kind in "fiub" and not isinstance(dtype, pd.CategoricalDtype)
     try:
-        if numeric:
+        if dtype is not None:
             return np.asarray(values).astype(dtype) if isinstance(values, np.ndarray) else (
                 np.array(values, dtype=dtype))  # fmt: skip
         array = np.empty(len(values), dtype=object)
@@ -126,6 +148,8 @@ def _integral(values: np.ndarray) -> np.ndarray:
 
 
 def _storage_kind(dtype: Any) -> str:
+    import pandas as pd
+
     if isinstance(dtype, pd.CategoricalDtype):
         return _storage_kind(dtype.categories.dtype)
     if isinstance(dtype, pd.StringDtype):

@@ -18,11 +18,10 @@ output has no exact Python twin (`predict_proba`'s `exp`), the request goes thro
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
-from sklearn.utils.extmath import softmax
 
 from mlscale.service.artifacts.manifest import Manifest
 
@@ -113,6 +112,8 @@ def _logistic_regression(model: Any) -> Formula | None:
     coef_t, intercept, classes = model.coef_.T, model.intercept_, model.classes_
     by_class, biases, labels_of = model.coef_.tolist(), intercept.tolist(), classes.tolist()
 
+    from sklearn.utils.extmath import softmax
+
     def predict(x: np.ndarray) -> Outputs:
         # numpy sums over the middle axis feature by feature, in order.
         scores = (x[:, :, None] * coef_t).sum(axis=1) + intercept
@@ -137,11 +138,17 @@ def _logistic_regression(model: Any) -> Formula | None:
     return Formula(predict, predict_rows, frozenset({"predict"}))
 
 
-FAST_PATHS: dict[type, Callable[[Any], Formula | None]] = {
-    LinearRegression: _linear_regression,
-    Ridge: _linear_regression,
-    LogisticRegression: _logistic_regression,
-}
+@cache
+def fast_paths() -> dict[type, Callable[[Any], Formula | None]]:
+    """The estimator types with an exact formula (scikit-learn imported only where a version
+    runs on it: the slim image has none)."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+
+    return {
+        LinearRegression: _linear_regression,
+        Ridge: _linear_regression,
+        LogisticRegression: _logistic_regression,
+    }
 
 
 @dataclass
@@ -150,6 +157,7 @@ class LoadedModel:
     estimator: Any
     fast_path: bool = True
     load_seconds: float = 0.0
+    native_bytes: int = 0  # memory held outside Python's allocator (onnxruntime's sessions)
     # (model, version): who answered, for response headers and metric labels.
     identity: tuple[str, str] = field(init=False)
     _fast: Formula | None = field(init=False, default=None)
@@ -158,7 +166,7 @@ class LoadedModel:
         self.identity = (self.manifest.name, self.manifest.version)
         # Exact type match: a subclass may override predict.
         tensor = self.manifest.columns is None  # the formulas take float rows, not frames
-        builder = FAST_PATHS.get(type(self.estimator)) if self.fast_path and tensor else None
+        builder = fast_paths().get(type(self.estimator)) if self.fast_path and tensor else None
         self._fast = builder(self.estimator) if builder else None
 
     @property

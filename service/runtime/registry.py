@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from mlscale.service.artifacts.manifest import ONNX, SKLEARN
+from mlscale.service.artifacts.manifest import ONNX, SKLEARN, Manifest
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.metrics import Metrics
 from mlscale.service.runtime.batching import Batcher
 from mlscale.service.runtime.compiled import CompiledModel
-from mlscale.service.runtime.model import LoadedModel
+from mlscale.service.runtime.model import LoadedModel, fast_paths
 from mlscale.service.settings import BatchingSettings, ModelSettings
 
 log = logging.getLogger("mlscale")
@@ -59,17 +59,21 @@ def load(
     loaded: dict[str, LoadedModel] = {}
     for version in versions:
         start = time.perf_counter()
+        manifest = store.check(model.name, version, settings.runtime)
+        compiled = manifest.runtime == ONNX and settings.runtime != SKLEARN
+        import_runtime(compiled)  # its code, imported once, is not this version's memory
         with held_memory() as memory:
-            one = open_version(store, model.name, version, settings)
+            one = open_version(store, manifest, compiled, settings)
             one.warm_up()
         one.load_seconds = time.perf_counter() - start
         loaded[version] = one
         metrics.load_seconds.labels(model.name, version).set(one.load_seconds)
-        metrics.memory.labels(model.name, version).set(memory.bytes)
+        held = memory.bytes + one.native_bytes
+        metrics.memory.labels(model.name, version).set(held)
         log.info(
             "loaded %s/%s (%s on %s, fast path: %s) in %.1f ms, holding %.1f KiB",
             model.name, version, one.manifest.estimator, one.platform, one.has_fast_path,
-            one.load_seconds * 1000, memory.bytes / 1024,
+            one.load_seconds * 1000, held / 1024,
         )  # fmt: skip
     model.default_version = versions[0]
     model.versions = loaded
@@ -88,13 +92,22 @@ def load(
             )
 
 
+def import_runtime(compiled: bool) -> None:
+    """The libraries a version runs on: onnxruntime, or scikit-learn and joblib (only the full
+    image has them; `check` refused their versions where they are missing)."""
+    if compiled:
+        import onnxruntime  # noqa: F401
+    else:
+        import joblib  # noqa: F401
+
+        fast_paths()  # imports scikit-learn's estimators
+
+
 def open_version(
-    store: ModelStore, name: str, version: str, settings: ModelSettings
+    store: ModelStore, manifest: Manifest, compiled: bool, settings: ModelSettings
 ) -> LoadedModel:
-    """A verified version, on the runtime it was published for (unless settings say sklearn).
-    Checked once: a version `check` passes for scikit-learn is unpickled as it is."""
-    manifest = store.check(name, version, settings.runtime)
-    if manifest.runtime == ONNX and settings.runtime != SKLEARN:
+    """A version `check` passed: its graphs on onnxruntime, or its estimator unpickled."""
+    if compiled:
         return CompiledModel.open(manifest, store.folder(manifest))
     return LoadedModel(manifest, store.unpickle(manifest), fast_path=settings.fast_path)
 
@@ -107,8 +120,9 @@ class Held:
 @contextmanager
 def held_memory() -> Iterator[Held]:
     """Bytes allocated inside the block and still held at its end, as Python's allocator and
-    numpy report them to tracemalloc: what a model version keeps (the first model of a kind
-    also keeps the code it imported). Traced only while loading; requests never are."""
+    numpy report them to tracemalloc: what a model version keeps (its runtime's code is
+    imported before; a compiled version adds the native memory its sessions took). Traced
+    only while loading; requests never are."""
     held = Held()
     ours = not tracemalloc.is_tracing()  # someone tracing already keeps their tracer
     if ours:

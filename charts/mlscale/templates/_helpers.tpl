@@ -63,7 +63,7 @@ app.kubernetes.io/component: model-server
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- printf "%s:%s%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) (ternary "-slim" "" .Values.image.slim) -}}
 {{- end -}}
 {{- end -}}
 
@@ -119,6 +119,9 @@ app.kubernetes.io/component: model-server
 {{- if ne $fromImages (ne ((.image | default dict).repository | default "") "") -}}
 {{- $errors = append $errors (printf "model.others: %s has %s model image while model.image %s: the pods read one store, filled from model images or the server image's own, so every model of the set comes from an image, or none does." .name (ternary "a" "no" (not $fromImages)) (ternary "is set" "is not" $fromImages)) -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.image.slim (not $fromImages) -}}
+{{- $errors = append $errors "image.slim holds no models: ship them as model images (model.image, from mlscale package), compiled (mlscale publish --runtime onnx), or set image.slim=false." -}}
 {{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nmlscale: invalid values:\n  - %s\n" (join "\n  - " $errors)) -}}
