@@ -296,3 +296,21 @@ def test_the_slim_server_refuses_a_version_that_runs_on_scikit_learn(store: Path
                     model_name="bayes") as alone:  # fmt: skip
         assert alone.process.wait(timeout=30) != 0
     assert "publish it again with --runtime onnx" in alone.log()
+
+
+def test_a_column_only_pandas_can_check_is_a_sentence_on_the_slim_server(tmp_path: Path):
+    """A column of a pandas extension dtype ("string") is checked by pandas: the slim image,
+    which has none, does not serve that version, says why, and serves the others."""
+    pipe, x_train, _, _ = flowers.train()
+    typed = x_train.astype({"sepal_size": "string"})
+    pipe.fit(typed, pipe.predict(x_train))
+    publish(pipe, "typed", model_dir=tmp_path / "models", sample=typed.head())
+    publish(flowers.train()[0], "flowers", model_dir=tmp_path / "models", sample=x_train.head())
+    assert ModelStore(tmp_path / "models").manifest("typed", "1").runtime == "onnx"
+    served = run_server(tmp_path / "models", python_path=SLIM, runtime="onnx",
+                        model_name="flowers", models="typed")  # fmt: skip
+    with served as server, server.client() as c:
+        refused = c.get("/v2/models/typed/ready")
+        assert c.get("/v2/models/flowers/ready").status_code == 200
+    assert refused.status_code == 503
+    assert "the pandas dtype 'string', which only an image with pandas" in refused.json()["error"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlscale.service.artifacts.manifest import Columns
-from mlscale.service.errors import InvalidInput
+from mlscale.service.errors import InvalidInput, InvalidModel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +41,13 @@ def storage_of(columns: Columns, name: str) -> tuple[str, np.dtype[Any] | None]:
     try:
         dtype = np.dtype(text)
     except TypeError:  # pandas' own dtypes ("string", "Int64", ...)
-        return _storage_kind(dtype_of(columns, name)), None
+        try:
+            return _storage_kind(dtype_of(columns, name)), None
+        except ImportError:
+            raise InvalidModel(
+                f"column {name!r} has the pandas dtype {text!r}, which only an image with "
+                "pandas can check: serve this version with the full image"
+            ) from None
     return dtype.kind, (dtype if dtype.kind in "fiub" else None)
 
 
