@@ -427,6 +427,58 @@ def test_a_canary_failing_its_analysis_is_aborted(cluster: str):
     assert back.returncode == 0, back.stderr
 
 
+def prometheus(replicas: int) -> None:
+    """Stop Prometheus (0) or start it again (1), waiting until it is gone or answers."""
+    kubectl("-n", "monitoring", "scale", "deployment", "prometheus", f"--replicas={replicas}")
+    kubectl("-n", "monitoring", "rollout", "status", "deployment", "prometheus", "--timeout=180s")
+
+
+def test_with_prometheus_down_the_hpa_keeps_its_pods_and_a_canary_waits_saying_why(
+    cluster: str,
+):
+    """Prometheus stopped: the adapter has no request metric to serve. The HPA does not fall to
+    its floor, which it would reach on CPU alone within 30 s + 15 s here (its scale-down
+    window and period); a canary's step is not judged on what nobody can read, and says so;
+    once Prometheus is back the step is judged and the canary goes on, no request failing."""
+    scale(3)
+    prometheus(0)
+    try:
+        said: list[str] = []
+
+        def blind() -> bool:
+            said[:] = [" ".join(rollout("status").stdout.split())]
+            return f"the HPA has no value for {REQUEST_RATE}" in said[0]
+
+        wait_for(blind, 120, f"the HPA to lose {REQUEST_RATE}")
+        upgrade("--set", "autoscaling.minReplicas=1,pdb.enabled=false")  # CPU alone: 1 pod
+        held = time.monotonic() + 60  # the scale-down window, a period and the syncs, doubled
+        while time.monotonic() < held:
+            hpa = json.loads(kubectl("-n", NAMESPACE, "get", "hpa", RELEASE, "-o", "json"))
+            assert hpa["status"]["desiredReplicas"] >= 3, hpa["status"]
+            assert len(server_pods()) >= 3
+            time.sleep(2)  # an observation window: what must not happen, looked for
+        with steady_load() as failures:
+            canary = subprocess.Popen(
+                [sys.executable, "-m", "mlscale.rollout", "--context", CONTEXT, "canary",
+                 "--version", "2", "--steps", "50", "--interval", "10", "--min-requests", "10",
+                 "--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            )  # fmt: skip
+            waiting = "not judged: Prometheus at "
+            wait_for(lambda: waiting in json.dumps(rollout_status()), 180,
+                     "the canary to say it cannot judge without Prometheus")  # fmt: skip
+            assert "did not answer" in json.dumps(rollout_status())
+            prometheus(1)
+            out, err = canary.communicate(timeout=600)
+        assert canary.returncode == 0, out + err
+        assert failures == [], failed_with(failures)
+        analysis = json.loads(rollout("-o", "json", "status").stdout)["rollout"]["analysis"]
+        assert analysis["source"] == "prometheus" and analysis["passed"], analysis
+    finally:
+        prometheus(1)
+    back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
+    assert back.returncode == 0, back.stderr
+
+
 def rollout_status() -> dict:
     return json.loads(kubectl("-n", NAMESPACE, "get", "modelrollout", RELEASE, "-o", "json"))[
         "status"
