@@ -58,12 +58,19 @@ def problem(hpa: V2HorizontalPodAutoscaler) -> str | None:
     its ScalingActive condition or a metric without a value says which."""
     conditions = {c.type: c for c in ((hpa.status.conditions or []) if hpa.status else [])}
     active = conditions.get("ScalingActive")
+    read = readings(hpa)
+    missing = [r.metric for r in read if r.current is None]
+    served = "is the metric served? kubectl get --raw /apis/custom.metrics.k8s.io/v1beta1"
     if active is not None and active.status == "False":
+        if missing and len(missing) < len(read):  # Kubernetes then scales up only, never down
+            return (
+                f"the HPA has no value for {', '.join(missing)} ({active.reason}): it keeps its "
+                f"replicas, adding pods only when its other metrics ask ({served})"
+            )
         return f"the HPA cannot scale ({active.reason}): {active.message}"
-    missing = [r.metric for r in readings(hpa) if r.current is None]
     if missing and hpa.status and hpa.status.current_metrics is not None:
         return (
             f"the HPA has no value for {', '.join(missing)}: it scales on its other metrics "
-            "only (is the metric served? kubectl get --raw /apis/custom.metrics.k8s.io/v1beta1)"
+            f"only ({served})"
         )
     return None

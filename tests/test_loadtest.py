@@ -154,6 +154,13 @@ def test_the_hpas_readings_are_its_metrics_now_against_their_targets():
     cpu_only = hpa(cpu_now)
     assert autoscaler.reading(cpu_only, REQUEST_RATE) is None
     assert f"no value for {REQUEST_RATE}" in autoscaler.problem(cpu_only)
+    # One missing and the others suggesting fewer pods: Kubernetes keeps its replicas.
+    blind = hpa(cpu_now, conditions=(V2HorizontalPodAutoscalerCondition(
+        type="ScalingActive", status="False", reason="FailedGetPodsMetric",
+        message=f"unable to get metric {REQUEST_RATE}"),))  # fmt: skip
+    assert autoscaler.problem(blind).startswith(
+        f"the HPA has no value for {REQUEST_RATE} (FailedGetPodsMetric): it keeps its replicas"
+    )
     # None left: it holds its replicas, and its condition says why.
     stuck = hpa(conditions=(V2HorizontalPodAutoscalerCondition(
         type="ScalingActive", status="False", reason="FailedGetPodsMetric",
