@@ -14,10 +14,11 @@ import joblib
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from sklearn.datasets import load_iris
+from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from typer.testing import CliRunner
@@ -34,21 +35,25 @@ from tests.helpers import by_column, v2
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """flowers (a pipeline over a DataFrame, string labels) and a scaled random forest over
-    one tensor (integer labels), both published with the default runtime."""
+    """flowers (a pipeline over a DataFrame, string labels), a scaled random forest over one
+    tensor (integer labels) and a regression pipeline (scaler, nearest neighbours), all
+    published with the default runtime."""
     root = tmp_path_factory.mktemp("compiled") / "models"
     pipe, x_train, x_test, y_test = flowers.train()
     publish(pipe, "flowers", model_dir=root, sample=x_train.head(), holdout=(x_test, y_test))
     x, y = load_iris(return_X_y=True)
     forest = make_pipeline(StandardScaler(), RandomForestClassifier(20, random_state=0))
     publish(forest.fit(x, y), "forest", model_dir=root, holdout=(x, y))
+    x, y = load_diabetes(return_X_y=True)
+    nearest = make_pipeline(StandardScaler(), KNeighborsRegressor()).fit(x[:300], y[:300])
+    publish(nearest, "nearest", model_dir=root, holdout=(x[300:], y[300:]))
     return root
 
 
 @pytest.fixture(scope="module")
 def both(store: Path) -> Iterator[tuple[Server, Server]]:
     """The store served compiled, and by scikit-learn."""
-    models = {"model_name": "flowers", "models": "forest"}
+    models = {"model_name": "flowers", "models": "forest,nearest"}
     with run_server(store, **models) as onnx, run_server(store, runtime="sklearn", **models) as sk:
         yield onnx, sk
 
@@ -102,6 +107,18 @@ def test_every_route_answers_what_scikit_learn_answers(both):
     onnx, sk = ask(both, "POST", "/v2/models/forest/infer", json=v2(x, [len(x), 4]))
     assert onnx.status_code == sk.status_code == 200
     same_answers(onnx.json(), sk.json())
+
+
+def test_a_regression_pipeline_answers_what_scikit_learn_answers(store: Path, both):
+    assert ModelStore(store).manifest("nearest", "1").runtime == "onnx"
+    rows = load_diabetes().data[300:340].tolist()
+    onnx, sk = ask(both, "POST", "/v2/models/nearest/infer", json=v2(rows, [len(rows), 10]))
+    assert onnx.status_code == sk.status_code == 200, onnx.text
+    same_answers(onnx.json(), sk.json())
+    onnx, sk = ask(both, "POST", "/v1/models/nearest:predict", json={"instances": rows})
+    assert onnx.status_code == sk.status_code == 200
+    np.testing.assert_allclose(onnx.json()["predictions"], sk.json()["predictions"],
+                               rtol=1e-3, atol=1e-3)  # fmt: skip
 
 
 def test_metadata_says_which_runtime_answers(both):
