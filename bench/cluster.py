@@ -13,7 +13,8 @@
 5. Reaction to a load step (autoscaler on, one pod), once with the CPU-only HPA and once with
    the request-metric one (requests/s per pod through Prometheus, CPU beside it), side by side:
    seconds from the step to the HPA asking for more pods, to the first new pod being Ready and
-   to it answering; the step's p99 and failed requests (non-2xx and socket errors).
+   to it answering; the step's p99 and failed requests (non-2xx and socket errors). Then, under
+   a light load, the scale-down: seconds from the step's end to one pod, and its failures.
 
 Needs the release installed (`make kind-up image kind-load deploy`) and wrk. Leaves the release
 as k8s/values-kind.yaml has it. Writes bench/results/cluster-<time>.json and prints a table.
@@ -25,10 +26,12 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -279,7 +282,43 @@ def reaction(connections: int, limit: float, request_metric: bool) -> dict[str, 
             marks["new_pod_answers_s"] = elapsed
         time.sleep(0.5)
     out, _ = load.communicate()  # the step runs its whole length: p99 and failures of all of it
-    return {**marks, "p99_ms": p99_ms(out), "failed": failed(out), "rps": requests_per_second(out)}
+    step = {"p99_ms": p99_ms(out), "failed": failed(out), "rps": requests_per_second(out)}
+    return {**marks, **step, **scale_down(limit=300)}
+
+
+def scale_down(limit: float) -> dict[str, float | int | None]:
+    """After the step: a light load (one keep-alive client, 10 requests/s through the gateway)
+    until the HPA is back to one pod: how long that took from the step's end, the most pods
+    seen, and the light load's requests and failures (a pod removed under it must cost none)."""
+    counts = {"sent": 0, "failed": 0}
+    stop = threading.Event()
+
+    def light() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.wait(0.1):
+                counts["sent"] += 1
+                try:
+                    ok = client.post(GATEWAY + INFER, json=v2_body(1)).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                counts["failed"] += not ok
+
+    sender = threading.Thread(target=light)
+    sender.start()
+    start, peak, back = time.monotonic(), 0, None
+    try:
+        while time.monotonic() - start < limit:
+            current = len(pods())  # Terminating pods are no longer counted
+            peak = max(peak, current)
+            if current == 1:
+                back = round(time.monotonic() - start, 1)
+                break
+            time.sleep(1)
+    finally:
+        stop.set()
+        sender.join()
+    return {"back_to_one_s": back, "peak_pods": peak, "after_sent": counts["sent"],
+            "after_failed": counts["failed"]}  # fmt: skip
 
 
 def values_kind() -> dict:
@@ -395,12 +434,14 @@ def show_reaction(runs: dict[str, dict], args: argparse.Namespace) -> None:
     table = Table(title=f"a load step, 1 pod -> wrk -c{args.step_connections} for "
                         f"{args.step_seconds:g} s through the gateway")  # fmt: skip
     for column in ("HPA on", "asks (s)", "new pod Ready (s)", "answers (s)", "p99 ms", "req/s",
-                   "failed"):  # fmt: skip
+                   "failed", "pods at its end", "back to 1 (s)", "failed after"):  # fmt: skip
         table.add_column(column, justify="right")
     for hpa, m in runs.items():
         table.add_row("CPU" if hpa == "cpu" else "requests/s + CPU", str(m["hpa_wants_more_s"]),
                       str(m["new_pod_ready_s"]), str(m["new_pod_answers_s"]),
-                      f"{m['p99_ms']:.1f}", f"{m['rps']:.0f}", str(m["failed"]))  # fmt: skip
+                      f"{m['p99_ms']:.1f}", f"{m['rps']:.0f}", str(m["failed"]),
+                      str(m["peak_pods"]), str(m["back_to_one_s"]),
+                      f"{m['after_failed']} of {m['after_sent']}")  # fmt: skip
     console.print(table)
 
 

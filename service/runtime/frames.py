@@ -48,7 +48,9 @@ def storage_of(columns: Columns, name: str) -> tuple[str, np.dtype[Any] | None]:
                 f"column {name!r} has the pandas dtype {text!r}, which only an image with "
                 "pandas can check: serve this version with the full image"
             ) from None
-    return dtype.kind, (dtype if dtype.kind in "fiub" else None)
+    if dtype.kind in "fiub":
+        return dtype.kind, dtype
+    return ("O" if dtype.kind in "USO" else dtype.kind), None  # pandas 3 names strings "str"
 
 
 @dataclass(frozen=True)
