@@ -486,7 +486,8 @@ def test_with_prometheus_down_the_hpa_keeps_its_pods_and_a_canary_waits_saying_w
 
         wait_for(blind, 120, f"the HPA to lose {REQUEST_RATE}")
         upgrade("--set", "autoscaling.minReplicas=1,pdb.enabled=false")  # CPU alone: 1 pod
-        held = time.monotonic() + 60  # the scale-down window, a period and the syncs, doubled
+        # Long enough to see a pod go: the 30 s window, then half the pods per 15 s period.
+        held = time.monotonic() + 45
         while time.monotonic() < held:
             hpa = json.loads(kubectl("-n", NAMESPACE, "get", "hpa", RELEASE, "-o", "json"))
             assert hpa["status"]["desiredReplicas"] >= 3, hpa["status"]
