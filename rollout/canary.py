@@ -267,6 +267,7 @@ def judge_step(
         max_error_rate=spec.max_error_rate,
         max_p99_ms=spec.max_p99_ms,
         max_p99_ratio=spec.max_p99_ratio,
+        p99_slack_ms=spec.p99_slack_ms,
         min_requests=spec.min_requests,
         max_output_drift=spec.max_output_drift,
         drift_required=step.mirror > 0,  # a shadow step exists to compare the answers

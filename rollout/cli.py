@@ -216,6 +216,10 @@ def canary(
     max_error_rate: Annotated[float, typer.Option(help="Most 5xx per request.")] = 0.01,
     max_p99_ms: Annotated[float, typer.Option(help="Highest canary p99 latency.")] = 250,
     max_p99_ratio: Annotated[float, typer.Option(help="Highest canary/stable p99.")] = 1.5,
+    p99_slack_ms: Annotated[
+        float,
+        typer.Option(min=0, help="A p99 over the ratio fails only this many ms above stable's."),
+    ] = 10,
     min_requests: Annotated[int, typer.Option(help="Fewest canary requests per step.")] = 20,
     max_intervals: Annotated[
         int,
@@ -273,6 +277,7 @@ def canary(
             "maxErrorRate": max_error_rate,
             "maxP99Ms": max_p99_ms,
             "maxP99Ratio": max_p99_ratio,
+            "p99SlackMs": p99_slack_ms,
             "minRequests": min_requests,
             "maxIntervals": max_intervals,
             "maxOutputDrift": max_output_drift,

@@ -83,6 +83,7 @@ class Spec:
     max_error_rate: float = 0.01
     max_p99_ms: float = 250.0
     max_p99_ratio: float = 1.5
+    p99_slack_ms: float = 10.0
     min_requests: int = 20
     max_intervals: int = 3
     max_output_drift: float = 0.2
@@ -109,6 +110,7 @@ class Spec:
             max_error_rate=float(analysis.get("maxErrorRate", cls.max_error_rate)),
             max_p99_ms=float(analysis.get("maxP99Ms", cls.max_p99_ms)),
             max_p99_ratio=float(analysis.get("maxP99Ratio", cls.max_p99_ratio)),
+            p99_slack_ms=float(analysis.get("p99SlackMs", cls.p99_slack_ms)),
             min_requests=int(analysis.get("minRequests", cls.min_requests)),
             max_intervals=int(analysis.get("maxIntervals", cls.max_intervals)),
             max_output_drift=float(analysis.get("maxOutputDrift", cls.max_output_drift)),

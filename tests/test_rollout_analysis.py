@@ -147,3 +147,16 @@ def test_a_canary_whose_answers_drift_fails_and_too_few_are_not_compared():
     # A shadow step exists to compare answers: too few of them is a want of data.
     verdict = judge(few, stable, max_output_drift=0.2, drift_required=True, **LIMITS)
     assert verdict.inconclusive and verdict.reasons == ["199 answers to compare, fewer than 200"]
+
+
+def test_a_p99_over_the_ratio_fails_only_beyond_the_slack():
+    # stable: 9.9 ms (rank 990 of 1000 in (0, 10] ms);
+    # canary: rank 990, 980/990 of the way through (10, 20] ms -> 19.9 ms
+    stable = snap(scrape(1000, 0, {"0.01": 1000, "+Inf": 1000}))
+    canary = snap(scrape(1000, 0, {"0.01": 10, "0.02": 1000, "+Inf": 1000}))
+    limits = {**LIMITS, "max_p99_ms": 250}
+    assert judge(canary, stable, **limits, p99_slack_ms=15).passed  # 10 ms above: within
+    verdict = judge(canary, stable, **limits, p99_slack_ms=5)
+    assert verdict.reasons == [
+        "canary p99 19.9 ms > 1.5 x stable p99 9.9 ms (and more than 5 ms above it)"
+    ]
