@@ -15,13 +15,14 @@ route's rules, a pure function of the step (`Split`) and `spec.traffic`:
 Mirroring and retries are written the way the gateway takes them (`implementation`): the
 Gateway API's own RequestMirror filter and `retry` field (Standard), or Traefik's
 TraefikService and Retry Middleware (Traefik v3.6 implements neither of the former: it answers
-500 for a route with a RequestMirror filter). The controller owns those Traefik objects too,
-and keeps them for as long as the rollout resource: Traefik reads them through another provider
-than the route, so the route can be applied before or after them. Made when a canary starts,
-the TraefikService is there before the route names it; between shadow steps it mirrors nothing
-(it passes every request to stable), so the route may still name it, or name it again, while
-Traefik catches up. A route naming an object Traefik does not have is dropped: its requests
-meet whatever other route matches them (a kind test saw another release's pods answer).
+500 for a route with a RequestMirror filter). A route naming an object Traefik does not have
+yet is dropped: its requests meet whatever other route matches them (a kind test saw another
+release's pods answer). Traefik reads those objects through another provider than the route,
+so each must be there seconds before a route names it. So the chart renders the route between
+rollouts exactly as `rules(..., Split(), ...)` writes it, with the retry Middleware beside it
+(the controller's first look changes nothing), and the controller makes the TraefikService when
+a canary starts; between shadow steps it mirrors nothing (it passes every request to stable),
+so the route may still name it, or name it again, while Traefik catches up.
 
 A route change counts once the gateway says so: every parent's Accepted and ResolvedRefs
 conditions True for the route's generation. One that is False stops the rollout, by name.
@@ -103,6 +104,57 @@ def route_progress(route: dict[str, Any]) -> Progress:
     return Progress(State.DONE, f"HTTPRoute {name} programmed")
 
 
+def retry_name(route: str) -> str:
+    """Traefik's Retry Middleware of a release's route."""
+    return f"{route}-retry"
+
+
+def mirror_name(route: str) -> str:
+    """Traefik's mirroring TraefikService of a release's route."""
+    return f"{route}-mirror"
+
+
+def rules(traffic: Traffic, name: str, split: Split, port: int) -> list[dict[str, Any]]:
+    """Route `name`'s rules for `split`, every field as the API server defaults it (so a live
+    route that needs no change compares equal). The chart renders `Split()`'s the same way."""
+    t, canary_service = traffic, f"{name}-canary"
+    everything = {"path": {"type": "PathPrefix", "value": "/"}}
+
+    def service(called: str, weight: int = 1) -> dict[str, Any]:
+        return {"group": "", "kind": "Service", "name": called, "port": port, "weight": weight}
+
+    retry: dict[str, Any] = {}  # the Gateway API's own (GEP-1731, experimental channel)
+    filters: list[dict[str, Any]] = []
+    if t.retries and t.implementation == TRAEFIK:
+        middleware = {"group": TRAEFIK_GROUP, "kind": "Middleware", "name": retry_name(name)}
+        filters.append({"type": "ExtensionRef", "extensionRef": middleware})
+    elif t.retries:
+        retry = {"retry": {"attempts": t.retries}}
+
+    def rule(match: dict[str, Any], backends: list[dict[str, Any]],
+             filters: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+        return {"matches": [match], "backendRefs": backends,
+                **({"filters": filters} if filters else {}), **retry}  # fmt: skip
+
+    found = []
+    if split.version is not None:
+        header = {"type": "Exact", "name": t.pin_header, "value": split.version}
+        pinned = {**everything, "headers": [header]}
+        found.append(rule(pinned, [service(canary_service)], filters))
+    backends = [service(name, 100 - split.weight)]
+    if split.weight:
+        backends.append(service(canary_service, split.weight))
+    if split.mirror and t.implementation == TRAEFIK:
+        mirror = {"group": TRAEFIK_GROUP, "kind": "TraefikService", "name": mirror_name(name)}
+        backends = [{**mirror, "weight": 1}]
+    elif split.mirror:
+        to = {"group": "", "kind": "Service", "name": canary_service, "port": port}
+        mirror_filter = {"backendRef": to, "percent": split.mirror}
+        filters = [*filters, {"type": "RequestMirror", "requestMirror": mirror_filter}]
+    found.append(rule(everything, backends, filters))
+    return found
+
+
 class Route:
     """A release's HTTPRoute and, on Traefik, the objects its rules name."""
 
@@ -150,46 +202,6 @@ class Route:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def rules(self, split: Split, port: int) -> list[dict[str, Any]]:
-        """The route's rules for `split`, every field as the API server defaults it (so a live
-        route that needs no change compares equal)."""
-        t = self.traffic
-        everything = {"path": {"type": "PathPrefix", "value": "/"}}
-
-        def service(name: str, weight: int = 1) -> dict[str, Any]:
-            return {"group": "", "kind": "Service", "name": name, "port": port, "weight": weight}
-
-        retry: dict[str, Any] = {}  # the Gateway API's own (GEP-1731, experimental channel)
-        filters: list[dict[str, Any]] = []
-        if t.retries and t.implementation == TRAEFIK:
-            middleware = {"group": TRAEFIK_GROUP, "kind": "Middleware", "name": self._retry_name}
-            filters.append({"type": "ExtensionRef", "extensionRef": middleware})
-        elif t.retries:
-            retry = {"retry": {"attempts": t.retries}}
-
-        def rule(match: dict[str, Any], backends: list[dict[str, Any]],
-                 filters: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
-            return {"matches": [match], "backendRefs": backends,
-                    **({"filters": filters} if filters else {}), **retry}  # fmt: skip
-
-        rules = []
-        if split.version is not None:
-            header = {"type": "Exact", "name": t.pin_header, "value": split.version}
-            pinned = {**everything, "headers": [header]}
-            rules.append(rule(pinned, [service(self.canary_service)], filters))
-        backends = [service(self.stable_service, 100 - split.weight)]
-        if split.weight:
-            backends.append(service(self.canary_service, split.weight))
-        if split.mirror and t.implementation == TRAEFIK:
-            mirror = {"group": TRAEFIK_GROUP, "kind": "TraefikService", "name": self._mirror_name}
-            backends = [{**mirror, "weight": 1}]
-        elif split.mirror:
-            to = {"group": "", "kind": "Service", "name": self.canary_service, "port": port}
-            mirror_filter = {"backendRef": to, "percent": split.mirror}
-            filters = [*filters, {"type": "RequestMirror", "requestMirror": mirror_filter}]
-        rules.append(rule(everything, backends, filters))
-        return rules
-
     def set(self, split: Split) -> tuple[bool, dict[str, Any]]:
         """Make the route do `split`: whether it changed (the gateway has to program it), and
         the route as it is now. What its rules name is in place before the rules name it."""
@@ -198,7 +210,7 @@ class Route:
             self._port(self.canary_service)  # it must exist: a missing backend answers 500
         if self.traffic.implementation == TRAEFIK:
             self._traefik_objects(split, port)
-        want = self.rules(split, port)
+        want = rules(self.traffic, self.name, split, port)
         live = self.read()
         if (live.get("spec") or {}).get("rules") == want:
             return False, live
@@ -250,23 +262,15 @@ class Route:
 
     # --- Traefik's own objects ---------------------------------------------------------------
 
-    @property
-    def _retry_name(self) -> str:
-        return f"{self.name}-retry"
-
-    @property
-    def _mirror_name(self) -> str:
-        return f"{self.name}-mirror"
-
     def _traefik_objects(self, split: Split, port: int) -> None:
         if self.traffic.retries:
             # Traefik's attempts count the first try: one retry is two attempts.
-            self._ensure(MIDDLEWARES, "Middleware", self._retry_name,
+            self._ensure(MIDDLEWARES, "Middleware", retry_name(self.name),
                          {"retry": {"attempts": self.traffic.retries + 1}})  # fmt: skip
         # Outside shadow steps it mirrors nothing: naming the canary's Service while no canary
         # runs, it would fail to build in Traefik.
         mirrors = [{"name": self.canary_service, "port": port, "percent": split.mirror}]
-        self._ensure(TRAEFIK_SERVICES, "TraefikService", self._mirror_name, {"mirroring": {
+        self._ensure(TRAEFIK_SERVICES, "TraefikService", mirror_name(self.name), {"mirroring": {
             "name": self.stable_service, "port": port,
             "mirrors": mirrors if split.mirror else []}})  # fmt: skip
 

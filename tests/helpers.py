@@ -94,9 +94,10 @@ def render(helm: str, tmp_path: Path, values: dict, *extra: str) -> list[dict]:
 
 def kubernetes_kinds(docs: list[dict]) -> list[dict]:
     """The objects Kubernetes' own schemas know: not those of CRDs (ServiceMonitor, the
-    HTTPRoute, and our ModelRollout, which the real API server validates in test_rollout.py)."""
-    return [d for d in docs if not d["apiVersion"].startswith(
-        ("monitoring.coreos.com/", "mlscale.dev/", "gateway.networking.k8s.io/"))]  # fmt: skip
+    HTTPRoute, Traefik's Middleware, and our ModelRollout, which the real API server validates
+    in test_rollout.py)."""
+    crds = ("monitoring.coreos.com/", "mlscale.dev/", "gateway.networking.k8s.io/", "traefik.io/")
+    return [d for d in docs if not d["apiVersion"].startswith(crds)]
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:

@@ -9,6 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from mlscale.rollout.resource import Traffic
+from mlscale.rollout.traffic import Split, retry_name, rules
 from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings, Settings
 from tests.conftest import ROOT
 from tests.helpers import (
@@ -426,6 +428,30 @@ def test_with_a_gateway_each_track_has_a_service_and_the_route_sends_all_to_stab
     (ro,) = by_kind(docs, "ModelRollout")
     assert ro["spec"]["traffic"] == {"router": "Gateway", "implementation": "Traefik",
                                      "pinHeader": "x-model-version", "retries": 1}  # fmt: skip
+    # The rules are the controller's own between rollouts (its first look changes nothing),
+    # and the retry Middleware they name comes with them.
+    traffic = Traffic.parse(ro["spec"]["traffic"])
+    assert route["spec"]["rules"] == rules(traffic, "demo-mlscale", Split(), 80)
+    (middleware,) = by_kind(docs, "Middleware")
+    assert middleware["metadata"]["name"] == retry_name("demo-mlscale")
+    assert middleware["spec"] == {"retry": {"attempts": 2}}  # the first try, and one retry
+    standard = render(
+        helm,
+        tmp_path,
+        {
+            **VALUE_SETS["gateway"],
+            "gateway": {
+                **VALUE_SETS["gateway"]["gateway"],
+                "implementation": "Standard",
+                "retries": 2,
+            },
+        },
+    )
+    (route,) = by_kind(standard, "HTTPRoute")
+    traffic = Traffic.parse(by_kind(standard, "ModelRollout")[0]["spec"]["traffic"])
+    assert route["spec"]["rules"] == rules(traffic, "demo-mlscale", Split(), 80)
+    assert route["spec"]["rules"][0]["retry"] == {"attempts": 2}
+    assert not by_kind(standard, "Middleware")
     (role,) = by_kind(docs, "Role")
     allowed = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]
                for r in rule["resources"]}  # fmt: skip
@@ -468,3 +494,14 @@ def test_a_gateway_of_the_releases_own(helm: str, tmp_path: Path):
 def test_gateway_values_that_cannot_work_are_refused(helm: str, tmp_path: Path, values, message):
     result = run_helm(helm, "template", "demo", str(CHART), values=values, tmp_path=tmp_path)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_pods_leave_a_failed_node_after_30_s_not_five_minutes(helm: str, tmp_path: Path):
+    spec = server_deployment(render(helm, tmp_path, {}))["spec"]["template"]["spec"]
+    assert {(t["key"], t["tolerationSeconds"]) for t in spec["tolerations"]} == {
+        ("node.kubernetes.io/not-ready", 30), ("node.kubernetes.io/unreachable", 30)
+    }  # fmt: skip
+    mine = {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}
+    values = {"tolerations": [mine], "nodeFailureTolerationSeconds": 0}
+    spec = server_deployment(render(helm, tmp_path, values))["spec"]["template"]["spec"]
+    assert spec["tolerations"] == [mine]  # and Kubernetes' 300 s
