@@ -13,6 +13,7 @@ from prometheus_client import (
     CollectorRegistry,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -141,6 +142,9 @@ class Metrics:
 
     def __init__(self, prediction_buckets: Sequence[float] = LOG_BUCKETS) -> None:
         self.registry = CollectorRegistry()
+        # process_resident_memory_bytes, CPU seconds, open fds: what a pod's memory did under
+        # bad input or a soak, read where the requests are counted.
+        ProcessCollector(registry=self.registry)
         self.requests = RequestStats(LATENCY_BUCKETS)
         self.registry.register(self.requests)
         self.predictions = PredictionStats(prediction_buckets)

@@ -211,6 +211,7 @@ def test_metrics_are_exposed_and_move(iris: Server):
     assert metric(after, "mlscale_model_info", model="iris", version="2", default="true") == 1
     assert metric(after, "mlscale_model_load_seconds", model="iris", version="2") > 0
     assert "# TYPE mlscale_batch_queue_seconds histogram" in after
+    assert metric(after, "process_resident_memory_bytes") > 10 * 2**20  # the server's own
 
 
 def test_in_flight_counts_inference_requests_not_scrapes_or_probes(iris: Server):
