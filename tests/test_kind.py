@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.faults import kill_in_its_node
 from examples import flowers
 from mlscale import service
 from mlscale.rollout.analysis import Snapshot
@@ -526,16 +527,6 @@ def leader() -> str:
     return lease["spec"]["holderIdentity"]
 
 
-def kill_in_its_node(pod: str) -> None:
-    """SIGKILL a pod's process from inside its node, as a node's OOM killer or a crash would:
-    the kubelet restarts the container; the API server is not told first."""
-    node = json.loads(kubectl("-n", NAMESPACE, "get", "pod", pod, "-o", "json"))["spec"]["nodeName"]
-    sandbox = run("docker", "exec", node, "crictl", "pods", "--name", pod, "-q").split()[0]
-    (container,) = run("docker", "exec", node, "crictl", "ps", "--pod", sandbox, "-q").split()
-    pid = json.loads(run("docker", "exec", node, "crictl", "inspect", container))["info"]["pid"]
-    run("docker", "exec", node, "kill", "-9", str(pid))
-
-
 MODEL_ROLLOUT = """
 apiVersion: mlscale.dev/v1alpha1
 kind: ModelRollout
@@ -680,7 +671,7 @@ def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
     before = {p["metadata"]["name"] for p in server_pods()}
     cmd = [sys.executable, "-m", "mlscale.loadtest", "--url", GATEWAY, "--model", "iris",
            "--cluster", "--release", RELEASE, "--namespace", cluster, "--context", CONTEXT,
-           "--users", "60", "--steps", "4", "--step-seconds", "30", "--hold-seconds", "120",
+           "--users", "60", "--steps", "4", "--step-seconds", "20", "--hold-seconds", "70",
            "--rollout-version", "2", "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
     (folder,) = tmp_path.iterdir()
