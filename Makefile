@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test test-fresh-machine lint bench bench-ab bench-cluster bench-image clean
+.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test test-fresh-machine lint bench bench-ab bench-cluster bench-faults bench-image clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ bench-ab: install ## This tree's server against REV's, interleaved in one run (R
 bench-cluster: install tools ## Throughput with 1-3 pods and the HPA's reaction, on the kind cluster
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: sudo apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench.cluster
+
+bench-faults: install tools ## Faults under load on the kind cluster: pod SIGKILL, drain, node stop, bad bodies, slowloris
+	$(BIN)/python -m bench.faults
 
 bench-image: install ## Image size and cold start against a naive single-stage image
 	$(BIN)/python -m bench.image

@@ -56,8 +56,8 @@ def tool(name: str) -> str:
     return found
 
 
-def kubectl(*args: str) -> str:
-    cmd = [tool("kubectl"), "--context", CONTEXT, "-n", NAMESPACE, *args]
+def kubectl(*args: str, namespace: str | None = NAMESPACE) -> str:
+    cmd = [tool("kubectl"), "--context", CONTEXT, *(["-n", namespace] if namespace else []), *args]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
