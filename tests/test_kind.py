@@ -91,17 +91,24 @@ def cluster() -> Iterator[str]:
         pytest.skip(f"kind end-to-end needs a Docker engine: {why}")
     tool("kubectl"), tool("helm")
     kind_sh = str(ROOT / "scripts" / "kind.sh")
+    # The images build while the nodes come up: neither needs the other.
+    build = subprocess.Popen([ROOT / "scripts" / "build-image.sh"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)  # fmt: skip
     try:
         up = subprocess.run([kind_sh, "up"], capture_output=True, text=True, timeout=3600, cwd=ROOT)
         if up.returncode != 0:
             logs = subprocess.run([kind_sh, "logs"], capture_output=True, text=True, cwd=ROOT)
             pytest.fail(f"no kind cluster could be created (node logs: {logs.stdout.strip()}):\n"
                         f"{up.stdout[-3000:]}\n{up.stderr[-3000:]}")  # fmt: skip
-        run(str(ROOT / "scripts" / "build-image.sh"), timeout=1800)
+        built, _ = build.communicate(timeout=1800)
+        if build.returncode != 0:
+            pytest.fail(f"the images did not build:\n{built[-3000:]}")
         run(kind_sh, "load")
         run(kind_sh, "deploy")
         yield NAMESPACE
     finally:
+        build.kill()  # where the cluster failed first; a finished build is unaffected
+        build.wait()
         if os.environ.get("MLSCALE_KEEP_CLUSTER") != "1":
             subprocess.run([kind_sh, "down"], capture_output=True, cwd=ROOT)
 
