@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test test-fresh-machine lint bench bench-ab bench-cluster bench-faults bench-image clean
+.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test test-fresh-machine lint bench bench-ab bench-cluster bench-faults soak bench-image clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -79,6 +79,10 @@ bench-cluster: install tools ## Throughput with 1-3 pods and the HPA's reaction,
 
 bench-faults: install tools ## Faults under load on the kind cluster: pod SIGKILL, drain, node stop, bad bodies, slowloris
 	$(BIN)/python -m bench.faults
+
+soak: install tools ## Ten minutes at 80% of 3 pods' capacity on the kind cluster, the HPA on: failures and memory growth (needs wrk)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: sudo apt-get install wrk"; exit 1; }
+	$(BIN)/python -m bench.soak
 
 bench-image: install ## Image size and cold start against a naive single-stage image
 	$(BIN)/python -m bench.image

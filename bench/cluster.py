@@ -110,20 +110,24 @@ def served(pod: str) -> float:
     return snapshot.requests
 
 
-def wrk_script() -> str:
-    script = ROOT / "bench" / "results" / "cluster-infer.lua"
+def wrk_script(pace_ms: int = 0) -> str:
+    """wrk's Lua: one-row V2 requests; with `pace_ms`, each connection waits that long between
+    its requests (a steady rate rather than as fast as the pods answer)."""
+    script = ROOT / "bench" / "results" / f"cluster-infer-{pace_ms}.lua"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = [==[{json.dumps(v2_body(1))}]==]\n"
+        + (f"function delay() return {pace_ms} end\n" if pace_ms else "")
     )
     return str(script)
 
 
-def wrk(seconds: float, connections: int, url: str = NODE_PORT) -> subprocess.Popen[str]:
+def wrk(seconds: float, connections: int, url: str = NODE_PORT,
+        pace_ms: int = 0) -> subprocess.Popen[str]:  # fmt: skip
     return subprocess.Popen(
         [tool("wrk"), f"-t{min(2, connections)}", f"-c{connections}", f"-d{int(seconds)}s",
-         "--latency", "-s", wrk_script(), url + INFER],
+         "--latency", "-s", wrk_script(pace_ms), url + INFER],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 

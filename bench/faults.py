@@ -237,21 +237,25 @@ def node_ready(node: str) -> bool:
                for c in found["status"]["conditions"])  # fmt: skip
 
 
-def memory_and_restarts() -> tuple[float, int]:
-    """The largest working set of the pods' server containers (the figure their memory limit
-    and the OOM killer go by, from each node's runtime) and the pods' restarts."""
-    most, restarts, nodes = 0.0, 0, set()
-    for pod in pods():
-        nodes.add(pod["spec"]["nodeName"])
-        restarts += sum(c["restartCount"] for c in pod["status"].get("containerStatuses", []))
-    for node in nodes:
+def working_sets() -> dict[str, float]:
+    """Each pod's server container's working set, in bytes: the figure its memory limit and
+    the OOM killer go by, from its node's container runtime."""
+    found: dict[str, float] = {}
+    for node in {p["spec"]["nodeName"] for p in pods() if p["spec"].get("nodeName")}:
         for stat in json.loads(docker("exec", node, "crictl", "stats", "-o", "json"))["stats"]:
             labels = stat["attributes"]["labels"]
-            if (labels["io.kubernetes.pod.namespace"], labels["io.kubernetes.container.name"]) \
-                    == (NAMESPACE, "server"):  # fmt: skip
-                used = stat.get("memory", {}).get("workingSetBytes", {})  # none: exited
-                most = max(most, float(used.get("value", 0)))
-    return most, restarts
+            used = stat.get("memory", {}).get("workingSetBytes", {})  # none: exited
+            if labels["io.kubernetes.pod.namespace"] == NAMESPACE and "value" in used \
+                    and labels["io.kubernetes.container.name"] == "server":  # fmt: skip
+                found[labels["io.kubernetes.pod.name"]] = float(used["value"])
+    return found
+
+
+def memory_and_restarts() -> tuple[float, int]:
+    """The largest working set of the pods and their restarts."""
+    restarts = sum(c["restartCount"] for p in pods()
+                   for c in p["status"].get("containerStatuses", []))  # fmt: skip
+    return max(working_sets().values(), default=0.0), restarts
 
 
 def bad_bodies() -> dict[str, tuple[bytes, dict[str, str]]]:

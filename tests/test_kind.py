@@ -194,9 +194,18 @@ def stamp() -> str:
     return datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
+ROLLOUT_CLI = (sys.executable, "-m", "mlscale.rollout", "--context", CONTEXT)
+
+
 def rollout(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mlscale.rollout", "--context", CONTEXT, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    return subprocess.run([*ROLLOUT_CLI, *args], capture_output=True, text=True, timeout=900,
+                          cwd=ROOT)  # fmt: skip
+
+
+def rollout_in_background(*args: str) -> subprocess.Popen:
+    """`mlscale rollout ...` following its rollout while the test does something else."""
+    return subprocess.Popen([*ROLLOUT_CLI, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
 
 
 def live_version() -> str:
@@ -453,11 +462,9 @@ def test_the_api_server_gone_for_30_s_mid_canary_costs_no_request_and_the_canary
     finishes after."""
     node, pid = f"{RELEASE}-control-plane", api_server_process()
     with steady_load() as failures:
-        canary = subprocess.Popen(
-            [sys.executable, "-m", "mlscale.rollout", "--context", CONTEXT, "canary",
-             "--version", "2", "--steps", "50", "--interval", "12", "--min-requests", "10",
-             "--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        )  # fmt: skip
+        canary = rollout_in_background("canary", "--version", "2", "--steps", "50",
+                                       "--interval", "12", "--min-requests", "10",
+                                       "--force")  # fmt: skip
         wait_for(lambda: "judging" in json.dumps(rollout_status()), 180, "the canary's first step")
         run("docker", "exec", node, "kill", "-STOP", pid)
         try:
@@ -502,11 +509,9 @@ def test_with_prometheus_down_the_hpa_keeps_its_pods_and_a_canary_waits_saying_w
             assert len(server_pods()) >= 3
             time.sleep(2)  # an observation window: what must not happen, looked for
         with steady_load() as failures:
-            canary = subprocess.Popen(
-                [sys.executable, "-m", "mlscale.rollout", "--context", CONTEXT, "canary",
-                 "--version", "1", "--steps", "50", "--interval", "10", "--min-requests", "10",
-                 "--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-            )  # fmt: skip
+            canary = rollout_in_background("canary", "--version", "1", "--steps", "50",
+                                           "--interval", "10", "--min-requests", "10",
+                                           "--force")  # fmt: skip
             waiting = "not judged: Prometheus at "
             wait_for(lambda: waiting in json.dumps(rollout_status()), 180,
                      "the canary to say it cannot judge without Prometheus")  # fmt: skip

@@ -1,7 +1,8 @@
-"""The fault benchmark's figures from its load's answers (the cluster part runs in
-`make bench-faults`)."""
+"""The fault and soak benchmarks' figures from what they recorded (the cluster parts run in
+`make bench-faults` and `make soak`)."""
 
 from bench.faults import Load
+from bench.soak import growth
 
 
 def test_figures_count_the_window_and_its_longest_gap_without_a_success():
@@ -12,3 +13,14 @@ def test_figures_count_the_window_and_its_longest_gap_without_a_success():
     assert load.figures(10.0, 16.0) == {"sent": 5, "failed": 2, "longest_gap_s": 3.5}
     # Nothing succeeded in the window: the gap is all of it.
     assert load.figures(11.0, 13.5)["longest_gap_s"] == 2.5
+
+
+def test_memory_growth_counts_from_each_pods_first_minute():
+    samples = [
+        (0.0, {"a": 100.0}),  # warming up: not counted
+        (60.0, {"a": 200.0}),
+        (70.0, {"a": 202.0, "b": 50.0}),  # b, added by the HPA, from its own first minute
+        (130.0, {"a": 204.0, "b": 100.0}),
+        (600.0, {"a": 206.0, "b": 104.0}),
+    ]
+    assert growth(samples, settle=60) == {"a": 3.0, "b": 4.0}
