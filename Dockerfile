@@ -7,6 +7,16 @@
 # BASE_IMAGE may be any Debian-like image with python3 (>= 3.11) and its venv module.
 ARG BASE_IMAGE=python:3.12-slim
 
+# The packages' source, copied once for the three builders below (installed by
+# scripts/install-code.sh).
+FROM scratch AS source
+COPY README.md pyproject.toml /src/
+COPY scripts/install-code.sh /src/scripts/
+COPY mlscale /src/mlscale
+COPY service /src/service
+COPY rollout /src/rollout
+COPY loadtest /src/loadtest
+
 # The slim image's dependencies (the `slim` extra: onnxruntime and numpy, no scikit-learn), a
 # layer both server images start from, rebuilt only when the pins change. Left out of
 # onnxruntime: its C library for other languages (the Python module links its own copy, 34 MB)
@@ -32,21 +42,9 @@ RUN --mount=type=secret,id=pipcert \
  && python3 requirements.py serve > /tmp/serve.txt \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/serve.txt
 # The installed `mlscale.*` packages; the image installs only the `serve` extra's dependencies,
-# and `mlscale rollout` / `mlscale loadtest` there say which extra they need. Building model
-# images (a container engine's work) is not serving: its two modules are left out.
-COPY README.md ./
-COPY mlscale ./mlscale
-COPY service ./service
-COPY rollout ./rollout
-COPY loadtest ./loadtest
-RUN --mount=type=secret,id=pipcert \
-    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
- && /opt/venv/bin/pip uninstall --yes pip setuptools \
- && find /opt/venv -depth -type d -name tests -path '*site-packages/*' -exec rm -rf {} + \
- && rm /opt/venv/lib/python3*/site-packages/mlscale/service/artifacts/package.py \
-       /opt/venv/lib/python3*/site-packages/mlscale/service/artifacts/engine.py \
- && /opt/venv/bin/python -m compileall -q /opt/venv
+# and `mlscale rollout` / `mlscale loadtest` there say which extra they need.
+COPY --from=source /src/ ./
+RUN --mount=type=secret,id=pipcert sh scripts/install-code.sh server
 # Two versions of every example model, so rollouts can be shown without a rebuild.
 RUN /opt/venv/bin/mlscale train --ensure 2 --model-dir /opt/models \
  && /opt/venv/bin/mlscale models --model-dir /opt/models
@@ -61,16 +59,8 @@ RUN --mount=type=secret,id=pipcert \
  && if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
  && python3 requirements.py operator > /tmp/operator.txt \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/operator.txt
-COPY README.md ./
-COPY mlscale ./mlscale
-COPY service ./service
-COPY rollout ./rollout
-COPY loadtest ./loadtest
-RUN --mount=type=secret,id=pipcert \
-    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
- && /opt/venv/bin/pip uninstall --yes pip setuptools \
- && /opt/venv/bin/python -m compileall -q /opt/venv
+COPY --from=source /src/ ./
+RUN --mount=type=secret,id=pipcert sh scripts/install-code.sh operator
 
 FROM ${BASE_IMAGE} AS operator
 ARG VERSION=0.1.0
@@ -89,19 +79,8 @@ ENTRYPOINT ["python", "-m", "mlscale.rollout.operator"]
 # The slim server: compiled versions only (MLSCALE_RUNTIME=onnx), from model images or a
 # mounted store; it holds no models and cannot run a joblib file.
 FROM slim-deps AS slim-builder
-COPY README.md ./
-COPY mlscale ./mlscale
-COPY service ./service
-COPY rollout ./rollout
-COPY loadtest ./loadtest
-RUN --mount=type=secret,id=pipcert \
-    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
- && /opt/venv/bin/pip uninstall --yes pip setuptools \
- && find /opt/venv -depth -type d -name tests -path '*site-packages/*' -exec rm -rf {} + \
- && rm /opt/venv/lib/python3*/site-packages/mlscale/service/artifacts/package.py \
-       /opt/venv/lib/python3*/site-packages/mlscale/service/artifacts/engine.py \
- && /opt/venv/bin/python -m compileall -q /opt/venv
+COPY --from=source /src/ ./
+RUN --mount=type=secret,id=pipcert sh scripts/install-code.sh server
 
 FROM ${BASE_IMAGE} AS slim
 ARG VERSION=0.1.0
