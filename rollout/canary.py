@@ -117,7 +117,8 @@ def scrape(release: Release, track: str, model: str = "") -> Scrape:
 
 
 def listing(release: Release, track: str, model: str = "") -> Scrape:
-    """The Ready pods of a track, without reading them: where Prometheus holds their counts."""
+    """The Ready pods of a track, without reading them: where Prometheus holds their counts.
+    `scrape`'s signature, as either one looks at a window; the PromQL filters by `model`."""
     return Scrape(pods={name_of(p): Snapshot() for p in release.pods(track) if pod_ready(p)})
 
 
