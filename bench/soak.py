@@ -2,7 +2,8 @@
 cluster of `make kind-up` with the demo release (`make deploy`).
 
 1. Capacity: wrk through the Service's NodePort for 15 s with the HPA holding 3 pods.
-2. The soak: wrk paced to `--share` of that (each connection waits between its requests), for
+2. The soak: wrk paced to `--share` of that (each connection waits between its requests, the
+   wait set from a 10 s trial, as an answer's latency is part of each request's period), for
    `--minutes`; every 10 s, each pod's working set (from its node's container runtime) and
    the replica count.
 3. Figures: requests, failed (non-2xx and socket errors), p99, the rate held against the
@@ -52,6 +53,21 @@ def growth(samples: list[tuple[float, dict[str, float]]], settle: float) -> dict
     return grown
 
 
+def pace_for(connections: int, rate: float, latency_ms: float) -> int:
+    """Milliseconds each connection waits between requests for `rate` req/s in all, when an
+    answer takes `latency_ms`: a connection sends one request per pause plus latency."""
+    return max(1, round(connections * 1000 / rate - latency_ms))
+
+
+def calibrated_pace(connections: int, rate: float) -> int:
+    """The pace for `rate`, from a 10 s trial at the pace that ignores latency: what that trial
+    held tells how long an answer takes at about this load."""
+    first = pace_for(connections, rate, 0)
+    out, _ = wrk(10, connections, pace_ms=first).communicate()
+    latency_ms = connections * 1000 / requests_per_second(out) - first
+    return pace_for(connections, rate, latency_ms)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -67,9 +83,7 @@ def main() -> None:
         three_pods()
         out, _ = wrk(15, args.connections).communicate()
         capacity = result["capacity_rps"] = requests_per_second(out)
-        # A connection's request takes its pause plus the answer's latency; at this load the
-        # latency is a few ms, so the pace aims a little high and the rate held is reported.
-        pace = max(1, round(args.connections * 1000 / (args.share * capacity)))
+        pace = calibrated_pace(args.connections, args.share * capacity)
         console.print(f"capacity {capacity:.0f} req/s; soaking at {args.share:.0%} of it "
                       f"({args.connections} connections, {pace} ms apart) for "
                       f"{args.minutes:g} min")  # fmt: skip

@@ -2,7 +2,7 @@
 `make bench-faults` and `make soak`)."""
 
 from bench.faults import Load
-from bench.soak import growth
+from bench.soak import growth, pace_for
 
 
 def test_figures_count_the_window_and_its_longest_gap_without_a_success():
@@ -24,3 +24,10 @@ def test_memory_growth_counts_from_each_pods_first_minute():
         (600.0, {"a": 206.0, "b": 104.0}),
     ]
     assert growth(samples, settle=60) == {"a": 3.0, "b": 4.0}
+
+
+def test_the_pace_leaves_room_for_each_answers_latency():
+    # 32 connections at 4,000 req/s: one request per 8 ms each, of which 3 ms is the answer.
+    assert pace_for(32, 4000, latency_ms=3) == 5
+    assert pace_for(32, 4000, latency_ms=0) == 8
+    assert pace_for(32, 40000, latency_ms=3) == 1  # out of reach: as fast as it goes
