@@ -74,6 +74,21 @@ healthy() {
     >/dev/null 2>&1
 }
 
+# The demo's NetworkPolicy lets the nodes in by their addresses (k8s/values-kind.yaml's
+# networkPolicy.nodeCIDRs): say so at once if Docker gave kind's network others.
+check_node_cidrs() {
+  local subnet cidrs
+  subnet=$(docker network inspect kind -f '{{range .IPAM.Config}}{{println .Subnet}}{{end}}' | grep -m1 '\.')
+  cidrs=$(sed -n 's/^ *nodeCIDRs: \[\(.*\)\]/\1/p' k8s/values-kind.yaml)
+  python3 -c 'import ipaddress, sys
+net = ipaddress.ip_network(sys.argv[1])
+sys.exit(not any(net.subnet_of(ipaddress.ip_network(c.strip())) for c in sys.argv[2].split(",")))' \
+    "$subnet" "$cidrs" && return
+  echo "kind.sh: kind's network is $subnet, outside networkPolicy.nodeCIDRs ($cidrs) in" \
+    "k8s/values-kind.yaml: add it there, or the API server cannot reach the pods" >&2
+  exit 1
+}
+
 # Make sure kind and a node image are at hand (building them offline where needed); print the
 # node image to create the cluster from. Looked up once: it may try a `docker pull`.
 prepare() {
@@ -123,6 +138,7 @@ case ${1:-} in
       fi
     fi
     kubectl config use-context "kind-$CLUSTER" >/dev/null
+    check_node_cidrs
     kubectl apply -f k8s/namespace.yaml
     # metrics-server's APIService last: the API server connects to the Service as soon as the
     # APIService exists, and a connection made before kube-proxy has programmed the Service's

@@ -256,8 +256,8 @@ def matches(selector: dict, labels: dict) -> bool:
 
 
 def test_a_default_install_has_a_network_policy_for_every_server_pod(helm: str, tmp_path: Path):
-    """What a policy scanner asks (checkov CKV2_K8S_6): ingress to the serving port from any
-    source (the API server's pod proxy included), egress for DNS only."""
+    """What a policy scanner asks (checkov CKV2_K8S_6): ingress to the serving port from the
+    release's own test and labelled clients only, egress for DNS only."""
     docs = render(helm, tmp_path, {})
     (policy,) = by_kind(docs, "NetworkPolicy")
     deployment = server_deployment(docs)
@@ -265,9 +265,38 @@ def test_a_default_install_has_a_network_policy_for_every_server_pod(helm: str, 
         policy["spec"]["podSelector"], deployment["spec"]["template"]["metadata"]["labels"]
     )
     (ingress,) = policy["spec"]["ingress"]
-    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in ingress
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert ingress["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "demo",
+                                         "app.kubernetes.io/component": "test"}}},
+        {"podSelector": {"matchLabels": {"demo-mlscale-client": "true"}}},
+    ]  # fmt: skip
     assert policy["spec"]["egress"] == [{"ports": [{"port": 53, "protocol": "UDP"},
                                                   {"port": 53, "protocol": "TCP"}]}]  # fmt: skip
+
+
+def test_the_network_policy_lets_in_the_gateway_the_nodes_and_named_peers(
+    helm: str, tmp_path: Path
+):
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    values = {
+        **VALUE_SETS["gateway"],
+        "networkPolicy": {"nodeCIDRs": ["10.0.0.0/16"], "from": [monitoring]},
+    }
+    (policy,) = by_kind(render(helm, tmp_path, values), "NetworkPolicy")
+    peers = policy["spec"]["ingress"][0]["from"]
+    gateways = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}}
+    assert peers[2:] == [gateways, {"ipBlock": {"cidr": "10.0.0.0/16"}}, monitoring]
+    # Any source, when asked: the egress limit stays.
+    values["networkPolicy"]["allowExternal"] = True
+    (policy,) = by_kind(render(helm, tmp_path, values), "NetworkPolicy")
+    assert "from" not in policy["spec"]["ingress"][0] and policy["spec"]["egress"]
+
+
+def test_a_node_cidr_that_is_not_one_is_refused(helm: str, tmp_path: Path):
+    result = run_helm(helm, "template", "demo", str(CHART), tmp_path=tmp_path,
+                      values={"networkPolicy": {"nodeCIDRs": ["10.0.0.0"]}})  # fmt: skip
+    assert result.returncode != 0 and "nodeCIDRs" in result.stderr
 
 
 def test_the_helm_test_pod_is_neither_selected_nor_shut_out(helm: str, tmp_path: Path):

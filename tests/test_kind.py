@@ -56,14 +56,15 @@ def tool(name: str) -> str:
     return found
 
 
-def run(*cmd: str, timeout: float = 600) -> str:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run(*cmd: str, timeout: float = 600, input_text: str | None = None) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                            input=input_text)  # fmt: skip
     assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
-def kubectl(*args: str, timeout: float = 300) -> str:
-    return run(tool("kubectl"), "--context", CONTEXT, *args, timeout=timeout)
+def kubectl(*args: str, timeout: float = 300, input_text: str | None = None) -> str:
+    return run(tool("kubectl"), "--context", CONTEXT, *args, timeout=timeout, input_text=input_text)
 
 
 def helm(*args: str, timeout: float = 600) -> str:
@@ -271,6 +272,103 @@ def test_the_gateway_programs_the_releases_route(cluster: str):
     assert parent["controllerName"] == "traefik.io/gateway-controller"
     conditions = {c["type"]: c["status"] for c in parent["conditions"]}
     assert conditions["Accepted"] == conditions["ResolvedRefs"] == "True", parent
+
+
+# --- network policy ---------------------------------------------------------------------------
+
+# Exit status 0 when a TCP connection to host:port opens within 3 s.
+CONNECTS = """import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+except OSError as exc:
+    sys.exit(f"{sys.argv[1]}:{sys.argv[2]}: {exc}")
+"""
+
+
+def connects(pod: str, namespace: str, host: str, port: int) -> bool:
+    """Whether a pod (of the server image: Python) opens a connection to host:port."""
+    done = subprocess.run([tool("kubectl"), "--context", CONTEXT, "-n", namespace, "exec", pod,
+                           "--", "python", "-c", CONNECTS, host, str(port)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return done.returncode == 0
+
+
+# What the "restricted" Pod Security level asks (the release's namespace enforces it).
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@contextmanager
+def probe_pods(pods: dict[str, tuple[str, dict[str, str]]]) -> Iterator[None]:
+    """Idle pods of the server image, name -> (namespace, labels), ready for `connects`."""
+    manifests = [{"apiVersion": "v1", "kind": "Pod",
+                  "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                  "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+                      "name": "probe", "image": f"mlscale:{service.__version__}",
+                      "command": ["python", "-c", "import time; time.sleep(900)"],
+                      "securityContext": RESTRICTED}]}}
+                 for name, (namespace, labels) in pods.items()]  # fmt: skip
+    kubectl("apply", "-f", "-", input_text=json.dumps({"kind": "List", "apiVersion": "v1",
+                                                       "items": manifests}))  # fmt: skip
+    try:
+        for name, (namespace, _) in pods.items():
+            kubectl("-n", namespace, "wait", "--for=condition=Ready", f"pod/{name}",
+                    "--timeout=120s")  # fmt: skip
+        yield
+    finally:
+        for name, (namespace, _) in pods.items():
+            kubectl("-n", namespace, "delete", "pod", name, "--wait=false")
+
+
+def test_the_network_policy_lets_in_only_whom_it_names_and_out_only_dns(cluster: str):
+    """The chart's default NetworkPolicy, enforced by kube-router's policy controller
+    (k8s/nodeimage/kube-router.yaml): the serving port takes a labelled client, the gateway,
+    the nodes (node port, the API server's pod proxy) and Prometheus, and nothing else; the
+    server pods reach DNS and nothing else. With the policy deleted, what it blocked gets
+    through: the blocks were the policy's."""
+    server = f"{RELEASE}.{NAMESPACE}.svc.cluster.local"
+    prometheus = "prometheus.monitoring.svc.cluster.local"
+    client = {f"{RELEASE}-client": "true"}
+    kubectl("create", "namespace", "elsewhere")
+    pods = {"client": (NAMESPACE, client), "stranger": (NAMESPACE, {}),
+            "outsider": ("elsewhere", client)}  # fmt: skip
+    (model_pod, *_) = [p["metadata"]["name"] for p in server_pods() if ready(p)]
+    saved = json.loads(kubectl("-n", NAMESPACE, "get", "networkpolicy", RELEASE, "-o", "json"))
+    for field in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        saved["metadata"].pop(field, None)  # to create it again as it was
+    deleted = False
+    try:
+        with probe_pods(pods):
+            # kube-router adds a new pod's address to the policy's sets within seconds.
+            wait_for(lambda: connects("client", NAMESPACE, server, 80), 60,
+                     "the labelled client to reach the server")  # fmt: skip
+            assert not connects("stranger", NAMESPACE, server, 80), "unlabelled pod got in"
+            assert not connects("outsider", "elsewhere", server, 80), "other namespace got in"
+            proxy = f"/api/v1/namespaces/{NAMESPACE}/pods/{model_pod}:8080/proxy"
+            kubectl("get", "--raw", proxy + "/v2/health/ready")  # the API server's pod proxy
+            for url in (NODE_PORT, GATEWAY):
+                assert httpx.get(url + "/v2/health/ready", timeout=10).status_code == 200, url
+            assert connects(model_pod, NAMESPACE, "kube-dns.kube-system.svc.cluster.local", 53)
+            assert not connects(model_pod, NAMESPACE, prometheus, 9090), "a model pod called out"
+
+            kubectl("-n", NAMESPACE, "delete", "networkpolicy", RELEASE)
+            deleted = True
+            wait_for(lambda: connects("stranger", NAMESPACE, server, 80)
+                     and connects("outsider", "elsewhere", server, 80)
+                     and connects(model_pod, NAMESPACE, prometheus, 9090),
+                     60, "what the policy blocked to get through without it")  # fmt: skip
+            kubectl("create", "-f", "-", input_text=json.dumps(saved))
+            deleted = False
+            wait_for(lambda: not connects("stranger", NAMESPACE, server, 80), 60,
+                     "the policy, put back, to block again")  # fmt: skip
+    finally:
+        if deleted:
+            kubectl("create", "-f", "-", input_text=json.dumps(saved))
+        kubectl("delete", "namespace", "elsewhere", "--wait=false")
 
 
 def test_metrics_api_reports_pod_cpu(cluster: str):

@@ -6,7 +6,8 @@
 #     (kind's base files, systemd, containerd, runc, CNI plugins, crictl, kubeadm/kubelet/kubectl)
 #     with every image the node runs pre-imported into containerd's k8s.io namespace under the
 #     names kubeadm and the manifests ask for;
-#   - the add-on images: metrics-server, the node network agent (k8s/nodeimage/kind-net.yaml),
+#   - the add-on images: metrics-server, the node network agent (k8s/nodeimage/kind-net.yaml)
+#     and its NetworkPolicy enforcement (kube-router's policy controller, kube-router.yaml),
 #     the gateway (Traefik), with the CRDs it serves (Gateway API's and Traefik's own), and
 #     Prometheus with prometheus-adapter (k8s/prometheus.yaml).
 # Independent builds run side by side (Go builds wait on downloads and links, debootstrap on the
@@ -37,7 +38,7 @@ mkdir -p "$BIN"
 key() {
   (
     cd "$HERE"
-    cat versions.env Dockerfile kind-net.yaml
+    cat versions.env Dockerfile kind-net.yaml kube-router.yaml
     if [ -d overlay ]; then find overlay -type f | sort | xargs cat; fi
   ) | sha256sum | cut -c1-12
 }
@@ -146,6 +147,15 @@ build_prometheus_adapter() {
     sigs.k8s.io/prometheus-adapter/cmd/adapter)
   mv "$ADAPTER_BIN/adapter.tmp" "$ADAPTER_BIN/adapter"
 }
+KUBE_ROUTER_BIN=$BIN/kube-router-$KUBE_ROUTER_VERSION
+build_kube_router() {
+  need_go
+  mkdir -p "$KUBE_ROUTER_BIN"
+  (cd "$HERE/go/kube-router" && go build -o "$KUBE_ROUTER_BIN/kube-router.tmp" \
+    -ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+    github.com/cloudnativelabs/kube-router/v2/cmd/kube-router)
+  mv "$KUBE_ROUTER_BIN/kube-router.tmp" "$KUBE_ROUTER_BIN/kube-router"
+}
 # module_dir DIR MODULE@VERSION: where the Go module cache holds a module's files.
 module_dir() {
   (cd "$1" && go mod download -json "$2" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
@@ -187,7 +197,7 @@ apt_install() {
 # --- Debian root filesystems ---------------------------------------------------------------
 # The node: what kind's base image installs, plus Debian's runc and CNI plugins.
 NODE_PACKAGES=systemd,systemd-sysv,dbus,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,e2fsprogs,bash,ca-certificates,curl,jq,procps,runc,containernetworking-plugins
-# kube-proxy and the network agent: the tools they call, nothing else.
+# kube-proxy, kube-router and the network agent: the tools they call, nothing else.
 TOOLS_PACKAGES=iptables,nftables,conntrack,ipset,iproute2,kmod,curl,jq,ca-certificates
 rootfs_tag() { echo "mlscale-kind/$1:$DEBIAN_SUITE-$(echo "$2" | sha256sum | cut -c1-12)"; }
 NODE_BASE=$(rootfs_tag node-base "$NODE_PACKAGES")
@@ -234,6 +244,9 @@ K8S_IMAGES+=(
   "$ADAPTER_IMAGE|$ADAPTER_BIN/adapter|/adapter"
 )
 KUBE_PROXY_IMAGE=registry.k8s.io/kube-proxy:$KUBERNETES_VERSION
+KUBE_ROUTER_IMAGE=docker.io/cloudnativelabs/kube-router:$KUBE_ROUTER_VERSION
+grep -q "image: $KUBE_ROUTER_IMAGE$" "$HERE/kube-router.yaml" \
+  || { echo "kind-images: k8s/nodeimage/kube-router.yaml must name $KUBE_ROUTER_IMAGE" >&2; exit 1; }
 KIND_NET_IMAGE=$(sed -n 's/^ *image: *//p' "$HERE/kind-net.yaml" | head -1)
 
 # static_image NAME BINARY PATH: a one-binary image (the binaries are static), entrypoint PATH.
@@ -248,6 +261,16 @@ static_image() {
   rm -rf "$dir"
 }
 
+# tools_image NAME BINARY: the tools image (iptables, ipset, conntrack) with BINARY on its PATH.
+tools_image() {
+  local dir
+  dir=$(mktemp -d)
+  install -m 0755 "$2" "$dir/$(basename "$2")"
+  printf 'FROM %s\nCOPY %s /usr/local/bin/\n' "$TOOLS_BASE" "$(basename "$2")" \
+    | $DOCKER build -q -t "$1" -f - "$dir" >/dev/null
+  rm -rf "$dir"
+}
+
 build_images() {
   local entry name binary path dir names=()
   for entry in "${K8S_IMAGES[@]}"; do
@@ -255,14 +278,11 @@ build_images() {
     static_image "$name" "$binary" "$path"
     names+=("$name")
   done
-  dir=$(mktemp -d)
-  install -m 0755 "$KUBE_BIN/kube-proxy" "$dir/kube-proxy"
-  printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$TOOLS_BASE" \
-    | $DOCKER build -q -t "$KUBE_PROXY_IMAGE" -f - "$dir" >/dev/null
-  rm -rf "$dir"
+  tools_image "$KUBE_PROXY_IMAGE" "$KUBE_BIN/kube-proxy"
+  tools_image "$KUBE_ROUTER_IMAGE" "$KUBE_ROUTER_BIN/kube-router"
   # The network agent is a shell script (in its manifest) over the tools image's ip, curl, jq.
   $DOCKER tag "$TOOLS_BASE" "$KIND_NET_IMAGE"
-  names+=("$KUBE_PROXY_IMAGE" "$KIND_NET_IMAGE")
+  names+=("$KUBE_PROXY_IMAGE" "$KUBE_ROUTER_IMAGE" "$KIND_NET_IMAGE")
   $DOCKER save "${names[@]}" >"$IMAGES_TAR.tmp"
   mv "$IMAGES_TAR.tmp" "$IMAGES_TAR"
 }
@@ -279,7 +299,7 @@ build_node_image() {
   mkdir -p "$ctx/bin" "$ctx/kube" "$ctx/manifests" "$ctx/images"
   cp "$CONTAINERD_BIN"/*/* "$CRICTL_BIN/crictl" "$ctx/bin/"
   cp "$KUBE_BIN"/{kubeadm,kubelet,kubectl} "$ctx/kube/"
-  cp "$HERE/kind-net.yaml" "$ctx/manifests/default-cni.yaml"
+  cat "$HERE/kind-net.yaml" "$HERE/kube-router.yaml" >"$ctx/manifests/default-cni.yaml"
   ln "$IMAGES_TAR" "$ctx/images/images.tar" 2>/dev/null || cp "$IMAGES_TAR" "$ctx/images/images.tar"
   $DOCKER build --build-arg "BASE_IMAGE=$NODE_BASE" \
     --build-arg "KUBERNETES_VERSION=$KUBERNETES_VERSION" \
@@ -363,6 +383,7 @@ queue "metrics-server $METRICS_SERVER_VERSION" "test -x $METRICS_BIN/metrics-ser
 queue "traefik $TRAEFIK_VERSION" "test -x $TRAEFIK_BIN/traefik" build_traefik
 queue "prometheus $PROMETHEUS_VERSION" "test -x $PROMETHEUS_BIN/prometheus" build_prometheus
 queue "prometheus-adapter $PROMETHEUS_ADAPTER_VERSION" "test -x $ADAPTER_BIN/adapter" build_prometheus_adapter
+queue "kube-router $KUBE_ROUTER_VERSION" "test -x $KUBE_ROUTER_BIN/kube-router" build_kube_router
 side_by_side
 # These read the kubernetes module's files, downloaded by its build above.
 step "gateway CRDs (Gateway API $GATEWAY_API_VERSION, Traefik $TRAEFIK_VERSION)" "test -s $GATEWAY_CRDS" build_gateway_crds
