@@ -93,7 +93,6 @@ def load(url: str, threads: int = 4, retry: bool = False) -> Iterator[Load]:
     """The load of `Load`; with `retry`, each client sends a request again once when no pod
     answered it: its connection failed, or a gateway said so (inference is idempotent)."""
     running = Load(url, threads)
-    stop = threading.Event()
     body = v2_body(1)
 
     def send(client: httpx.Client) -> bool:
@@ -112,17 +111,26 @@ def load(url: str, threads: int = 4, retry: bool = False) -> Iterator[Load]:
             time.sleep(RETRY_AFTER)
         return False
 
-    def loop() -> None:
+    def loop(stop: threading.Event) -> None:
         with httpx.Client(timeout=10) as client:
             while not stop.wait(running.pause):
                 good = send(client)
                 running.answers.append((time.monotonic(), good))
 
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    with in_threads(loop, threads):
+        yield running
+
+
+@contextmanager
+def in_threads(loop: Callable[[threading.Event], None], threads: int) -> Iterator[None]:
+    """`loop` running in `threads` threads for the block; told to stop by the event it is given,
+    and waited for, when the block ends."""
+    stop = threading.Event()
+    workers = [threading.Thread(target=loop, args=(stop,)) for _ in range(threads)]
     for w in workers:
         w.start()
     try:
-        yield running
+        yield
     finally:
         stop.set()
         for w in workers:
@@ -144,9 +152,14 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def three_pods() -> None:
-    """The HPA holding 3 pods at least, the PodDisruptionBudget on."""
+    """The HPA holding 3 pods at least, all Ready, the PodDisruptionBudget on."""
     helm_set("autoscaling.minReplicas=3", "pdb.enabled=true")
-    wait_until(lambda: ready_count() >= 3 and len(pods()) == ready_count(), 300, "3 Ready pods")
+
+    def settled() -> bool:
+        listed = pods()
+        return len(listed) >= 3 and all(is_ready(p) for p in listed)
+
+    wait_until(settled, 300, "3 Ready pods")
 
 
 def docker(*args: str) -> str:
@@ -178,17 +191,17 @@ def under_load(url: str, fault: Callable[[], None], back: Callable[[], bool],
     return {**running.figures(start, end), "recovery_s": recovered, "errors": running.errors[:3]}
 
 
+def restarts_of(pod: dict) -> int:
+    return sum(c["restartCount"] for c in pod["status"].get("containerStatuses", []))
+
+
 def kill(path: str, retry: bool = False) -> dict:
     three_pods()
-
-    def restarted(pod: dict) -> int:
-        return sum(c["restartCount"] for c in pod["status"].get("containerStatuses", []))
-
     # The least restarted: a container killed again soon waits out the kubelet's back-off.
-    name = min((p for p in pods() if is_ready(p)), key=restarted)["metadata"]["name"]
+    name = min((p for p in pods() if is_ready(p)), key=restarts_of)["metadata"]["name"]
 
     def restarts() -> int:
-        return restarted(json.loads(kubectl("get", "pod", name, "-o", "json")))
+        return restarts_of(json.loads(kubectl("get", "pod", name, "-o", "json")))
 
     before = restarts()
     url = GATEWAY if path == "gateway" else NODE_PORT
@@ -253,9 +266,7 @@ def working_sets() -> dict[str, float]:
 
 def memory_and_restarts() -> tuple[float, int]:
     """The largest working set of the pods and their restarts."""
-    restarts = sum(c["restartCount"] for p in pods()
-                   for c in p["status"].get("containerStatuses", []))  # fmt: skip
-    return max(working_sets().values(), default=0.0), restarts
+    return max(working_sets().values(), default=0.0), sum(map(restarts_of, pods()))
 
 
 def bad_bodies() -> dict[str, tuple[bytes, dict[str, str]]]:

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from bench.faults import kill_in_its_node
+from bench.faults import in_threads, kill_in_its_node
 from examples import flowers
 from mlscale import service
 from mlscale.rollout.analysis import Snapshot
@@ -146,9 +146,8 @@ def steady_load(
     load); yields the failures, and records in `answered` when each answer came and the
     version that gave it. They reconnect only when the server closes."""
     failures: list = []
-    stop = threading.Event()
 
-    def loop() -> None:
+    def loop(stop: threading.Event) -> None:
         with httpx.Client(timeout=10, headers=headers) as client:
             while not stop.wait(pause):
                 try:
@@ -160,15 +159,8 @@ def steady_load(
                 except httpx.HTTPError as exc:
                     failures.append(f"{stamp()} {exc!r}")
 
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    try:
+    with in_threads(loop, threads):
         yield failures
-    finally:
-        stop.set()
-        for w in workers:
-            w.join()
 
 
 def story(namespace: str = NAMESPACE) -> str:
