@@ -41,6 +41,7 @@ kind-images: ## Build kind and its node image offline, from Go modules and Debia
 	k8s/nodeimage/build.sh
 
 kind-up: tools ## Create the 3-worker kind cluster with metrics-server (reuses an existing one)
+	scripts/kind.sh host
 	scripts/kind.sh up
 
 kind-load: ## Load the built image into the kind nodes
@@ -60,6 +61,7 @@ lint: install ## ruff, mypy, and hadolint for the Dockerfile
 
 test: install tools lint ## Lint, then every test, the kind cluster end to end included (skips only without Docker)
 	k8s/nodeimage/build.sh control-plane || echo "no Go: the operator's control-plane tests will skip"
+	scripts/kind.sh host
 	scripts/kind.sh prepare
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/python -m pytest
 

@@ -48,4 +48,6 @@ build() {  # build TAG [docker build options]
 build "$TAG"
 build "$OPERATOR_TAG" --target operator
 build "$SLIM_TAG" --target slim
+# The images these tags named before are left untagged (about 0.5 GB a build): remove ours.
+$DOCKER image prune -f --filter "label=org.opencontainers.image.source=https://github.com/mlscale/mlscale" >/dev/null
 echo "$TAG"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The local cluster: `scripts/kind.sh prepare|up|load|deploy|logs|down` (`make kind-up` etc.).
+# The local cluster: `scripts/kind.sh host|prepare|up|load|deploy|logs|down` (`make kind-up` etc.).
+#   host    raise the machine's inotify limits to what several nodes need (as root)
 #   prepare make sure kind and a node image are at hand (builds them offline where needed)
 #   up      create the kind cluster (1 control plane, 3 workers), metrics-server, the gateway,
 #           Prometheus and prometheus-adapter (the custom metrics API)
@@ -99,13 +100,24 @@ prepare() {
 }
 
 # Several nodes' kubelets and systemd each take inotify watches; distribution defaults run out.
-raise_inotify_limits() {
-  [ "$(id -u)" = 0 ] || return 0
-  [ "$(sysctl -n fs.inotify.max_user_watches)" -ge 524288 ] || sysctl -qw fs.inotify.max_user_watches=524288
-  [ "$(sysctl -n fs.inotify.max_user_instances)" -ge 512 ] || sysctl -qw fs.inotify.max_user_instances=512
+# Raised by `kind.sh host` (machine set-up: `make kind-up` and `make test` run it), never by
+# `up`, which the tests call: tests leave the machine's settings alone.
+INOTIFY_LIMITS=(fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512)
+low_inotify_limits() {
+  local limit
+  for limit in "${INOTIFY_LIMITS[@]}"; do
+    [ "$(sysctl -n "${limit%=*}")" -ge "${limit#*=}" ] || echo "$limit"
+  done
 }
 
 case ${1:-} in
+  host)
+    low=$(low_inotify_limits)
+    for limit in $low; do
+      sysctl -qw "$limit" 2>/dev/null \
+        || echo "kind.sh: a multi-node cluster needs higher inotify limits: sudo sysctl -w $limit" >&2
+    done
+    ;;
   prepare)
     if ! docker info >/dev/null 2>&1; then
       echo "kind.sh: no Docker engine answers; nothing to prepare (the kind tests will skip)"
@@ -125,7 +137,8 @@ case ${1:-} in
     if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
       echo "kind.sh: cluster $CLUSTER exists; reusing it"
     else
-      raise_inotify_limits
+      low=$(low_inotify_limits)
+      [ -z "$low" ] || echo "kind.sh: inotify limits below $low; nodes may fail: run scripts/kind.sh host" >&2
       echo "kind.sh: creating cluster $CLUSTER from $image"
       # --retain: nodes that fail are kept for their logs (saved below), then removed.
       if ! kind create cluster --config k8s/kind-cluster.yaml --image "$image" --wait 180s --retain; then

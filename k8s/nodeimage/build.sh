@@ -308,6 +308,18 @@ build_node_image() {
   rm -rf "$ctx"
 }
 
+# The component archive and node image of other keys (earlier pins): nothing uses them, and
+# each is about 1 GB. A node image a cluster still runs on stays (Docker refuses to remove it).
+prune_superseded() {
+  local tar image
+  for tar in "$CACHE"/images-*.tar; do
+    [ "$tar" = "$IMAGES_TAR" ] || rm -f "$tar"
+  done
+  for image in $($DOCKER images --format '{{.Repository}}:{{.Tag}}' "${NODE_IMAGE%:*}"); do
+    [ "$image" = "$NODE_IMAGE" ] || $DOCKER rmi "$image" >/dev/null 2>&1 || true
+  done
+}
+
 metrics_server_manifest() {
   # Generated from metrics-server's own kustomize overlay, with the one flag kind needs
   # (its kubelets serve self-signed certificates). Committed, so nothing is downloaded at run time.
@@ -390,6 +402,7 @@ step "gateway CRDs (Gateway API $GATEWAY_API_VERSION, Traefik $TRAEFIK_VERSION)"
 step "pause $PAUSE_VERSION" "test -x $PAUSE_BIN/pause" build_pause
 step "component images" "test -s $IMAGES_TAR" build_images
 step "node image $NODE_IMAGE" "$DOCKER image inspect $NODE_IMAGE" build_node_image
+prune_superseded
 ln -sf "$KIND_BIN/kind" "$BIN/kind"
 log "done in $(($(date +%s) - total)) s: node image $NODE_IMAGE, kind at $BIN/kind"
 echo "$NODE_IMAGE"
