@@ -47,6 +47,7 @@ def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilat
     except ImportError:
         raise CompileFailed("convert", "skl2onnx is not installed (pip install "
                             "'mlscale[compile]')") from None  # fmt: skip
+    _leaf_flags_as_ints()
     outputs = {spec.name for spec in manifest.outputs}
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     classifier = {"zipmap": False} if manifest.labels else {}
@@ -84,11 +85,57 @@ def _convert(
 ) -> bytes:
     types = _input_types(manifest, stacked)
     try:
-        return bytes(to_onnx(estimator, initial_types=types, options=options).SerializeToString())
+        graph = to_onnx(_float32_trees(estimator), initial_types=types, options=options)
+        return bytes(graph.SerializeToString())
     except Exception as exc:  # skl2onnx raises many kinds: each is "cannot convert"
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         why = why.split(" You may raise an issue")[0].rstrip(".")
         raise CompileFailed("convert", f"skl2onnx cannot convert it ({why})") from None
+
+
+def _float32_trees(estimator: Any) -> Any:
+    """What to convert: the estimator, with its features cast to float32 just before a final
+    tree model. onnxruntime's tree ensembles take and answer float32 only, and skl2onnx, given
+    float64 features, declares float64 answers for all but some classifiers: the graph is then
+    refused. The trees compare in float32 either way; verification checks the answers. Its
+    steps are the estimator's own objects, so options keyed by their ids still apply."""
+    from skl2onnx.sklapi import CastTransformer
+    from sklearn.pipeline import Pipeline
+
+    steps = estimator.steps if isinstance(estimator, Pipeline) else [("model", estimator)]
+    if not isinstance(steps[-1][1], _tree_models()):
+        return estimator
+    cast = ("mlscale_float32", CastTransformer(dtype=np.float32))
+    return Pipeline([*steps[:-1], cast, steps[-1]])
+
+
+def _tree_models() -> tuple[type, ...]:
+    from sklearn import ensemble, tree
+
+    return (tree.BaseDecisionTree, ensemble.RandomForestClassifier,
+            ensemble.RandomForestRegressor, ensemble.ExtraTreesClassifier,
+            ensemble.ExtraTreesRegressor, ensemble.GradientBoostingClassifier,
+            ensemble.GradientBoostingRegressor, ensemble.HistGradientBoostingClassifier,
+            ensemble.HistGradientBoostingRegressor)  # fmt: skip
+
+
+def _leaf_flags_as_ints() -> None:
+    """skl2onnx 1.20 gives a histogram-gradient-boosting leaf's missing-value flag as a Python
+    bool among the branches' integers, and onnx refuses the attribute ("Expected an int, got a
+    boolean"): pass the flag as the integer it stands for. Installed once."""
+    from skl2onnx.common import tree_ensemble
+
+    add_node = tree_ensemble.add_node
+    if getattr(add_node, "mlscale_ints", False):
+        return
+
+    def add_node_with_int_flags(*args: Any, nodes_missing_value_tracks_true: Any = 0,
+                                **kwargs: Any) -> Any:  # fmt: skip
+        flag = int(nodes_missing_value_tracks_true or 0)
+        return add_node(*args, nodes_missing_value_tracks_true=flag, **kwargs)
+
+    add_node_with_int_flags.mlscale_ints = True  # type: ignore[attr-defined]
+    tree_ensemble.add_node = add_node_with_int_flags
 
 
 def _kinds(columns: Columns) -> dict[str, str]:

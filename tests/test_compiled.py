@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from sklearn.datasets import load_diabetes, load_iris
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import (
+    GradientBoostingRegressor,
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsRegressor
@@ -254,6 +260,42 @@ def test_an_estimator_over_a_frame_of_numbers_takes_them_as_one_tensor(tmp_path:
     with servers[0] as onnx, servers[1] as sk:
         a, b = ask((onnx, sk), "POST", "/v1/models/bayes:predict", json={"instances": rows})
     assert a.status_code == b.status_code == 200 and a.json() == b.json()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        make_pipeline(StandardScaler(), HistGradientBoostingRegressor(max_iter=30)),
+        GradientBoostingRegressor(n_estimators=30),
+        RandomForestRegressor(20, random_state=0),
+    ],
+    ids=["histogram-boosting", "gradient-boosting", "forest"],
+)
+def test_tree_regressors_compile(tmp_path: Path, model):
+    """onnxruntime's tree ensembles answer float32: the features are cast to float32 just
+    before the trees, and the graph's answers checked as any other's."""
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    m = publish(model.fit(x[:300], y[:300]), "trees", model_dir=tmp_path, sample=x.head(),
+                holdout=(x[300:], y[300:]))  # fmt: skip
+    assert m.runtime == "onnx" and m.compiled is not None
+    assert m.compiled.max_difference <= m.compiled.tolerance
+
+
+def test_histogram_boosting_over_columns_named_as_people_name_them(tmp_path: Path):
+    """Columns such as "petal length (cm)" are graph inputs skl2onnx renames: the server feeds
+    them by position, and answers as scikit-learn does."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    model = make_pipeline(StandardScaler(), HistGradientBoostingClassifier(max_iter=30))
+    m = publish(model.fit(x, y), "hgb", model_dir=tmp_path, sample=x.head(), holdout=(x, y))
+    assert m.runtime == "onnx" and m.compiled is not None and not m.compiled.stacked
+    rows = {"instances": x.iloc[::10].to_dict(orient="records")}
+    servers = [run_server(tmp_path, model_name="hgb", runtime=r) for r in ("auto", "sklearn")]
+    with servers[0] as onnx, servers[1] as sk:
+        a, b = ask((onnx, sk), "POST", "/v1/models/hgb:predict", json=rows)
+        assert a.status_code == b.status_code == 200 and a.json() == b.json()
+        a, b = ask((onnx, sk), "POST", "/v2/models/hgb/infer", json=by_column(x.iloc[::10], []))
+        assert a.status_code == b.status_code == 200, a.text
+        same_answers(a.json(), b.json())
 
 
 def test_graphs_that_answer_otherwise_are_not_kept(tmp_path: Path):

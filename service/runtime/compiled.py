@@ -75,6 +75,8 @@ def input_kind(dtype: Any) -> str:
 class CompiledModel(LoadedModel):
     """`estimator` holds the sessions: {"model": ..., "scores": ... or None}."""
 
+    input_names: list[str]  # the graphs' inputs, in the order `feeds` gives them
+
     @classmethod
     def open(cls, manifest: Manifest, folder: Path) -> "CompiledModel":
         assert manifest.compiled is not None
@@ -83,6 +85,9 @@ class CompiledModel(LoadedModel):
         sessions = {"model": session(folder / COMPILED), "scores": scores and session(scores)}
         opened = cls(manifest, sessions, fast_path=False)
         opened.native_bytes = max(0, resident_bytes() - before)
+        # skl2onnx renames a column whose name is not an identifier ("petal length (cm)" is
+        # input "petal_length__cm_"); the graph's inputs keep the columns' order.
+        opened.input_names = [i.name for i in sessions["model"].get_inputs()]
         return opened
 
     @property
@@ -91,7 +96,7 @@ class CompiledModel(LoadedModel):
 
     def predict_slow(self, x: Any, names: list[str] | None = None) -> Outputs:
         names = names or [spec.name for spec in self.manifest.outputs]
-        inputs = feeds(x, self.manifest)
+        inputs = dict(zip(self.input_names, feeds(x, self.manifest).values(), strict=True))
         out: Outputs = {}
         if set(names) - {"decision_function"}:
             first, *rest = self.estimator["model"].run(None, inputs)
