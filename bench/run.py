@@ -29,6 +29,10 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from rich.table import Table
+from sklearn.datasets import load_iris
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from examples import flowers
 from mlscale.service.artifacts.manifest import ARTIFACT
@@ -43,6 +47,8 @@ NAIVE = "naive FastAPI (pydantic, sync, predict)"
 NAIVE_PIPELINE = "naive FastAPI, flowers pipeline (DataFrame per request)"
 PIPELINE = "mlscale, flowers pipeline (batching)"
 COMPILED = "mlscale, flowers pipeline compiled (onnxruntime, batching)"
+BOOSTED = "mlscale, scaled histogram boosting (scikit-learn, batching)"
+BOOSTED_COMPILED = "mlscale, scaled histogram boosting compiled (onnxruntime, batching)"
 FLOOR_GATHERED = "floor through mlscale's transport"
 console = Console()
 
@@ -187,6 +193,11 @@ def main() -> None:
     pipe, x_train, x_test, _ = flowers.train()
     publish(pipe, "flowers", model_dir=store_dir, sample=x_train.head())
     pipeline_artifact = str(store_dir / "flowers" / "1" / ARTIFACT)
+    # A numeric pipeline of the kind people fit to tables of numbers: iris's four features,
+    # scaled, into histogram gradient boosting (the same four-number rows as the linear model).
+    x, y = load_iris(return_X_y=True)
+    boosted = make_pipeline(StandardScaler(), HistGradientBoostingClassifier(random_state=0))
+    publish(boosted.fit(x, y), "boosted", model_dir=store_dir, sample=x[:5], holdout=(x, y))
     pipeline_row = x_test.head(1).to_dict(orient="records")
     mlscale_env = {"MLSCALE_MODEL_DIR": str(store_dir), "MLSCALE_MODEL_NAME": MODEL,
                    "MLSCALE_LOG_LEVEL": "warning"}  # fmt: skip
@@ -225,6 +236,11 @@ def main() -> None:
         (COMPILED, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "flowers"},
          "/v2/health/ready", "/v2/models/flowers/infer",
          {"pipeline, 1 row": by_column_body(pipeline_row)}),
+        (BOOSTED, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "boosted",
+                          "MLSCALE_RUNTIME": "sklearn"},
+         "/v2/health/ready", "/v2/models/boosted/infer", {"1 row": one}),
+        (BOOSTED_COMPILED, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "boosted"},
+         "/v2/health/ready", "/v2/models/boosted/infer", {"1 row": one}),
         ("mlscale, sklearn predict, batching off", serve,
          {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_ENABLED": "false"},
          "/v2/health/ready", infer, {"1 row": one}),
@@ -274,6 +290,10 @@ def main() -> None:
             COMPILED, PIPELINE, "pipeline, 1 row"),
         "pipeline: compiled / scikit-learn, CPU per request, 1 row, c=64": ratio(
             COMPILED, PIPELINE, "pipeline, 1 row", "cpu_us"),
+        "histogram boosting: compiled / scikit-learn, req/s, 1 row, c=64": ratio(
+            BOOSTED_COMPILED, BOOSTED),
+        "histogram boosting: compiled / scikit-learn, CPU per request, 1 row, c=64": ratio(
+            BOOSTED_COMPILED, BOOSTED, key="cpu_us"),
         "64 precise rows: binary / JSON, req/s, c=64": ratio(
             mlscale, mlscale, "64 precise rows, binary", versus="64 precise rows, JSON"),
         "64 precise rows: binary / JSON, CPU per request, c=64": ratio(
