@@ -414,21 +414,16 @@ def test_an_hpa_metric_nobody_serves_is_named_by_rollout_status(cluster: str):
 # --- rollouts ------------------------------------------------------------------------------
 
 
-def test_rolling_upgrade_under_load_loses_nothing(cluster: str):
+def test_a_rolling_upgrade_under_load_loses_nothing_and_helm_upgrade_keeps_it(cluster: str):
+    """A rolling upgrade under load loses no request. After it the operator owns the model
+    version: `helm upgrade` neither reverts it nor conflicts with the operator's fields, and
+    `helm test` checks what is live."""
     scale(2)
     with steady_load() as failures:
         done = rollout("deploy", "--version", "2", "--timeout", "300")
     assert done.returncode == 0, done.stderr
     assert failures == [], failed_with(failures)
     assert {p["metadata"]["labels"]["mlscale.dev/model-version"] for p in server_pods()} == {"2"}
-    back = rollout("deploy", "--version", "1", "--timeout", "300", "--force")
-    assert back.returncode == 0, back.stderr
-
-
-def test_helm_upgrade_after_a_rollout_keeps_the_live_version(cluster: str):
-    """After install the operator owns the model version: an upgrade neither reverts it nor
-    conflicts with the operator's fields, and `helm test` checks what is live."""
-    assert rollout("deploy", "--version", "2", "--timeout", "300", "--force").returncode == 0
     upgrade("--set", "server.logLevel=debug")
     assert live_version() == "2"
     assert {p["metadata"]["labels"]["mlscale.dev/model-version"] for p in server_pods()} == {"2"}
