@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-# The installer: uv resolves and installs pyproject.toml's pins as pip does, in a sixth of
-# the time (about 12 s against 90 s here with warm caches).
+# The installer: uv resolves and installs pyproject.toml's pins as pip does, in about a third
+# of the time (33 s against 90 s here, caches warm). Compiled to bytecode at install, as pip
+# does: where PYTHONDONTWRITEBYTECODE is set (it is on the CI machines), nothing compiles later
+# and every process would compile scikit-learn's modules again (5 s an import, not 1.7 s).
 UV_VERSION := 0.13.9
 
 .DEFAULT_GOAL := help
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "mlscale needs Python 3.11+; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## Create .venv with mlscale and its dev tools (pinned in pyproject.toml)
