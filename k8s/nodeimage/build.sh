@@ -124,13 +124,19 @@ build_containerd() {
   done
 }
 TRAEFIK_BIN=$BIN/traefik-$TRAEFIK_VERSION
-build_traefik() {
+# wrapper_build MODULE-DIR BINARY PACKAGE [VERSION-VARIABLE=VALUE]: build a command through a
+# wrapper module of k8s/nodeimage/go, stripped, with its version set where given.
+wrapper_build() {
+  local ldflags="-s -w"
   need_go
-  mkdir -p "$TRAEFIK_BIN"
-  (cd "$HERE/go/traefik" && go build -o "$TRAEFIK_BIN/traefik.tmp" \
-    -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
-    github.com/traefik/traefik/v3/cmd/traefik)
-  mv "$TRAEFIK_BIN/traefik.tmp" "$TRAEFIK_BIN/traefik"
+  [ -z "${4:-}" ] || ldflags="$ldflags -X $4"
+  mkdir -p "$(dirname "$2")"
+  (cd "$HERE/go/$1" && go build -ldflags "$ldflags" -o "$2.tmp" "$3")
+  mv "$2.tmp" "$2"
+}
+build_traefik() {
+  wrapper_build traefik "$TRAEFIK_BIN/traefik" github.com/traefik/traefik/v3/cmd/traefik \
+    "github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
 }
 PROMETHEUS_BIN=$BIN/prometheus-$PROMETHEUS_VERSION
 build_prometheus() {
@@ -141,20 +147,13 @@ build_prometheus() {
 }
 ADAPTER_BIN=$BIN/prometheus-adapter-$PROMETHEUS_ADAPTER_VERSION
 build_prometheus_adapter() {
-  need_go
-  mkdir -p "$ADAPTER_BIN"
-  (cd "$HERE/go/prometheus-adapter" && go build -ldflags "-s -w" -o "$ADAPTER_BIN/adapter.tmp" \
-    sigs.k8s.io/prometheus-adapter/cmd/adapter)
-  mv "$ADAPTER_BIN/adapter.tmp" "$ADAPTER_BIN/adapter"
+  wrapper_build prometheus-adapter "$ADAPTER_BIN/adapter" sigs.k8s.io/prometheus-adapter/cmd/adapter
 }
 KUBE_ROUTER_BIN=$BIN/kube-router-$KUBE_ROUTER_VERSION
 build_kube_router() {
-  need_go
-  mkdir -p "$KUBE_ROUTER_BIN"
-  (cd "$HERE/go/kube-router" && go build -o "$KUBE_ROUTER_BIN/kube-router.tmp" \
-    -ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
-    github.com/cloudnativelabs/kube-router/v2/cmd/kube-router)
-  mv "$KUBE_ROUTER_BIN/kube-router.tmp" "$KUBE_ROUTER_BIN/kube-router"
+  wrapper_build kube-router "$KUBE_ROUTER_BIN/kube-router" \
+    github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
+    "github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
 }
 # module_dir DIR MODULE@VERSION: where the Go module cache holds a module's files.
 module_dir() {
@@ -272,7 +271,7 @@ tools_image() {
 }
 
 build_images() {
-  local entry name binary path dir names=()
+  local entry name binary path names=()
   for entry in "${K8S_IMAGES[@]}"; do
     IFS='|' read -r name binary path <<<"$entry"
     static_image "$name" "$binary" "$path"
