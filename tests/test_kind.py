@@ -3,7 +3,8 @@
 
 Where no Docker engine can be had these tests skip, saying so. Where one can, a cluster that
 cannot be created is a failure, with the nodes' logs saved (`kind export logs`). The cluster is
-deleted when the module ends, failed or not (MLSCALE_KEEP_CLUSTER=1 keeps it for debugging).
+deleted when the module ends, failed or not, and one left by an earlier run (killed before it
+could delete its own) is deleted first: MLSCALE_KEEP_CLUSTER=1 keeps and reuses it, for debugging.
 Tests run in file order and leave the release as the next one expects (model version 1 at the
 end of each, unless said otherwise).
 """
@@ -92,6 +93,9 @@ def cluster() -> Iterator[str]:
         pytest.skip(f"kind end-to-end needs a Docker engine: {why}")
     tool("kubectl"), tool("helm")
     kind_sh = str(ROOT / "scripts" / "kind.sh")
+    keep = os.environ.get("MLSCALE_KEEP_CLUSTER") == "1"
+    if not keep:  # the tests expect the state a fresh release has, not a cluster an earlier run left
+        subprocess.run([kind_sh, "down"], capture_output=True, cwd=ROOT)
     # The images build while the nodes come up: neither needs the other.
     build = subprocess.Popen([ROOT / "scripts" / "build-image.sh"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, cwd=ROOT)  # fmt: skip
@@ -110,7 +114,7 @@ def cluster() -> Iterator[str]:
     finally:
         build.kill()  # where the cluster failed first; a finished build is unaffected
         build.wait()
-        if os.environ.get("MLSCALE_KEEP_CLUSTER") != "1":
+        if not keep:
             subprocess.run([kind_sh, "down"], capture_output=True, cwd=ROOT)
 
 
