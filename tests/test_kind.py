@@ -27,7 +27,8 @@ import httpx
 import pytest
 import yaml
 
-from bench.faults import in_threads, kill_in_its_node
+from bench.cluster import in_threads
+from bench.faults import kill_in_its_node
 from examples import flowers
 from mlscale import service
 from mlscale.rollout.analysis import Snapshot
@@ -76,6 +77,12 @@ def values_kind() -> dict:
     return yaml.safe_load((ROOT / "k8s" / "values-kind.yaml").read_text())
 
 
+def chart_values() -> dict:
+    """The chart's defaults: its container security context passes the "restricted" Pod Security
+    level, which the release's namespace enforces."""
+    return yaml.safe_load((ROOT / "charts" / "mlscale" / "values.yaml").read_text())
+
+
 def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 2) -> None:
     """Every 2 s by default: each check here asks the API server or sends a request."""
     helpers.wait_for(condition, timeout, what, every)
@@ -94,7 +101,7 @@ def cluster() -> Iterator[str]:
     tool("kubectl"), tool("helm")
     kind_sh = str(ROOT / "scripts" / "kind.sh")
     keep = os.environ.get("MLSCALE_KEEP_CLUSTER") == "1"
-    if not keep:  # the tests expect the state a fresh release has, not a cluster an earlier run left
+    if not keep:  # the tests expect a fresh release, not the state an earlier run left
         subprocess.run([kind_sh, "down"], capture_output=True, cwd=ROOT)
     # The images build while the nodes come up: neither needs the other.
     build = subprocess.Popen([ROOT / "scripts" / "build-image.sh"], stdout=subprocess.PIPE,
@@ -289,15 +296,6 @@ def connects(pod: str, namespace: str, host: str, port: int) -> bool:
     return done.returncode == 0
 
 
-# What the "restricted" Pod Security level asks (the release's namespace enforces it).
-RESTRICTED = {
-    "runAsNonRoot": True,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
 @contextmanager
 def probe_pods(pods: dict[str, tuple[str, dict[str, str]]]) -> Iterator[None]:
     """Idle pods of the server image, name -> (namespace, labels), ready for `connects`."""
@@ -306,7 +304,7 @@ def probe_pods(pods: dict[str, tuple[str, dict[str, str]]]) -> Iterator[None]:
                   "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
                       "name": "probe", "image": f"mlscale:{service.__version__}",
                       "command": ["python", "-c", "import time; time.sleep(900)"],
-                      "securityContext": RESTRICTED}]}}
+                      "securityContext": chart_values()["containerSecurityContext"]}]}}
                  for name, (namespace, labels) in pods.items()]  # fmt: skip
     kubectl("apply", "-f", "-", input_text=json.dumps({"kind": "List", "apiVersion": "v1",
                                                        "items": manifests}))  # fmt: skip
