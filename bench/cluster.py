@@ -28,6 +28,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,6 +79,22 @@ def helm_set(*values: str, json_values: dict[str, object] | None = None,
     if done.returncode != 0:
         sys.exit(f"bench-cluster: helm upgrade failed: {done.stderr.strip()} "
                  "(make deploy applies the chart's CRDs, then the demo values)")  # fmt: skip
+
+
+@contextmanager
+def in_threads(loop: Callable[[threading.Event], None], threads: int) -> Iterator[None]:
+    """`loop` running in `threads` threads for the block; told to stop by the event it is given,
+    and waited for, when the block ends."""
+    stop = threading.Event()
+    workers = [threading.Thread(target=loop, args=(stop,)) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
 
 
 def pods() -> list[dict]:
@@ -295,9 +313,8 @@ def scale_down(limit: float) -> dict[str, float | int | None]:
     until the HPA is back to one pod: how long that took from the step's end, the most pods
     seen, and the light load's requests and failures (a pod removed under it must cost none)."""
     counts = {"sent": 0, "failed": 0}
-    stop = threading.Event()
 
-    def light() -> None:
+    def light(stop: threading.Event) -> None:
         with httpx.Client(timeout=10) as client:
             while not stop.wait(0.1):
                 counts["sent"] += 1
@@ -307,10 +324,8 @@ def scale_down(limit: float) -> dict[str, float | int | None]:
                     ok = False
                 counts["failed"] += not ok
 
-    sender = threading.Thread(target=light)
-    sender.start()
     start, peak, back = time.monotonic(), 0, None
-    try:
+    with in_threads(light, threads=1):
         while time.monotonic() - start < limit:
             current = len(pods())  # Terminating pods are no longer counted
             peak = max(peak, current)
@@ -318,9 +333,6 @@ def scale_down(limit: float) -> dict[str, float | int | None]:
                 back = round(time.monotonic() - start, 1)
                 break
             time.sleep(1)
-    finally:
-        stop.set()
-        sender.join()
     return {"back_to_one_s": back, "peak_pods": peak, "after_sent": counts["sent"],
             "after_failed": counts["failed"]}  # fmt: skip
 

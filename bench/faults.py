@@ -51,6 +51,7 @@ from bench.cluster import (
     ROOT,
     helm_demo_values,
     helm_set,
+    in_threads,
     is_ready,
     kubectl,
     pods,
@@ -119,22 +120,6 @@ def load(url: str, threads: int = 4, retry: bool = False) -> Iterator[Load]:
 
     with in_threads(loop, threads):
         yield running
-
-
-@contextmanager
-def in_threads(loop: Callable[[threading.Event], None], threads: int) -> Iterator[None]:
-    """`loop` running in `threads` threads for the block; told to stop by the event it is given,
-    and waited for, when the block ends."""
-    stop = threading.Event()
-    workers = [threading.Thread(target=loop, args=(stop,)) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for w in workers:
-            w.join()
 
 
 def ready_count() -> int:

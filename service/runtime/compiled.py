@@ -39,17 +39,17 @@ def runtime_version() -> str:
     return str(ort.__version__)
 
 
-def feeds(x: Any, manifest: Manifest) -> dict[str, np.ndarray]:
-    """A validated batch as the graphs' inputs: the rows as one float64 tensor, or each column
-    of a typed table (frames.Table) as a [rows, 1] tensor (floats as float64, integers and
-    booleans as int64, strings and categories as strings, a missing string as ""), or the
-    table's numbers stacked as one float64 tensor where the graph was made so."""
+def feeds(x: Any, manifest: Manifest) -> list[np.ndarray]:
+    """A validated batch as the graphs' inputs, in their order: the rows as one float64
+    tensor, or each column of a typed table (frames.Table) as a [rows, 1] tensor (floats as
+    float64, integers and booleans as int64, strings and categories as strings, a missing string
+    as ""), or the table's numbers stacked as one float64 tensor where the graph was made so."""
     columns = manifest.columns
     if columns is None:
-        return {"input": np.asarray(x, dtype=np.float64)}
+        return [np.asarray(x, dtype=np.float64)]
     if manifest.compiled is not None and manifest.compiled.stacked:
-        return {"input": np.column_stack([x[n] for n in columns.dtypes]).astype(np.float64)}
-    out = {}
+        return [np.column_stack([x[n] for n in columns.dtypes]).astype(np.float64)]
+    out = []
     for name in columns.dtypes:
         values = x[name]
         if values.dtype.kind == "f":
@@ -58,7 +58,7 @@ def feeds(x: Any, manifest: Manifest) -> dict[str, np.ndarray]:
             column = values.astype(np.int64)
         else:
             column = np.array(["" if v is None or v != v else str(v) for v in values], dtype=object)
-        out[name] = column.reshape(-1, 1)
+        out.append(column.reshape(-1, 1))
     return out
 
 
@@ -76,6 +76,7 @@ class CompiledModel(LoadedModel):
     """`estimator` holds the sessions: {"model": ..., "scores": ... or None}."""
 
     input_names: list[str]  # the graphs' inputs, in the order `feeds` gives them
+    ranks: dict[str, int]  # each output's rank in the manifest: [N] or [N, k]
 
     @classmethod
     def open(cls, manifest: Manifest, folder: Path) -> "CompiledModel":
@@ -88,6 +89,7 @@ class CompiledModel(LoadedModel):
         # skl2onnx renames a column whose name is not an identifier ("petal length (cm)" is
         # input "petal_length__cm_"); the graph's inputs keep the columns' order.
         opened.input_names = [i.name for i in sessions["model"].get_inputs()]
+        opened.ranks = {spec.name: len(spec.shape) for spec in manifest.outputs}
         return opened
 
     @property
@@ -96,7 +98,7 @@ class CompiledModel(LoadedModel):
 
     def predict_slow(self, x: Any, names: list[str] | None = None) -> Outputs:
         names = names or [spec.name for spec in self.manifest.outputs]
-        inputs = dict(zip(self.input_names, feeds(x, self.manifest).values(), strict=True))
+        inputs = dict(zip(self.input_names, feeds(x, self.manifest), strict=True))
         out: Outputs = {}
         if set(names) - {"decision_function"}:
             first, *rest = self.estimator["model"].run(None, inputs)
@@ -110,8 +112,7 @@ class CompiledModel(LoadedModel):
     def _shaped(self, name: str, values: np.ndarray) -> np.ndarray:
         """An output with the estimator's shape and dtype: a regressor's [N, 1] as [N], a
         binary classifier's two raw scores as the positive class's one, numbers as float64."""
-        rank = len(next(s.shape for s in self.manifest.outputs if s.name == name))
-        if rank == 1 and values.ndim == 2:
+        if self.ranks[name] == 1 and values.ndim == 2:
             values = values[:, -1]
         if values.dtype.kind == "f":
             values = values.astype(np.float64)
