@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -379,13 +380,15 @@ def check(
     if expect_version is not None and len(models) > 1:
         console.print("[red]FAIL[/] --expect-version checks one model; name one")
         raise typer.Exit(2)
+    deadline = time.monotonic() + wait
     if not wait_ready(url, wait):
         console.print(f"[red]FAIL[/] {url} did not turn ready within {wait}s")
         raise typer.Exit(1)
     for model in models:
         try:
-            meta = _get_json(f"{url}/v2/models/{model}")
-            answer = _post_json(f"{url}/v2/models/{model}/infer", example_request(meta))
+            meta = until_connected(deadline, _get_json, f"{url}/v2/models/{model}")
+            infer = f"{url}/v2/models/{model}/infer"
+            answer = until_connected(deadline, _post_json, infer, example_request(meta))
         except urllib.error.HTTPError as exc:
             console.print(f"[red]FAIL[/] HTTP {exc.code} from {exc.url}: {_error_text(exc)}")
             raise typer.Exit(1) from None
@@ -397,6 +400,26 @@ def check(
             console.print(f"[red]FAIL[/] version {version} answered, expected {expect_version}")
             raise typer.Exit(1)
         console.print(f"OK {model} version {version} answered: {answer['outputs'][0]['data']}")
+
+
+def until_connected(
+    deadline: float, call: Callable[..., dict[str, Any]], *args: Any
+) -> dict[str, Any]:
+    """`call(*args)`, again every half second while its connection is refused or reset, until
+    the deadline: right after an upgrade, a Service can still send a request to a pod that is
+    going away. Any answer, an HTTP error included, is final."""
+    while True:
+        try:
+            return call(*args)
+        except urllib.error.HTTPError:
+            raise
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionError) or time.monotonic() >= deadline:
+                raise
+        except ConnectionError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.5)
 
 
 def example_request(meta: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,12 @@
 """One server serving a set of models: each with its own versions, readiness, metrics and
 memory; a model that fails to load does not stop the others."""
 
+import json
 import re
 import shutil
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,11 +16,11 @@ from typer.testing import CliRunner
 
 from mlscale.service.artifacts.manifest import ARTIFACT
 from mlscale.service.artifacts.store import ModelStore
-from mlscale.service.cli import app
+from mlscale.service.cli import app, until_connected
 from mlscale.service.contract import format_models, parse_models
 from mlscale.service.publish import publish
 from mlscale.service.settings import ModelSettings
-from tests.conftest import run_server
+from tests.conftest import free_port, run_server
 from tests.helpers import v2
 
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
@@ -147,3 +151,27 @@ def test_check_smoke_tests_every_model_of_the_set(three):
     ]  # fmt: skip
     missing = CliRunner().invoke(app, ["check", "iris", "wine", "--url", three.url])
     assert missing.exit_code == 1 and "model 'wine' not found" in " ".join(missing.output.split())
+
+
+def test_check_asks_again_while_refused_until_its_deadline(three):
+    """Right after an upgrade a Service can still send `helm test` to a pod going away: a refused
+    connection is tried again until the deadline; an HTTP error is final."""
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    asked: list[str] = []
+
+    def get(url: str) -> dict:
+        asked.append(url)
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+
+    bases = iter([closed, closed, three.url])
+    meta = until_connected(time.monotonic() + 30, lambda path: get(next(bases) + path),
+                           "/v2/models/iris")  # fmt: skip
+    assert meta["name"] == "iris" and len(asked) == 3  # the third try answered
+    with pytest.raises(urllib.error.URLError) as refused:
+        until_connected(time.monotonic() + 1, get, closed + "/v2/models/iris")
+    assert isinstance(refused.value.reason, ConnectionRefusedError)
+    asked.clear()
+    with pytest.raises(urllib.error.HTTPError):
+        until_connected(time.monotonic() + 30, get, three.url + "/v2/models/wine")
+    assert len(asked) == 1
