@@ -29,6 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DEVICES = (" dev br-", " dev docker0", " dev veth")
 
 
+def dockers(route: str) -> bool:
+    """A route of Docker's networks, or one the kernel derives from IPv6 forwarding (each
+    prefix's subnet-router anycast, on every interface), which dockerd turns on when it creates
+    its first IPv6 network: kind's, on a machine that never ran kind before."""
+    return any(d in route for d in DOCKER_DEVICES) or (
+        route.startswith("anycast ") and " proto kernel " in route
+    )
+
+
 def host_routes() -> list[str] | None:
     """The host's routes in every table, IPv4 and IPv6, but Docker's; None without iproute2."""
     lines = []
@@ -38,9 +47,7 @@ def host_routes() -> list[str] | None:
                                    capture_output=True, text=True, check=True)  # fmt: skip
         except (OSError, subprocess.CalledProcessError):
             return None
-        lines += [
-            ln for ln in shown.stdout.splitlines() if not any(d in ln for d in DOCKER_DEVICES)
-        ]
+        lines += [ln for ln in shown.stdout.splitlines() if not dockers(ln)]
     return sorted(lines)
 
 
