@@ -69,9 +69,23 @@ class Operator:
     faults: FaultProxy
     log: Path
     port: int
+    killed: bool = False  # by the test, on purpose
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def kill(self) -> None:
+        self.killed = True
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def died(self) -> str | None:
+        """Why the process ended without the test killing it (a lost Lease, a crash), with
+        its log's tail: a rollout that nobody reconciles would otherwise wait out its timeout."""
+        if self.killed or self.proc.poll() is None:
+            return None
+        tail = "\n".join(self.output().splitlines()[-20:])
+        return f"controller {self.log.name} exited by itself ({self.proc.returncode}):\n{tail}"
 
     def metrics(self) -> str:
         return urllib3.request("GET", f"http://127.0.0.1:{self.port}/metrics").data.decode()
@@ -98,6 +112,8 @@ class Cluster:
         default_factory=lambda: defaultdict(lambda: {"0": 0.5, "1": 0.5})
     )
     said: list[str] = field(default_factory=list)
+    # The chart's Lease duration; a test of a takeover shortens it (@pytest.mark.lease).
+    lease: int = 15
     respond: PodAnswer | None = None  # how the pods answer HTTP; `pod_answers` unless replaced
     operators: list[Operator] = field(default_factory=list)
 
@@ -112,16 +128,17 @@ class Cluster:
     def say(self, message: str) -> None:
         self.said.append(message)
 
-    def start_operator(self, identity: str = "op-1", lease: int = 3,
-                       faults: FaultProxy | None = None, *extra: str) -> Operator:  # fmt: skip
-        """A controller process; the first one goes through `self.faults`."""
+    def start_operator(self, identity: str = "op-1", faults: FaultProxy | None = None,
+                       *extra: str) -> Operator:  # fmt: skip
+        """A controller process; the first one goes through `self.faults`. With the chart's
+        timeouts: shorter ones lose the Lease on a loaded machine, and the process ends."""
         faults = faults or self.faults
         url = self.url if faults is self.faults else self.stack.enter_context(faults.serve())
         log = self.workdir / f"operator-{identity}-{len(self.operators)}.log"
         port = free_port()
         cmd = [sys.executable, "-m", "mlscale.rollout.operator", "--server", url, "-n", self.ns,
-               "--identity", identity, "--lease-seconds", str(lease), "--port", str(port),
-               "--api-timeout", "3", *extra]  # fmt: skip
+               "--identity", identity, "--lease-seconds", str(self.lease), "--port", str(port),
+               *extra]  # fmt: skip
         with log.open("w") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # fmt: skip
@@ -246,7 +263,8 @@ def crd(control_plane: Envtest) -> None:
 
 @contextmanager
 def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict,
-                  operator: bool = True, **values: object) -> Iterator[Cluster]:  # fmt: skip
+                  operator: bool = True, lease: int = 15, **values: object
+                  ) -> Iterator[Cluster]:  # fmt: skip
     """The chart rendered with these model values (and any others) and created in a namespace
     of its own, its pods run by the simulated nodes, and (unless `operator` is False) a
     controller started."""
@@ -267,7 +285,7 @@ def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict,
     token = admin.token(ns, "demo-mlscale-operator")
     faults = FaultProxy(plane.url, token, str(plane.ca))
     with ExitStack() as stack:
-        c = Cluster(admin, faults, ns, token, str(plane.ca), tmp_path, stack)
+        c = Cluster(admin, faults, ns, token, str(plane.ca), tmp_path, stack, lease=lease)
         envtest.kubelet.tenants[ns] = c.tenant()
         try:
             c.url = stack.enter_context(faults.serve())
@@ -281,17 +299,24 @@ def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict,
             yield c
             assert all(call[2] == ns for call in faults.calls), "a call outside the namespace"
         finally:
+            died = [why for op in c.operators if (why := op.died())]
             for op in c.operators:
                 op.proc.kill()
                 op.proc.wait()
             for d in admin.list("deployments", ns):  # the garbage collector takes the rest
                 admin.delete("deployments", ns, d["metadata"]["name"])
             envtest.kubelet.tenants.pop(ns, None)
+        assert not died, "\n".join(died)
 
 
 @pytest.fixture
-def cluster(control_plane: Envtest, crd: None, helm: str, tmp_path: Path) -> Iterator[Cluster]:
-    with start_cluster(control_plane, helm, tmp_path, {"name": "iris", "version": "1"}) as c:
+def cluster(
+    control_plane: Envtest, crd: None, helm: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    shorter = request.node.get_closest_marker("lease")
+    lease = shorter.args[0] if shorter else 15
+    model = {"name": "iris", "version": "1"}
+    with start_cluster(control_plane, helm, tmp_path, model, lease=lease) as c:
         yield c
 
 
@@ -715,10 +740,10 @@ def test_a_canary_whose_metrics_cannot_be_read_is_not_taken_for_one_without_traf
 def kill_when(cluster: Cluster, operator: Operator, condition: Callable[[dict], object],
               what: str) -> None:  # fmt: skip
     wait_for(lambda: condition(cluster.status()), 30, what)
-    operator.proc.send_signal(signal.SIGKILL)
-    operator.proc.wait()
+    operator.kill()
 
 
+@pytest.mark.lease(3)  # the successor takes over once the dead one's Lease has run out
 @pytest.mark.parametrize("where", ["mid-canary", "mid-promotion"])
 def test_a_controller_killed_mid_rollout_is_followed_by_one_that_finishes_it(
     cluster: Cluster, where: str
@@ -748,10 +773,11 @@ def test_a_controller_killed_mid_rollout_is_followed_by_one_that_finishes_it(
     assert "leading" in second.output()
 
 
+@pytest.mark.lease(3)
 def test_of_two_replicas_only_the_leader_acts_and_the_other_takes_over(cluster: Cluster):
     first = cluster.operators[0]
     standby_faults = FaultProxy(cluster.admin.url, cluster.token, cluster.ca)
-    standby = cluster.start_operator("op-2", 3, standby_faults)
+    standby = cluster.start_operator("op-2", standby_faults)
     # Up and standing by (its first look at the Lease) before the leader has work to do.
     wait_for(lambda: "waiting to lead" in standby.output(), 60, "the standby to wait to lead")
     assert cluster.deploy("2").outcome == "succeeded"
@@ -760,8 +786,7 @@ def test_of_two_replicas_only_the_leader_acts_and_the_other_takes_over(cluster: 
     acted = {(v, r) for v, r, _ in standby_faults.calls if r != "leases"}
     assert not acted, acted  # the standby read nothing but the Lease, wrote nothing else
     assert "waiting to lead" in standby.output() and "leading" not in standby.output()
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait()
+    first.kill()
     assert cluster.deploy("1", timeout=40, force=True).outcome == "succeeded"
     assert (
         cluster.admin.get("leases", cluster.ns, "mlscale-operator")["spec"]["holderIdentity"]
@@ -885,7 +910,8 @@ def test_cli_status_history_and_exit_codes(cluster: Cluster):
     refused = runner.invoke(mlscale, [*base, "deploy", "--version", "3"])
     assert refused.exit_code == 2 and "quality gate" in refused.stdout
     cluster.fates["1"] = "never"
-    failed = runner.invoke(mlscale, [*base, "deploy", "--version", "1", "--force"])
+    failed = runner.invoke(mlscale, [*base, "deploy", "--version", "1", "--force",
+                                      "--timeout", "60"])  # fmt: skip
     assert failed.exit_code == 1 and "stable serves 2" in failed.stdout
     text = runner.invoke(mlscale, [*base[:-2], "status"])
     assert "rollout Degraded" in text.stdout
