@@ -44,7 +44,8 @@ class Traffic:
     router: str = REPLICA_RATIO
     implementation: str = STANDARD
     pin_header: str = VERSION_HEADER
-    retries: int = 1
+    retries: int = 2  # one resend can meet the killed pod again, before its endpoint goes
+    max_body_bytes: int = 8 * 1024 * 1024  # the server's own default limit
 
     @classmethod
     def parse(cls, spec: dict[str, Any] | None) -> "Traffic":
@@ -54,6 +55,7 @@ class Traffic:
             implementation=spec.get("implementation", cls.implementation),
             pin_header=spec.get("pinHeader", cls.pin_header),
             retries=int(spec.get("retries", cls.retries)),
+            max_body_bytes=int(spec.get("maxBodyBytes", cls.max_body_bytes)),
         )
 
     @property

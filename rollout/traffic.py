@@ -14,15 +14,20 @@ route's rules, a pure function of the step (`Split`) and `spec.traffic`:
 
 Mirroring and retries are written the way the gateway takes them (`implementation`): the
 Gateway API's own RequestMirror filter and `retry` field (Standard), or Traefik's
-TraefikService and Retry Middleware (Traefik v3.6 implements neither of the former: it answers
-500 for a route with a RequestMirror filter). A route naming an object Traefik does not have
-yet is dropped: its requests meet whatever other route matches them (a kind test saw another
-release's pods answer). Traefik reads those objects through another provider than the route,
-so each must be there seconds before a route names it. So the chart renders the route between
-rollouts exactly as `rules(..., Split(), ...)` writes it, with the retry Middleware beside it
-(the controller's first look changes nothing), and the controller makes the TraefikService when
-a canary starts; between shadow steps it mirrors nothing (it passes every request to stable),
-so the route may still name it, or name it again, while Traefik catches up.
+TraefikService and Buffering Middleware (Traefik v3.6 implements neither of the former: it
+answers 500 for a route with a RequestMirror filter). Buffering, not Traefik's Retry: it holds
+the whole request, so it can send it again, body and all, when a pod's connection fails before
+an answer (Traefik answers 502 then); Retry resends only a request it never wrote, and behind a
+mirror, which reads the body first, it resent an empty one and broke the client's connection.
+
+A route naming an object Traefik does not have yet is dropped: its requests meet whatever other
+route matches them (a kind test saw another release's pods answer). Traefik reads those objects
+through another provider than the route, so each must be there seconds before a route names
+it. So the chart renders the route between rollouts exactly as `rules(..., Split(), ...)`
+writes it, with the resend Middleware beside it (the controller's first look changes nothing),
+and the controller makes the TraefikService when a canary starts; between shadow steps it
+mirrors nothing (it passes every request to stable), so the route may still name it, or name
+it again, while Traefik catches up.
 
 A route change counts once the gateway says so: every parent's Accepted and ResolvedRefs
 conditions True for the route's generation. One that is False stops the rollout, by name.
@@ -104,9 +109,20 @@ def route_progress(route: dict[str, Any]) -> Progress:
     return Progress(State.DONE, f"HTTPRoute {name} programmed")
 
 
-def retry_name(route: str) -> str:
-    """Traefik's Retry Middleware of a release's route."""
-    return f"{route}-retry"
+def resend_name(route: str) -> str:
+    """Traefik's Middleware that resends a release's failed requests. Not the `-retry` one of
+    releases before it: Traefik drops a route whose Middleware has two kinds, which a patch of
+    that one's spec would leave for a moment (or for good, its fields having two owners)."""
+    return f"{route}-resend"
+
+
+def resend(traffic: Traffic) -> dict[str, Any]:
+    """The resend Middleware's spec: Traefik's Buffering reads the request (up to the server's
+    own body limit, answering 413 above it, as the server would) and sends it again while the
+    answer is a 502 or 504 of its own, `retries` times. Inference is idempotent: a request the
+    dead pod may have read is safe to answer twice."""
+    again = f"IsNetworkError() && Attempts() <= {traffic.retries}"
+    return {"buffering": {"maxRequestBodyBytes": traffic.max_body_bytes, "retryExpression": again}}
 
 
 def mirror_name(route: str) -> str:
@@ -126,7 +142,7 @@ def rules(traffic: Traffic, name: str, split: Split, port: int) -> list[dict[str
     retry: dict[str, Any] = {}  # the Gateway API's own (GEP-1731, experimental channel)
     filters: list[dict[str, Any]] = []
     if t.retries and t.implementation == TRAEFIK:
-        middleware = {"group": TRAEFIK_GROUP, "kind": "Middleware", "name": retry_name(name)}
+        middleware = {"group": TRAEFIK_GROUP, "kind": "Middleware", "name": resend_name(name)}
         filters.append({"type": "ExtensionRef", "extensionRef": middleware})
     elif t.retries:
         retry = {"retry": {"attempts": t.retries}}
@@ -264,9 +280,7 @@ class Route:
 
     def _traefik_objects(self, split: Split, port: int) -> None:
         if self.traffic.retries:
-            # Traefik's attempts count the first try: one retry is two attempts.
-            self._ensure(MIDDLEWARES, "Middleware", retry_name(self.name),
-                         {"retry": {"attempts": self.traffic.retries + 1}})  # fmt: skip
+            self._ensure(MIDDLEWARES, "Middleware", resend_name(self.name), resend(self.traffic))
         # Outside shadow steps it mirrors nothing: naming the canary's Service while no canary
         # runs, it would fail to build in Traefik.
         mirrors = [{"name": self.canary_service, "port": port, "percent": split.mirror}]

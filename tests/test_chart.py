@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from mlscale.rollout.resource import Traffic
-from mlscale.rollout.traffic import Split, retry_name, rules
+from mlscale.rollout.traffic import Split, resend, resend_name, rules
 from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings, Settings
 from tests.conftest import ROOT
 from tests.helpers import (
@@ -456,14 +456,17 @@ def test_with_a_gateway_each_track_has_a_service_and_the_route_sends_all_to_stab
                                     "port": 80, "weight": 100}]  # fmt: skip
     (ro,) = by_kind(docs, "ModelRollout")
     assert ro["spec"]["traffic"] == {"router": "Gateway", "implementation": "Traefik",
-                                     "pinHeader": "x-model-version", "retries": 1}  # fmt: skip
+                                     "pinHeader": "x-model-version", "retries": 2,
+                                     "maxBodyBytes": 8388608}  # fmt: skip
     # The rules are the controller's own between rollouts (its first look changes nothing),
-    # and the retry Middleware they name comes with them.
+    # and the resend Middleware they name comes with them, as the controller would make it.
     traffic = Traffic.parse(ro["spec"]["traffic"])
     assert route["spec"]["rules"] == rules(traffic, "demo-mlscale", Split(), 80)
     (middleware,) = by_kind(docs, "Middleware")
-    assert middleware["metadata"]["name"] == retry_name("demo-mlscale")
-    assert middleware["spec"] == {"retry": {"attempts": 2}}  # the first try, and one retry
+    assert middleware["metadata"]["name"] == resend_name("demo-mlscale")
+    assert middleware["spec"] == resend(traffic) == {"buffering": {
+        "maxRequestBodyBytes": 8388608,  # the server's own limit: the gateway answers 413 above
+        "retryExpression": "IsNetworkError() && Attempts() <= 2"}}  # two resends  # fmt: skip
     standard = render(
         helm,
         tmp_path,
@@ -472,14 +475,14 @@ def test_with_a_gateway_each_track_has_a_service_and_the_route_sends_all_to_stab
             "gateway": {
                 **VALUE_SETS["gateway"]["gateway"],
                 "implementation": "Standard",
-                "retries": 2,
+                "retries": 3,
             },
         },
     )
     (route,) = by_kind(standard, "HTTPRoute")
     traffic = Traffic.parse(by_kind(standard, "ModelRollout")[0]["spec"]["traffic"])
     assert route["spec"]["rules"] == rules(traffic, "demo-mlscale", Split(), 80)
-    assert route["spec"]["rules"][0]["retry"] == {"attempts": 2}
+    assert route["spec"]["rules"][0]["retry"] == {"attempts": 3}
     assert not by_kind(standard, "Middleware")
     (role,) = by_kind(docs, "Role")
     allowed = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]

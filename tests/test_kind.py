@@ -500,7 +500,9 @@ def test_canary_weights_are_shares_of_requests_through_the_gateway(cluster: str)
             if 2 in opened and not killed and now - opened[2] > 5:  # mid-step: kill a canary pod
                 canary = [p for p in server_pods() if p["metadata"]["labels"][TRACK] == "canary"]
                 killed = canary[0]["metadata"]["name"]
-                kubectl("-n", NAMESPACE, "delete", "pod", killed, "--grace-period=0", "--force")
+                # Its process, SIGKILLed in its node mid-request: the gateway resends what the
+                # pod had (the release's resend Middleware).
+                kill_in_its_node(killed, NAMESPACE)
             taken = status.get("observedGeneration", 0) >= generation
             if taken and status.get("phase") in ("Healthy", "Aborted", "Degraded") and not run:
                 break
@@ -647,7 +649,7 @@ spec:
   # the thresholds an earlier `mlscale rollout canary` set.
   analysis: {maxErrorRate: 0.01, maxP99Ms: 250, maxP99Ratio: 1.5, minRequests: 10, maxIntervals: 3,
              maxOutputDrift: 0.2}
-  traffic: {router: Gateway, implementation: Traefik, pinHeader: x-model-version, retries: 1}
+  traffic: {router: Gateway, implementation: Traefik, pinHeader: x-model-version, retries: 2}
   qualityGate: {enabled: false}
   progressTimeoutSeconds: 600
   paused: false

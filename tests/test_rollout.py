@@ -1130,7 +1130,7 @@ def test_through_traefik_each_step_is_a_route_and_a_shadow_step_a_mirror(
         assert gateway is not None
         assert shadow_canary(cluster, "2").outcome == "succeeded"
         seen = gateway.rules
-        middleware = {"group": "traefik.io", "kind": "Middleware", "name": "demo-mlscale-retry"}
+        middleware = {"group": "traefik.io", "kind": "Middleware", "name": "demo-mlscale-resend"}
         retry = [{"type": "ExtensionRef", "extensionRef": middleware}]
         shadow = next(r for r in seen if len(r) == 2 and default_rule(r)["backendRefs"][0]
                       ["kind"] == "TraefikService")  # fmt: skip
@@ -1155,8 +1155,10 @@ def test_through_traefik_each_step_is_a_route_and_a_shadow_step_a_mirror(
         assert mirror["metadata"]["ownerReferences"][0]["kind"] == "ModelRollout"
         idle = cluster.admin.get("traefikservices", cluster.ns, "demo-mlscale-mirror")
         assert idle is not None and idle["spec"]["mirroring"]["mirrors"] == []
-        made = cluster.admin.get("middlewares", cluster.ns, "demo-mlscale-retry")
-        assert made is not None and made["spec"] == {"retry": {"attempts": 2}}
+        made = cluster.admin.get("middlewares", cluster.ns, "demo-mlscale-resend")
+        assert made is not None and made["spec"] == {"buffering": {
+            "maxRequestBodyBytes": 8388608,  # the server's own limit
+            "retryExpression": "IsNetworkError() && Attempts() <= 2"}}  # fmt: skip
         assert cluster.deployment("demo-mlscale-canary") is None and cluster.stable_version() == "2"
         passed = [m for r, m in cluster.events() if r == "StepPassed"]
         assert passed[0].startswith("step 0 (shadow 50%)") and "answers drift 0.000" in passed[0]

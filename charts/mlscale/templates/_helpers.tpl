@@ -235,7 +235,7 @@ is on, so that releases without one keep the digest charts before it gave them).
 {{/* The ModelRollout's spec.traffic, as JSON. */}}
 {{- define "mlscale.traffic" -}}
 {{- if .Values.gateway.enabled -}}
-{{- dict "router" "Gateway" "implementation" .Values.gateway.implementation "pinHeader" .Values.gateway.pinHeader "retries" .Values.gateway.retries | toJson -}}
+{{- dict "router" "Gateway" "implementation" .Values.gateway.implementation "pinHeader" .Values.gateway.pinHeader "retries" .Values.gateway.retries "maxBodyBytes" (.Values.server.maxBodyBytes | int64) | toJson -}}
 {{- else -}}
 {{- dict "router" "ReplicaRatio" | toJson -}}
 {{- end -}}
