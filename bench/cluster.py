@@ -180,9 +180,14 @@ def failed(output: str) -> int:
     return count
 
 
-def throughput(cpu: str, rounds: int, seconds: float, connections: int) -> dict[int, list[float]]:
+def fixed_pods(cpu: str) -> None:
+    """Autoscaler off, each pod limited to `cpu`: pod counts the bench sets itself."""
     helm_set("autoscaling.enabled=false", f"resources.limits.cpu={cpu}",
              f"resources.requests.cpu={cpu}")  # fmt: skip
+
+
+def throughput(cpu: str, rounds: int, seconds: float, connections: int) -> dict[int, list[float]]:
+    fixed_pods(cpu)
     results: dict[int, list[float]] = {1: [], 2: [], 3: []}
     for r in range(rounds):
         for replicas in results:
@@ -195,9 +200,11 @@ def throughput(cpu: str, rounds: int, seconds: float, connections: int) -> dict[
     return results
 
 
-def gateway_cost(rounds: int, seconds: float, connections: int) -> dict[str, dict[str, list]]:
-    """One pod (autoscaler off, the throughput phase's CPU), wrk through the gateway and
-    straight to it, interleaved."""
+def gateway_cost(cpu: str, rounds: int, seconds: float, connections: int
+                 ) -> dict[str, dict[str, list]]:  # fmt: skip
+    """One pod (autoscaler off, limited to `cpu`), wrk through the gateway and straight to
+    it, interleaved."""
+    fixed_pods(cpu)
     kubectl("scale", "deployment", RELEASE, "--replicas=1")
     settle(1)
     results: dict[str, dict[str, list]] = {"direct": {"rps": [], "p99_ms": []},
@@ -372,7 +379,8 @@ def main() -> None:
         if "throughput" in parts:
             result["throughput"] = throughput(args.cpu, args.rounds, args.seconds, args.connections)
         if "gateway" in parts:
-            result["gateway_cost"] = gateway_cost(args.rounds, args.seconds, args.connections)
+            result["gateway_cost"] = gateway_cost(args.cpu, args.rounds, args.seconds,
+                                                  args.connections)  # fmt: skip
         if "shares" in parts:
             result["shares"] = canary_shares(args.share_seconds, args.users)
         # At the demo's requests and limits from here on.

@@ -6,10 +6,10 @@ and each fault reports: requests sent and failed, the longest gap between two su
 answers, and seconds from the fault to the release's Ready pods being back to what they were.
 
 - `kill`: a serving pod's process SIGKILLed inside its node (as the OOM killer or a crash
-  does), with the load through the gateway (its route retries a request whose connection
-  failed), through the Service's NodePort (kube-proxy: nothing retries for the client),
-  and each again with clients that send a request again once when no pod answered it (its
-  connection failed, or the gateway answered 502-504).
+  does), with the load through the gateway (its route sends a request again, whole, when the
+  pod's connection failed before an answer), through the Service's NodePort (kube-proxy:
+  nothing retries for the client), and each again with clients that send a request again
+  once when no pod answered it (its connection failed, or the gateway answered 502-504).
 - `drain`: `kubectl drain` of the worker with the most of 3 pods, the PodDisruptionBudget on.
 - `node`: a worker's container stopped outright (`docker stop`), started again afterwards.
 - `bodies`: a body over the size limit, JSON nested 10,000 deep, a binary tensor whose header

@@ -117,12 +117,15 @@ def resend_name(route: str) -> str:
 
 
 def resend(traffic: Traffic) -> dict[str, Any]:
-    """The resend Middleware's spec: Traefik's Buffering reads the request (up to the server's
-    own body limit, answering 413 above it, as the server would) and sends it again while the
-    answer is a 502 or 504 of its own, `retries` times. Inference is idempotent: a request the
-    dead pod may have read is safe to answer twice."""
+    """The resend Middleware's spec: Traefik's Buffering reads the request and sends it again
+    while the answer is a 502 or 504 of its own, `retries` times. Inference is idempotent: a
+    request the dead pod may have read is safe to answer twice. It reads up to twice the
+    server's body limit: a body a little over the limit still reaches a pod, whose 413 names
+    the limit in the protocol's error shape; a far larger one Traefik refuses (413, plain text)
+    without holding more of it."""
     again = f"IsNetworkError() && Attempts() <= {traffic.retries}"
-    return {"buffering": {"maxRequestBodyBytes": traffic.max_body_bytes, "retryExpression": again}}
+    return {"buffering": {"maxRequestBodyBytes": 2 * traffic.max_body_bytes,
+                          "retryExpression": again}}  # fmt: skip
 
 
 def mirror_name(route: str) -> str:

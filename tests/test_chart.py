@@ -465,7 +465,7 @@ def test_with_a_gateway_each_track_has_a_service_and_the_route_sends_all_to_stab
     (middleware,) = by_kind(docs, "Middleware")
     assert middleware["metadata"]["name"] == resend_name("demo-mlscale")
     assert middleware["spec"] == resend(traffic) == {"buffering": {
-        "maxRequestBodyBytes": 8388608,  # the server's own limit: the gateway answers 413 above
+        "maxRequestBodyBytes": 16777216,  # twice the server's limit: its own 413 below that
         "retryExpression": "IsNetworkError() && Attempts() <= 2"}}  # two resends  # fmt: skip
     standard = render(
         helm,

@@ -274,6 +274,11 @@ def test_inference_through_the_node_port_and_the_gateway(cluster: str, url: str)
     other = httpx.post(url + "/v2/models/linear/infer", json=LINEAR_ROW, timeout=10)
     assert other.status_code == 200, other.text
     assert (other.json()["model_name"], other.json()["model_version"]) == ("linear", "1")
+    # A body over the 8 MiB limit meets the server's own refusal, in the protocol's shape, on
+    # either path (the gateway holds up to twice the limit to be able to send it again).
+    big = httpx.post(url + "/v2/models/iris/infer", content=b"x" * (9 * 2**20), timeout=30,
+                     headers={"content-type": "application/json"})  # fmt: skip
+    assert big.status_code == 413 and "server.maxBodyBytes" in big.json()["error"], big.text
 
 
 def test_the_gateway_programs_the_releases_route(cluster: str):
@@ -802,20 +807,6 @@ def test_stepped_load_scales_out_across_workers_and_a_rollout_loses_nothing(
     assert loaded and all(requests_served(pod) > 0 for pod in loaded), (loaded, len(added))
 
 
-def beyond_route_move_disconnects(failures: list[str]) -> list[str]:
-    """The failures but a client disconnect (no status, no answer) per move of the route onto
-    the mirror and off it: two. In about one run in five of the shadow rollouts below, one
-    request through Traefik ended so (two, 8 s apart, once in CI), by its timing near when the
-    route moves; its cause is not found yet (README, the gateway section). Any other failure,
-    or a third disconnect, still fails the test."""
-    rest, allowed = list(failures), 2
-    for failure in list(rest):  # each counted, even where two are worded alike to the ms
-        if allowed and "Server disconnected without sending a response" in failure:
-            rest.remove(failure)
-            allowed -= 1
-    return rest
-
-
 # --- bring your own model --------------------------------------------------------------------
 
 
@@ -921,7 +912,7 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
             mixed_up = rollout(*flowers_rollout, *shadow, "--model-image", images["3"])
         said = " ".join(mixed_up.stderr.split())  # as one line: the console wraps at its width
         assert mixed_up.returncode == 1 and "canary answers drift 1.000" in said, said
-        assert beyond_route_move_disconnects(failures) == [], failed_with(failures, "flowers")
+        assert failures == [], failed_with(failures, "flowers")
         status = json.loads(rollout(*flowers_rollout, "-o", "json", "status").stdout)
         assert [(t["track"], t["version"]) for t in status["tracks"]] == [("stable", "2")]
         analysis = status["rollout"]["analysis"]
@@ -933,7 +924,7 @@ def test_your_own_model_ships_as_model_images_and_a_canary_promotes_it(
         with steady_load(url=gateway_url, body=body, headers=host, answered=answered) as failures:
             same = rollout(*flowers_rollout, *shadow, "--model-image", images["4"])
         assert same.returncode == 0, same.stdout + same.stderr
-        assert beyond_route_move_disconnects(failures) == [], failed_with(failures, "flowers")
+        assert failures == [], failed_with(failures, "flowers")
         assert answered[-1][1] == "4"
     finally:
         helm("uninstall", "flowers", "-n", "flowers", "--wait")

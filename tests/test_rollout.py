@@ -1157,7 +1157,7 @@ def test_through_traefik_each_step_is_a_route_and_a_shadow_step_a_mirror(
         assert idle is not None and idle["spec"]["mirroring"]["mirrors"] == []
         made = cluster.admin.get("middlewares", cluster.ns, "demo-mlscale-resend")
         assert made is not None and made["spec"] == {"buffering": {
-            "maxRequestBodyBytes": 8388608,  # the server's own limit
+            "maxRequestBodyBytes": 16777216,  # twice the server's own limit
             "retryExpression": "IsNetworkError() && Attempts() <= 2"}}  # fmt: skip
         assert cluster.deployment("demo-mlscale-canary") is None and cluster.stable_version() == "2"
         passed = [m for r, m in cluster.events() if r == "StepPassed"]
