@@ -472,10 +472,10 @@ def test_canary_weights_are_shares_of_requests_through_the_gateway(cluster: str)
     assert live_version() == "1"
     # The split is what this test is about: latency against stable's is left to the others
     # (a fresh pod's first few hundred requests, all this machine's 2 cores can give it at 0%,
-    # have a noisy p99).
+    # have a noisy p99: once in CI 26.5 ms against stable's few, which a 10 ms slack failed).
     started = rollout("canary", "--version", "2", "--steps", "0,5,50", "--interval", "15",
-                      "--min-requests", "10", "--max-p99-ratio", "5", "--force",
-                      "--no-wait")  # fmt: skip
+                      "--min-requests", "10", "--max-p99-ratio", "5", "--p99-slack-ms", "100",
+                      "--force", "--no-wait")  # fmt: skip
     assert started.returncode == 0, started.stderr
     generation = json.loads(kubectl("-n", NAMESPACE, "get", "mro", RELEASE, "-o", "json"))[
         "metadata"]["generation"]  # fmt: skip
