@@ -29,6 +29,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 Labels = tuple[str, str, str, str]  # endpoint, model, version, code
+# A batched request's answer of up to this many values is counted in Python: numpy's per-call
+# cost (np.unique's about 8 µs) was a fifth of a compiled model's single-row request.
+SMALL_ANSWER = 16
 
 
 class RequestStats(Collector):
@@ -87,6 +90,8 @@ class PredictionStats(Collector):
 
     def observe(self, identity: tuple[str, str], classifier: bool, answers: Any) -> None:
         """Count one request's `predict` answers: a list (small requests) or an array."""
+        if isinstance(answers, np.ndarray) and answers.size <= SMALL_ANSWER:
+            answers = answers.ravel().tolist()
         if classifier:
             counts = self._classes.setdefault(identity, {})
             if isinstance(answers, np.ndarray):

@@ -101,6 +101,15 @@ def test_bytes_that_do_not_add_up_get_400(iris_server: Server, size, data, lengt
     assert text in r.json()["error"]
 
 
+def test_a_datatype_that_is_not_a_string_gets_400(iris_server: Server):
+    header = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": {"FP64": 1},
+                          "parameters": {"binary_data_size": 32}}]}  # fmt: skip
+    body, headers = raw_request(header, np.zeros(4).tobytes())
+    headers["content-type"] = "application/octet-stream"
+    r = httpx.post(iris_server.url + "/v2/models/iris/infer", content=body, headers=headers)
+    assert r.status_code == 400 and "unknown datatype" in r.json()["error"], r.text
+
+
 def test_octet_stream_without_the_header_is_still_refused(iris_server: Server):
     r = httpx.post(
         iris_server.url + "/v2/models/iris/infer",

@@ -40,8 +40,8 @@ def test_request_stats_match_prometheus_client_counter_and_histogram():
 
 
 def test_prediction_values_match_prometheus_client_histogram():
-    """A regressor's answers, from small requests (lists) and batches (arrays) alike, make the
-    histogram prometheus_client would; NaN (a missing value's answer) is left out."""
+    """A regressor's answers, from small requests (lists, small arrays) and big batches alike,
+    make the histogram prometheus_client would; NaN (a missing value's answer) is left out."""
     import numpy as np
 
     bounds = (-1.0, 0.0, 0.5, 2.0, 10.0)
@@ -56,6 +56,9 @@ def test_prediction_values_match_prometheus_client_histogram():
         ours.predictions.observe(("linear", "1"), False, chunk if i % 20 else np.array(chunk))
         for v in chunk:
             histogram.labels("linear", "1").observe(v)
+    ours.predictions.observe(("linear", "1"), False, np.array(values))  # a big batch: numpy
+    for v in values:
+        histogram.labels("linear", "1").observe(v)
     ours.predictions.observe(("linear", "1"), False, np.array([float("nan")]))
     ours.predictions.observe(("linear", "1"), False, [float("nan")])
     # Buckets only: with negative bounds, OpenMetrics has no _sum (nor, in prometheus_client's
@@ -70,11 +73,12 @@ def test_prediction_labels_are_counted_per_version():
     ours = Metrics()
     ours.predictions.observe(("iris", "1"), True, [0, 2, 2])
     ours.predictions.observe(("iris", "1"), True, np.array([2, 1]))
+    ours.predictions.observe(("iris", "1"), True, np.array([1] * 20))  # counted by numpy
     ours.predictions.observe(("flowers", "2"), True, np.array(["setosa", "setosa"], dtype=object))
     text = ours.render().decode()
     for line in (
         'mlscale_predictions_total{label="0",model="iris",version="1"} 1.0',
-        'mlscale_predictions_total{label="1",model="iris",version="1"} 1.0',
+        'mlscale_predictions_total{label="1",model="iris",version="1"} 21.0',
         'mlscale_predictions_total{label="2",model="iris",version="1"} 3.0',
         'mlscale_predictions_total{label="setosa",model="flowers",version="2"} 2.0',
     ):

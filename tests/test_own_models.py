@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import joblib
@@ -61,12 +62,12 @@ def regression(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Pipe
     return manifest, pipe, store
 
 
-def table(rows: list[list], datatype: str = "BYTES", name: str = "input-0") -> bytes:
+def table(rows: list[list], datatype: Any = "BYTES", name: Any = "input-0") -> bytes:
     tensor = {"name": name, "shape": [len(rows), len(rows[0])], "datatype": datatype, "data": rows}
     return orjson.dumps({"inputs": [tensor]})
 
 
-def columns(**data: tuple[str, list]) -> bytes:
+def columns(**data: tuple[Any, list]) -> bytes:
     inputs = [
         {"name": n, "shape": [len(values)], "datatype": datatype, "data": values}
         for n, (datatype, values) in data.items()
@@ -130,6 +131,17 @@ def test_an_integer_column_refuses_fractions_and_nulls(regression, age, text):
     "body, text",
     [
         (table([[59, 30.1, 80.0, "no"]], "FOO"), "unknown datatype 'FOO'"),
+        (table([[59, 30.1, 80.0, "no"]], ["BYTES"]), "unknown datatype"),  # was a 500
+        (table([[59, 30.1, 80.0, "no"]], name=["input-0"]), "each input needs a 'name'"),
+        (
+            columns(
+                age=(["INT64"], [50]),
+                bmi=("FP64", [30.1]),
+                bp=("FP64", [80.0]),
+                smoker=("BYTES", ["no"]),
+            ),
+            "input 'age': datatype ['INT64'] does not fit",
+        ),
         (table([[59, 30.1, 80.0, "no"]], name="rows"), "unknown input 'rows'"),
         (table([["a", "b", "c", "d"]], "FP64"), "datatype FP64 holds numbers"),
         (table([[59, 30.1, 80.0, "no"]], "FP64"), "datatype FP64 holds numbers"),
@@ -138,7 +150,8 @@ def test_an_integer_column_refuses_fractions_and_nulls(regression, age, text):
     ],
 )
 def test_one_table_tensor_is_checked_like_columns(regression, body, text):
-    """One [N, columns] tensor: its name, its datatype and its values against the columns."""
+    """One [N, columns] tensor: its name, its datatype and its values against the columns;
+    a name or datatype that is not a string is refused too."""
     manifest, _, _ = regression
     with pytest.raises(InvalidInput) as caught:
         decode_infer_request(body, manifest)

@@ -90,6 +90,8 @@ def test_single_feature_model_takes_a_flat_batch(linear: Manifest):
         (body(tensor([1, 3], [1, 2, 3])), r"does not match the model's \[-1, 4\]"),
         (body(tensor([0, 4], [])), "empty batch"),
         (body(tensor([1, 4], [1, 2, 3, 4], "FP128")), "unknown datatype"),
+        (body(tensor([1, 4], [1, 2, 3, 4], ["FP64"])), "unknown datatype"),  # not a 500
+        (body(tensor([1, 4], [1, 2, 3, 4], {})), "unknown datatype"),
         (body(tensor([1, 4], ["a", "b", "c", "d"], "BYTES")), "not numeric"),
         (body(tensor([1, 4], ["a", "b", "c", "d"])), "must be numbers"),
         (body(tensor([1, 4], [True, False, True, True])), "must be numbers"),

@@ -88,6 +88,11 @@ class Manifest(BaseModel):
     compiled: Compiled | None = Field(None, description="Set when runtime is onnx.")
 
     @cached_property
+    def input_types(self) -> dict[str, str]:
+        """Datatype by input name, in the model's order."""
+        return {spec.name: spec.datatype for spec in self.inputs}
+
+    @cached_property
     def output_types(self) -> dict[str, str]:
         """Datatype by output name."""
         return {spec.name: spec.datatype for spec in self.outputs}

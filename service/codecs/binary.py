@@ -78,7 +78,7 @@ def _decode(chunk: memoryview, tensor: dict[str, Any], where: str) -> np.ndarray
         raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
     if datatype == "BYTES":
         return _decode_bytes(chunk, prod(shape), where)
-    dtype = DTYPES.get(datatype)  # type: ignore[arg-type]
+    dtype = DTYPES.get(datatype) if type(datatype) is str else None
     if dtype is None:
         raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
     if len(chunk) != prod(shape) * dtype.itemsize:

@@ -23,33 +23,38 @@ TABLE = "input-0"
 def decode_tensors(inputs: list[Any], manifest: Manifest) -> Table:
     """V2 inputs, one per column or one rows-by-columns tensor, as a typed DataFrame."""
     columns = _columns(manifest)
-    names = list(columns.dtypes)
+    types = manifest.input_types
     first = inputs[0].get("name") if type(inputs[0]) is dict else None
-    if len(inputs) == 1 and len(names) > 1 and first not in columns.dtypes:
+    if len(inputs) == 1 and len(types) > 1 and not (type(first) is str and first in types):
         return _decode_table(inputs[0], manifest)
     by_name: dict[str, list[Any] | np.ndarray] = {}
     rows = None
     for tensor in inputs:
         name, shape, datatype, data = _fields(tensor)
-        if name not in columns.dtypes:
-            raise InvalidInput(f"unknown input {name!r}; the model's columns are {names}")
+        want = types.get(name)
+        if want is None:
+            raise InvalidInput(f"unknown input {name!r}; the model's columns are {list(types)}")
         if name in by_name:
             raise InvalidInput(f"input {name!r} is sent twice")
-        where = f"input {name!r}"
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise InvalidInput(f"{where}: a column has shape [N] or [N, 1], not {shape}")
+            raise InvalidInput(f"input {name!r}: a column has shape [N] or [N, 1], not {shape}")
         if rows is None:
             rows = shape[0]
         elif shape[0] != rows:
-            raise InvalidInput(f"{where}: has {shape[0]} rows, other columns have {rows}")
-        values = _flat(data, where)
+            raise InvalidInput(f"input {name!r}: has {shape[0]} rows, other columns have {rows}")
+        values = _flat(data, name)
         if len(values) != shape[0]:
-            raise InvalidInput(f"{where}: shape {shape} needs {shape[0]} values, got {len(values)}")
-        _check_datatype(datatype, manifest, name, where)
+            raise InvalidInput(
+                f"input {name!r}: shape {shape} needs {shape[0]} values, got {len(values)}"
+            )
+        if datatype != want and (type(datatype) is not str or _family(datatype) != _family(want)):
+            raise InvalidInput(
+                f"input {name!r}: datatype {datatype!r} does not fit the column; send {want}"
+            )
         by_name[name] = values
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise InvalidInput(f"missing input column(s) {missing}; the model takes {names}")
+    if len(by_name) < len(types):
+        missing = [n for n in types if n not in by_name]
+        raise InvalidInput(f"missing input column(s) {missing}; the model takes {list(types)}")
     if not rows:
         raise InvalidInput("empty batch; send at least one row")
     return frame(by_name, columns)
@@ -93,22 +98,16 @@ def _fields(tensor: Any) -> tuple[str, list[int], Any, Any]:
     return name, shape, tensor.get("datatype"), tensor.get("data")
 
 
-def _flat(data: Any, where: str) -> list[Any] | np.ndarray:
+def _flat(data: Any, name: str) -> list[Any] | np.ndarray:
+    if type(data) is list:
+        if data and type(data[0]) is list and all(type(v) is list for v in data):
+            if not all(len(v) == 1 for v in data):
+                raise InvalidInput(f"input {name!r}: nested rows of a column hold one value each")
+            return [v[0] for v in data]
+        return data
     if isinstance(data, np.ndarray):
         return data.ravel()
-    if type(data) is not list:
-        raise InvalidInput(f"{where}: data must be a list (flat or nested)")
-    if data and all(type(v) is list for v in data):
-        if not all(len(v) == 1 for v in data):
-            raise InvalidInput(f"{where}: nested rows of a column hold one value each")
-        return [v[0] for v in data]
-    return data
-
-
-def _check_datatype(datatype: Any, manifest: Manifest, name: str, where: str) -> None:
-    want = next(spec.datatype for spec in manifest.inputs if spec.name == name)
-    if not _fits(datatype, want):
-        raise InvalidInput(f"{where}: datatype {datatype!r} does not fit the column; send {want}")
+    raise InvalidInput(f"input {name!r}: data must be a list (flat or nested)")
 
 
 _CARRIES = {"numeric": "numbers", "BOOL": "booleans", "BYTES": "strings"}
@@ -134,7 +133,7 @@ def _decode_table(tensor: Any, manifest: Manifest) -> Table:
             f"or one [N, {len(names)}] tensor named {TABLE!r}"
         )
     where = f"input {name!r}"
-    if datatype not in DATATYPES:
+    if type(datatype) is not str or datatype not in DATATYPES:
         raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
     if len(shape) != 2 or shape[1] != len(names):
         raise InvalidInput(

@@ -114,7 +114,7 @@ def decode_infer_request(
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
     if type(datatype) is not str or datatype not in NUMERIC_TYPES:
-        if datatype in DATATYPES:
+        if type(datatype) is str and datatype in DATATYPES:
             raise InvalidInput(f"{where}: datatype {datatype} is not numeric; send {spec.datatype}")
         raise InvalidInput(f"{where}: unknown datatype {datatype!r}")
     if type(data) is not list and not isinstance(data, np.ndarray):  # arrays: binary data

@@ -53,6 +53,21 @@ def storage_of(columns: Columns, name: str) -> tuple[str, np.dtype[Any] | None]:
     return ("O" if dtype.kind in "USO" else dtype.kind), None  # pandas 3 names strings "str"
 
 
+# Columns -> (name, kind, dtype) per column: a manifest's columns are made once per version, and
+# their storage, worked out from dtype strings, is asked for by every request. The Columns are
+# held, so an id cannot be reused while it is a key.
+_STORAGE: dict[int, tuple[Columns, list[tuple[str, str, np.dtype[Any] | None]]]] = {}
+
+
+def storage(columns: Columns) -> list[tuple[str, str, np.dtype[Any] | None]]:
+    """`storage_of` every column, in the model's order, worked out once per Columns."""
+    held = _STORAGE.get(id(columns))
+    if held is None:
+        held = _STORAGE[id(columns)] = (
+            columns, [(name, *storage_of(columns, name)) for name in columns.dtypes])  # fmt: skip
+    return held[1]
+
+
 @dataclass(frozen=True)
 class Table:
     """Rows by column: each column's checked values, as an array of its training dtype (floats,
@@ -85,8 +100,7 @@ class Table:
 def frame(by_name: dict[str, Any], columns: Columns) -> Table:
     """Check each column's values against its training dtype: the typed table."""
     data = {}
-    for name in columns.dtypes:
-        kind, dtype = storage_of(columns, name)
+    for name, kind, dtype in storage(columns):
         values = by_name[name]
         where = f"column {name!r}"
         if isinstance(values, np.ndarray):  # binary tensor data: already typed
@@ -102,9 +116,10 @@ def frame(by_name: dict[str, Any], columns: Columns) -> Table:
         elif kind == "f":
             if not all(type(v) in (int, float) or v is None for v in values):
                 raise InvalidInput(f"{where}: expects numbers or null")
-            if None in values and not columns.missing:
-                raise InvalidInput(f"{where}: {_NO_MISSING}")
-            values = [np.nan if v is None else v for v in values]
+            if None in values:
+                if not columns.missing:
+                    raise InvalidInput(f"{where}: {_NO_MISSING}")
+                values = [np.nan if v is None else v for v in values]
         elif kind in "iu":
             if not all(type(v) is int for v in values):
                 values = _whole(values, where)
