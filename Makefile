@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 UV_VERSION := 0.13.9
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test test-fresh-machine lint bench bench-ab bench-cluster bench-faults soak bench-image clean
+.PHONY: help install tools models serve demo loadtest image kind-images kind-up kind-load deploy kind-down test test-fresh-machine lint bench bench-ab profile bench-cluster bench-faults soak bench-image clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ bench: install ## Throughput and latency against a naive app and the floor (need
 
 bench-ab: install ## This tree's server against REV's, interleaved in one run (REV=HEAD~1; needs wrk, taskset)
 	$(BIN)/python -m bench.ab $(or $(REV),HEAD~1)
+
+profile: install ## Where a request's time goes in the app, without HTTP (MODEL=multilinear|flowers|boosted)
+	$(BIN)/python -m bench.profile --model $(or $(MODEL),multilinear) --profile
 
 bench-cluster: install tools ## Throughput with 1-3 pods and the HPA's reaction, on the kind cluster
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: sudo apt-get install wrk"; exit 1; }

@@ -53,6 +53,20 @@ FLOOR_GATHERED = "floor through mlscale's transport"
 console = Console()
 
 
+def publish_models(store_dir: Path) -> list[dict]:
+    """The benched models, in a store: the linear MODEL, the flowers pipeline and "boosted", both
+    compiled. Returns a flowers test row, by column."""
+    ensure_versions(ModelStore(store_dir), MODEL, 1)
+    pipe, x_train, x_test, _ = flowers.train()
+    publish(pipe, "flowers", model_dir=store_dir, sample=x_train.head())
+    # A numeric pipeline of the kind people fit to tables of numbers: iris's four features,
+    # scaled, into histogram gradient boosting (the same four-number rows as the linear model).
+    x, y = load_iris(return_X_y=True)
+    boosted = make_pipeline(StandardScaler(), HistGradientBoostingClassifier(random_state=0))
+    publish(boosted.fit(x, y), "boosted", model_dir=store_dir, sample=x[:5], holdout=(x, y))
+    return x_test.head(1).to_dict(orient="records")
+
+
 def v2_body(rows: int) -> dict:
     data = ROW * rows
     return {"inputs": [{"name": "input-0", "shape": [rows, 4], "datatype": "FP64", "data": data}]}
@@ -188,17 +202,9 @@ def main() -> None:
         sys.exit("wrk and taskset are needed: apt-get install wrk util-linux")
 
     store_dir = Path(tempfile.mkdtemp(prefix="mlscale-bench-"))
-    ensure_versions(ModelStore(store_dir), MODEL, 1)
+    pipeline_row = publish_models(store_dir)
     artifact = str(store_dir / MODEL / "1" / ARTIFACT)
-    pipe, x_train, x_test, _ = flowers.train()
-    publish(pipe, "flowers", model_dir=store_dir, sample=x_train.head())
     pipeline_artifact = str(store_dir / "flowers" / "1" / ARTIFACT)
-    # A numeric pipeline of the kind people fit to tables of numbers: iris's four features,
-    # scaled, into histogram gradient boosting (the same four-number rows as the linear model).
-    x, y = load_iris(return_X_y=True)
-    boosted = make_pipeline(StandardScaler(), HistGradientBoostingClassifier(random_state=0))
-    publish(boosted.fit(x, y), "boosted", model_dir=store_dir, sample=x[:5], holdout=(x, y))
-    pipeline_row = x_test.head(1).to_dict(orient="records")
     mlscale_env = {"MLSCALE_MODEL_DIR": str(store_dir), "MLSCALE_MODEL_NAME": MODEL,
                    "MLSCALE_LOG_LEVEL": "warning"}  # fmt: skip
     python = sys.executable

@@ -1,5 +1,8 @@
 """The fault and soak benchmarks' figures from what they recorded (the cluster parts run in
-`make bench-faults` and `make soak`)."""
+`make bench-faults` and `make soak`), and the in-process profile."""
+
+import subprocess
+import sys
 
 from bench.faults import Load
 from bench.soak import growth, pace_for
@@ -31,3 +34,16 @@ def test_the_pace_leaves_room_for_each_answers_latency():
     assert pace_for(32, 4000, latency_ms=3) == 5
     assert pace_for(32, 4000, latency_ms=0) == 8
     assert pace_for(32, 40000, latency_ms=3) == 1  # out of reach: as fast as it goes
+
+
+def test_the_profile_drives_the_compiled_pipeline_and_names_the_stages():
+    """`make profile`: real requests through the app (a wrong one would stop it), and the
+    stages' shares of a request from cProfile."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "--model", "flowers", "--requests", "256",
+         "--profile"], capture_output=True, text=True, check=True, timeout=240,
+    ).stdout  # fmt: skip
+    assert "flowers (auto):" in out and "µs per request in the app" in out, out
+    shares = dict(line.rsplit(": ", 1) for line in out.splitlines() if line.endswith("%"))
+    decode = int(shares["decode and check the request"].rstrip("%"))
+    assert 0 < decode < 100, shares
