@@ -12,10 +12,12 @@ import functools
 import heapq
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated, Any
 
@@ -100,20 +102,26 @@ class Controller:
         self.synced = threading.Event()  # the first list of ModelRollouts answered
         self.tick = time.monotonic()  # the work loop's last turn (liveness)
         self.leading = False
+        self.stopping = threading.Event()  # SIGTERM: finish the reconcile at hand, then end
         self.lister = functools.partial(
             kube.custom.list_namespaced_custom_object, GROUP, VERSION, kube.namespace, PLURAL
         )
 
-    def run(self) -> None:
-        """Lead: watch in a thread, work in this one, until the process ends."""
+    def run(self, release: Callable[[], None]) -> None:
+        """Lead: watch in a thread, work in this one, until the process ends; once stopping,
+        after the reconcile at hand, `release` the Lease and end the process."""
         log.info("leading: reconciling ModelRollouts in %s", self.kube.namespace)
         self.leading = True
         self.metrics.leader.set(1)
         threading.Thread(target=self.watch, daemon=True, name="watch").start()
-        while True:
+        while not self.stopping.is_set():
             self.tick = time.monotonic()
             if (name := self.queue.get(timeout=1.0)) is not None:
                 self.reconcile(name)
+        release()
+        # Now, from this thread: the election's loop would renew the Lease given up.
+        logging.shutdown()
+        os._exit(0)
 
     def watch(self) -> None:
         while True:
@@ -157,6 +165,36 @@ class Controller:
         if exc is not None:
             log.warning("reconcile of %s: %s; retrying in %.0f s", name, exc, delay)
         self.queue.add(name, delay)
+
+
+def release(kube: Kube, lease: str, me: str) -> None:
+    """Give the Lease up (no holder), so a standby or the next pod leads at its next look
+    instead of once the Lease runs out. The replace carries the read's resourceVersion, so a
+    renewal in flight makes it fail rather than be overwritten: the Lease then runs out."""
+    try:
+        current = kube.call(kube.coordination.read_namespaced_lease, lease, kube.namespace)
+        if current.spec.holder_identity != me:
+            return
+        current.spec.holder_identity = None
+        kube.call(kube.coordination.replace_namespaced_lease, lease, kube.namespace, current)
+        log.info("gave the Lease %s up", lease)
+    except ClusterError as exc:
+        log.warning("could not give the Lease %s up (%s): it runs out by itself", lease, exc)
+
+
+def stop_on_sigterm(controller: Controller) -> None:
+    """SIGTERM (the operator's own rollout, a drain): a follower exits at once; the leader
+    finishes the reconcile at hand, gives the Lease up and exits (Controller.run), renewing
+    the Lease until then. Exit code 0 either way."""
+
+    def stop(signum: int, frame: Any) -> None:
+        if not controller.leading:
+            log.info("SIGTERM: not leading; exiting")
+            sys.exit(0)
+        log.info("SIGTERM: stopping after the reconcile at hand")
+        controller.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 class Timed:
@@ -255,9 +293,10 @@ def operator(
         lease_duration=lease_seconds,
         renew_deadline=renew,
         retry_period=max(1, renew // 2 - 1) if renew > 2 else 1,
-        onstarted_leading=controller.run,
+        onstarted_leading=functools.partial(controller.run, lambda: release(kube, lease, me)),
         onstopped_leading=lambda: log.error("lost the Lease %s: stopping", lease),
     )
+    stop_on_sigterm(controller)
     log.info("%s: waiting to lead on Lease %s/%s", me, kube.namespace, lease)
     leaderelection.LeaderElection(config).run()
     sys.exit(1)  # leadership lost: the Deployment starts this replica again, as a follower

@@ -794,6 +794,40 @@ def test_of_two_replicas_only_the_leader_acts_and_the_other_takes_over(cluster: 
     )
 
 
+def test_a_leader_stopped_with_sigterm_gives_the_lease_up_to_its_standby(cluster: Cluster):
+    """A rollout of the operator itself: the leader finishes, gives the Lease up and exits 0,
+    and the standby leads at its next look, well before the 15 s Lease would run out."""
+    first = cluster.operators[0]
+    standby = cluster.start_operator("op-2", FaultProxy(cluster.admin.url, cluster.token,
+                                                        cluster.ca))  # fmt: skip
+    wait_for(lambda: "waiting to lead" in standby.output(), 60, "the standby to wait to lead")
+    first.killed = True  # stopped on purpose
+    first.proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert first.proc.wait(timeout=30) == 0, first.output()
+    assert "gave the Lease mlscale-operator up" in first.output(), first.output()
+
+    def holder() -> str | None:
+        lease = cluster.admin.get("leases", cluster.ns, "mlscale-operator")
+        return lease["spec"].get("holderIdentity")
+
+    wait_for(lambda: holder() == "op-2", 15, "the standby to take the Lease")
+    assert time.monotonic() - stopped < cluster.lease  # not the Lease running out
+    wait_for(lambda: "leading" in standby.output(), 15, "the standby to lead")
+    assert cluster.deploy("2").outcome == "succeeded"  # and it acts
+
+
+def test_a_standby_stopped_with_sigterm_exits_at_once(cluster: Cluster):
+    standby = cluster.start_operator("op-2", FaultProxy(cluster.admin.url, cluster.token,
+                                                        cluster.ca))  # fmt: skip
+    wait_for(lambda: "waiting to lead" in standby.output(), 60, "the standby to wait to lead")
+    standby.killed = True
+    standby.proc.send_signal(signal.SIGTERM)
+    assert standby.proc.wait(timeout=30) == 0, standby.output()
+    lease = cluster.admin.get("leases", cluster.ns, "mlscale-operator")
+    assert lease["spec"]["holderIdentity"] == "op-1"  # the leader's Lease is left alone
+
+
 def test_the_controller_exports_its_metrics(cluster: Cluster):
     cluster.deploy("2")
     operator = cluster.operators[0]
