@@ -635,9 +635,17 @@ def rollout_status() -> dict:
 
 
 def leader() -> str:
-    """The operator pod that holds the Lease."""
-    lease = json.loads(kubectl("-n", NAMESPACE, "get", "lease", "mlscale-operator", "-o", "json"))
-    return lease["spec"]["holderIdentity"]
+    """The operator pod that holds the Lease; after a leader gave it up on SIGTERM, nobody
+    does until the standby's next look, so a moment without one is waited out."""
+    held: list[str] = []
+
+    def holder() -> bool:
+        lease = kubectl("-n", NAMESPACE, "get", "lease", "mlscale-operator", "-o", "json")
+        held[:] = [json.loads(lease)["spec"].get("holderIdentity") or ""]
+        return bool(held[0])
+
+    wait_for(holder, 30, "an operator pod to hold the Lease", every=0.5)
+    return held[0]
 
 
 MODEL_ROLLOUT = """
