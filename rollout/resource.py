@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from mlscale.service.contract import VERSION_HEADER
+from mlscale.service.contract import MAX_BODY_BYTES, VERSION_HEADER
 
 GROUP, VERSION, PLURAL, KIND = "mlscale.dev", "v1alpha1", "modelrollouts", "ModelRollout"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -45,7 +45,7 @@ class Traffic:
     implementation: str = STANDARD
     pin_header: str = VERSION_HEADER
     retries: int = 2  # one resend can meet the killed pod again, before its endpoint goes
-    max_body_bytes: int = 8 * 1024 * 1024  # the server's own default limit
+    max_body_bytes: int = MAX_BODY_BYTES  # the server's own default limit
 
     @classmethod
     def parse(cls, spec: dict[str, Any] | None) -> "Traffic":

@@ -19,6 +19,10 @@ SIMPLE_PREDICT = "/predict"
 STORE_VERSIONS = "/mlscale/v1/models/{name}/versions"
 INFER_ENDPOINTS = (INFER, INFER_VERSION, V1_PREDICT, SIMPLE_PREDICT)
 
+# The largest request body a server takes by default (MLSCALE_MAX_BODY_BYTES); the gateway's
+# resend buffer is sized from it (spec.traffic.maxBodyBytes).
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
 # Response headers naming the version that answered (lower case, as HTTP/1.1 servers send).
 MODEL_HEADER = "x-model-name"
 VERSION_HEADER = "x-model-version"

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from mlscale.service.contract import format_models, parse_models
+from mlscale.service.contract import MAX_BODY_BYTES, format_models, parse_models
 
 # 0 and +-{1, 2, 5} x 10^k for k in -2..4: 43 bounds, from -50000 to 50000.
 LOG_BUCKETS = tuple(
@@ -115,7 +115,9 @@ class ServerSettings(BaseSettings):
     workers: int = Field(1, ge=1, description="Processes; keep 1 on Kubernetes, pods scale out.")
     log_level: str = Field("info", description="uvicorn log level: debug, info, warning, error.")
     max_body_bytes: int = Field(
-        8 * 1024 * 1024, ge=1, description="Largest request body accepted; larger ones get 413."
+        MAX_BODY_BYTES,
+        ge=1,
+        description="Largest request body accepted; larger ones get 413.",
     )
     request_head_timeout_s: float = Field(
         10.0,

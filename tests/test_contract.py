@@ -5,12 +5,14 @@ import json
 from pathlib import Path
 
 import httpx
+import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlscale.rollout.analysis import Snapshot
 from mlscale.rollout.release import Release, model_image_of, version_of
 from mlscale.service import contract
+from tests.conftest import ROOT
 from tests.helpers import VALUE_SETS, render, server_deployment, v2
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -73,6 +75,18 @@ def test_the_chart_writes_the_names_the_operator_reads(helm: str, tmp_path: Path
     selector = Release(kube=None, name="demo").selector("stable")  # type: ignore[arg-type]
     wanted = dict(pair.split("=") for pair in selector.split(","))
     assert wanted.items() <= labels.items()
+
+
+def test_the_chart_and_the_crd_default_to_the_servers_body_limit():
+    """server.maxBodyBytes and spec.traffic.maxBodyBytes (the gateway's resend buffer) start
+    from the server's own default."""
+    chart = ROOT / "charts" / "mlscale"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    assert values["server"]["maxBodyBytes"] == contract.MAX_BODY_BYTES
+    crd = yaml.safe_load((chart / "crds" / "modelrollouts.mlscale.dev.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    traffic = spec["properties"]["traffic"]["properties"]
+    assert traffic["maxBodyBytes"]["default"] == contract.MAX_BODY_BYTES
 
 
 def test_the_store_versions_extension_is_where_the_operator_asks(iris):

@@ -263,7 +263,7 @@ def crd(control_plane: Envtest) -> None:
 
 @contextmanager
 def start_cluster(envtest: Envtest, helm: str, tmp_path: Path, model: dict,
-                  operator: bool = True, lease: int = 15, **values: object
+                  operator: bool = True, lease: int = Cluster.lease, **values: object
                   ) -> Iterator[Cluster]:  # fmt: skip
     """The chart rendered with these model values (and any others) and created in a namespace
     of its own, its pods run by the simulated nodes, and (unless `operator` is False) a
@@ -314,7 +314,7 @@ def cluster(
     control_plane: Envtest, crd: None, helm: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Cluster]:
     shorter = request.node.get_closest_marker("lease")
-    lease = shorter.args[0] if shorter else 15
+    lease = shorter.args[0] if shorter else Cluster.lease
     model = {"name": "iris", "version": "1"}
     with start_cluster(control_plane, helm, tmp_path, model, lease=lease) as c:
         yield c
