@@ -8,7 +8,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mlscale.service.contract import MAX_BODY_BYTES, format_models, parse_models
@@ -157,8 +157,10 @@ class ServerSettings(BaseSettings):
     )
 
 
-class Settings(BaseSettings):
-    """Everything the server needs, grouped by concern."""
+class Settings(BaseModel):
+    """Everything the server needs, grouped by concern. A plain model, not settings: each group
+    reads its own `MLSCALE_*` variables, and nothing reads `MODEL` or `SERVER` (which `make
+    serve MODEL=iris` puts in the environment)."""
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)

@@ -15,6 +15,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 from mlscale.service.artifacts.manifest import ARTIFACT
 from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.settings import ModelSettings, Settings
 from tests.conftest import Server, run_server
 from tests.helpers import v2, wait_for
 
@@ -313,3 +314,14 @@ def test_unknown_version_never_becomes_ready(model_dir: Path):
     with run_server(model_dir, model_name="iris", model_version="7", ready=False) as server:
         assert server.process.wait(timeout=30) != 0
         assert "has no version '7'; the store has 1, 2" in server.log()
+
+
+def test_settings_read_only_their_prefixed_variables(monkeypatch: pytest.MonkeyPatch):
+    """`make serve MODEL=iris` puts MODEL in the server's environment: the settings read
+    MLSCALE_* only, and never fail on the variables named like their groups."""
+    for name, value in {"MODEL": "iris", "SERVER": "x", "BATCHING": "{"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLSCALE_MODEL_NAME", "multilinear")
+    settings = Settings(model=ModelSettings())
+    assert settings.model.model_name == "multilinear"
+    assert Settings().server.port == 8080
