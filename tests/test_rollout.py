@@ -146,6 +146,16 @@ class Cluster:
         self.operators.append(operator)
         return operator
 
+    def start_standby(self) -> Operator:
+        """A second controller, through a proxy of its own (its calls are counted apart), once
+        it stands by: it has looked at the Lease and found it held."""
+        standby = self.start_operator("op-2", FaultProxy(self.admin.url, self.token, self.ca))
+        wait_for(lambda: "waiting to lead" in standby.output(), 60, "the standby to wait to lead")
+        return standby
+
+    def lease_holder(self) -> str | None:
+        return self.admin.get("leases", self.ns, "mlscale-operator")["spec"].get("holderIdentity")
+
     def rollout(self) -> dict:
         found = self.admin.get("modelrollouts", self.ns, "demo")
         assert found is not None
@@ -776,56 +786,39 @@ def test_a_controller_killed_mid_rollout_is_followed_by_one_that_finishes_it(
 @pytest.mark.lease(3)
 def test_of_two_replicas_only_the_leader_acts_and_the_other_takes_over(cluster: Cluster):
     first = cluster.operators[0]
-    standby_faults = FaultProxy(cluster.admin.url, cluster.token, cluster.ca)
-    standby = cluster.start_operator("op-2", standby_faults)
-    # Up and standing by (its first look at the Lease) before the leader has work to do.
-    wait_for(lambda: "waiting to lead" in standby.output(), 60, "the standby to wait to lead")
+    standby = cluster.start_standby()  # before the leader has work to do
     assert cluster.deploy("2").outcome == "succeeded"
-    lease = cluster.admin.get("leases", cluster.ns, "mlscale-operator")
-    assert lease["spec"]["holderIdentity"] == "op-1"
-    acted = {(v, r) for v, r, _ in standby_faults.calls if r != "leases"}
+    assert cluster.lease_holder() == "op-1"
+    acted = {(v, r) for v, r, _ in standby.faults.calls if r != "leases"}
     assert not acted, acted  # the standby read nothing but the Lease, wrote nothing else
     assert "waiting to lead" in standby.output() and "leading" not in standby.output()
     first.kill()
     assert cluster.deploy("1", timeout=40, force=True).outcome == "succeeded"
-    assert (
-        cluster.admin.get("leases", cluster.ns, "mlscale-operator")["spec"]["holderIdentity"]
-        == "op-2"
-    )
+    assert cluster.lease_holder() == "op-2"
 
 
 def test_a_leader_stopped_with_sigterm_gives_the_lease_up_to_its_standby(cluster: Cluster):
     """A rollout of the operator itself: the leader finishes, gives the Lease up and exits 0,
     and the standby leads at its next look, well before the 15 s Lease would run out."""
     first = cluster.operators[0]
-    standby = cluster.start_operator("op-2", FaultProxy(cluster.admin.url, cluster.token,
-                                                        cluster.ca))  # fmt: skip
-    wait_for(lambda: "waiting to lead" in standby.output(), 60, "the standby to wait to lead")
+    standby = cluster.start_standby()
     first.killed = True  # stopped on purpose
     first.proc.send_signal(signal.SIGTERM)
     stopped = time.monotonic()
     assert first.proc.wait(timeout=30) == 0, first.output()
     assert "gave the Lease mlscale-operator up" in first.output(), first.output()
-
-    def holder() -> str | None:
-        lease = cluster.admin.get("leases", cluster.ns, "mlscale-operator")
-        return lease["spec"].get("holderIdentity")
-
-    wait_for(lambda: holder() == "op-2", 15, "the standby to take the Lease")
+    wait_for(lambda: cluster.lease_holder() == "op-2", 15, "the standby to take the Lease")
     assert time.monotonic() - stopped < cluster.lease  # not the Lease running out
     wait_for(lambda: "leading" in standby.output(), 15, "the standby to lead")
     assert cluster.deploy("2").outcome == "succeeded"  # and it acts
 
 
 def test_a_standby_stopped_with_sigterm_exits_at_once(cluster: Cluster):
-    standby = cluster.start_operator("op-2", FaultProxy(cluster.admin.url, cluster.token,
-                                                        cluster.ca))  # fmt: skip
-    wait_for(lambda: "waiting to lead" in standby.output(), 60, "the standby to wait to lead")
+    standby = cluster.start_standby()
     standby.killed = True
     standby.proc.send_signal(signal.SIGTERM)
     assert standby.proc.wait(timeout=30) == 0, standby.output()
-    lease = cluster.admin.get("leases", cluster.ns, "mlscale-operator")
-    assert lease["spec"]["holderIdentity"] == "op-1"  # the leader's Lease is left alone
+    assert cluster.lease_holder() == "op-1"  # the leader's Lease is left alone
 
 
 def test_the_controller_exports_its_metrics(cluster: Cluster):

@@ -47,7 +47,7 @@ def decode_tensors(inputs: list[Any], manifest: Manifest) -> Table:
             raise InvalidInput(
                 f"input {name!r}: shape {shape} needs {shape[0]} values, got {len(values)}"
             )
-        if datatype != want and (type(datatype) is not str or _family(datatype) != _family(want)):
+        if not _fits(datatype, want):
             raise InvalidInput(
                 f"input {name!r}: datatype {datatype!r} does not fit the column; send {want}"
             )
@@ -118,8 +118,9 @@ def _family(datatype: Any) -> str:
 
 
 def _fits(datatype: Any, want: str) -> bool:
-    """Any numeric datatype fills any numeric column; the values are checked one by one."""
-    return _family(datatype) == _family(want)
+    """Any numeric datatype fills any numeric column; the values are checked one by one. A
+    datatype that is not a string (a list, an object) fits none."""
+    return datatype == want or (type(datatype) is str and _family(datatype) == _family(want))
 
 
 def _decode_table(tensor: Any, manifest: Manifest) -> Table:
