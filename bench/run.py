@@ -50,13 +50,16 @@ COMPILED = "mlscale, flowers pipeline compiled (onnxruntime, batching)"
 BOOSTED = "mlscale, scaled histogram boosting (scikit-learn, batching)"
 BOOSTED_COMPILED = "mlscale, scaled histogram boosting compiled (onnxruntime, batching)"
 FLOOR_GATHERED = "floor through mlscale's transport"
+LIVE = "mlscale, liveness probe (GET, no model)"
+IRIS, IRIS_SKLEARN = "mlscale, iris (exact formula)", "mlscale, iris (scikit-learn, batching)"
 console = Console()
 
 
 def publish_models(store_dir: Path) -> list[dict]:
-    """The benched models, in a store: the linear MODEL, the flowers pipeline and "boosted", both
-    compiled. Returns a flowers test row, by column."""
-    ensure_versions(ModelStore(store_dir), MODEL, 1)
+    """The benched models, in a store: the linear MODEL, the iris example, the flowers pipeline
+    and "boosted", both compiled. Returns a flowers test row, by column."""
+    for name in (MODEL, "iris"):
+        ensure_versions(ModelStore(store_dir), name, 1)
     pipe, x_train, x_test, _ = flowers.train()
     publish(pipe, "flowers", model_dir=store_dir, sample=x_train.head())
     # A numeric pipeline of the kind people fit to tables of numbers: iris's four features,
@@ -229,6 +232,8 @@ def main() -> None:
         (FLOOR_GATHERED, floor_gathered, {}, "/", "/", {"1 row": None}),
         (NAIVE, [*uvicorn, "bench.naive_app:app"],
          {"MODEL": artifact}, "/docs", "/predict", {"1 row": naive_one, "64 rows": naive_many}),
+        # mlscale's request path without a body or a model: its routing and request metrics.
+        (LIVE, serve, mlscale_env, "/v2/health/ready", "/v2/health/live", {"1 row": None}),
         ("mlscale (default)", serve, mlscale_env, "/v2/health/ready", infer,
          {"1 row": one, "64 rows": many, "64 precise rows, JSON": precise_json,
           "64 precise rows, binary": binary_body(precise)}),
@@ -247,6 +252,13 @@ def main() -> None:
          "/v2/health/ready", "/v2/models/boosted/infer", {"1 row": one}),
         (BOOSTED_COMPILED, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "boosted"},
          "/v2/health/ready", "/v2/models/boosted/infer", {"1 row": one}),
+        # The iris example (logistic regression) on its formula, and on scikit-learn's predict:
+        # a linear model is not compiled, the formula being its faster runtime.
+        (IRIS, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "iris"}, "/v2/health/ready",
+         "/v2/models/iris/infer", {"1 row": one}),
+        (IRIS_SKLEARN, serve, {**mlscale_env, "MLSCALE_MODEL_NAME": "iris",
+                               "MLSCALE_FAST_PATH": "false"},
+         "/v2/health/ready", "/v2/models/iris/infer", {"1 row": one}),
         ("mlscale, sklearn predict, batching off", serve,
          {**mlscale_env, "MLSCALE_FAST_PATH": "false", "MLSCALE_BATCH_ENABLED": "false"},
          "/v2/health/ready", infer, {"1 row": one}),
@@ -290,6 +302,9 @@ def main() -> None:
         "mlscale / floor, req/s, 1 row, c=64": ratio(mlscale, floor),
         "mlscale / floor, CPU per request, 1 row, c=64": ratio(mlscale, floor, key="cpu_us"),
         "mlscale / floor through mlscale's transport, req/s, c=64": ratio(mlscale, FLOOR_GATHERED),
+        "liveness probe / floor through mlscale's transport, req/s, c=64": ratio(
+            LIVE, FLOOR_GATHERED),
+        "iris: formula / scikit-learn, req/s, 1 row, c=64": ratio(IRIS, IRIS_SKLEARN),
         "pipeline: mlscale / naive, req/s, 1 row, c=64": ratio(
             PIPELINE, NAIVE_PIPELINE, "pipeline, 1 row"),
         "pipeline: compiled / scikit-learn, req/s, 1 row, c=64": ratio(
