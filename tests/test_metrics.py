@@ -39,6 +39,34 @@ def test_request_stats_match_prometheus_client_counter_and_histogram():
         assert expected and samples(ours.render(), prefix) == expected
 
 
+def test_batch_histograms_match_prometheus_client_histograms():
+    """The batcher's three histograms, lock-free too: what prometheus_client's would expose."""
+    from mlscale.service.metrics import BATCH_BUCKETS
+
+    rng = random.Random(3)
+    ours = Metrics()
+    registry = CollectorRegistry()
+    doc = {"requests": "Requests merged into one predict call.",
+           "rows": "Rows in one predict call.",
+           "queue_seconds": "Time a request waited for its batch to start."}  # fmt: skip
+    theirs = {name: Histogram(f"mlscale_batch_{name}", text, registry=registry,
+                              buckets=LATENCY_BUCKETS if name == "queue_seconds" else BATCH_BUCKETS)
+              for name, text in doc.items()}  # fmt: skip
+    batches = [(1, 1, [0.0]), (64, 64, [*LATENCY_BUCKETS[:5], 0.003])]  # bounds: le means <=
+    batches += [(n, n + rng.randrange(4), [rng.expovariate(500) for _ in range(n)])
+                for n in (rng.randrange(1, 2000) for _ in range(50))]  # fmt: skip
+    for requests, rows, waits in batches:
+        ours.batch(requests, rows, waits)
+        theirs["requests"].observe(requests)
+        theirs["rows"].observe(rows)
+        for wait in waits:
+            theirs["queue_seconds"].observe(wait)
+
+    for name in doc:
+        expected = samples(generate_latest(registry), f"mlscale_batch_{name}")
+        assert expected and samples(ours.render(), f"mlscale_batch_{name}") == expected
+
+
 def test_prediction_values_match_prometheus_client_histogram():
     """A regressor's answers, from small requests (lists, small arrays) and big batches alike,
     make the histogram prometheus_client would; NaN (a missing value's answer) is left out."""
