@@ -326,7 +326,13 @@ def wait_ready(url: str, timeout: float) -> bool:
 @app.command()
 def infer(
     model: Annotated[str, typer.Argument(help="Model name, e.g. iris.")],
-    rows: Annotated[str, typer.Argument(help='Rows as JSON, e.g. "[[5.1, 3.5, 1.4, 0.2]]".')],
+    rows: Annotated[
+        str,
+        typer.Argument(
+            help='Rows as JSON, e.g. "[[5.1, 3.5, 1.4, 0.2]]"; a text model\'s documents, '
+            "e.g. '[\"a great film\"]'."
+        ),
+    ],
     url: Annotated[str, typer.Option(help="Server address.")] = "http://127.0.0.1:8080",
     version: Annotated[str | None, typer.Option(help="Ask this version.")] = None,
     output: Annotated[list[str] | None, typer.Option(help="Outputs to return.")] = None,
@@ -343,8 +349,9 @@ def infer(
         raise typer.Exit(1)
     data = json.loads(rows)
     shape = [len(data), len(data[0])] if data and isinstance(data[0], list) else [len(data)]
+    datatype = "BYTES" if data and all(isinstance(v, str) for v in data) else "FP64"
     body: dict[str, object] = {
-        "inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": data}]
+        "inputs": [{"name": "input-0", "shape": shape, "datatype": datatype, "data": data}]
     }
     if output:
         body["outputs"] = [{"name": o} for o in output]
@@ -424,12 +431,14 @@ def until_connected(
 
 def example_request(meta: dict[str, Any]) -> dict[str, Any]:
     """A one-row V2 request built from a model's metadata: every input, filled from the
-    training row recorded at publish where there is one, else zeros."""
+    training row recorded at publish where there is one, else zeros (empty strings for BYTES,
+    a text model's empty document)."""
     example = meta.get("parameters", {}).get("example") or {}
     inputs = []
     for spec in meta["inputs"]:
         shape = [1, *spec["shape"][1:]]
-        data = [example[spec["name"]]] if spec["name"] in example else [0] * math.prod(shape)
+        filler = "" if spec["datatype"] == "BYTES" else 0
+        data = [example[spec["name"]]] if spec["name"] in example else [filler] * math.prod(shape)
         inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
                        "data": data})  # fmt: skip
     return {"inputs": inputs}

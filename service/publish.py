@@ -94,6 +94,19 @@ def holdout_metrics(estimator: Any, x: Any, y: Any) -> dict[str, float]:
     return {"mse": float(mean_squared_error(y, predicted)), "r2": float(r2_score(y, predicted))}
 
 
+def documents_of(x: Any) -> Any:
+    """A text model's holdout documents: a CSV's one column besides the target, as the 1-D
+    sequence a vectorizer takes (iterating a DataFrame would give its column names)."""
+    if not isinstance(x, pd.DataFrame):
+        return x
+    if len(x.columns) != 1:
+        raise InvalidModel(
+            "a text model takes one document per row: the holdout needs one column besides "
+            f"the target, and it has {list(x.columns)}"
+        )
+    return x.iloc[:, 0]
+
+
 def split_target(frame: pd.DataFrame, target: str) -> tuple[pd.DataFrame, pd.Series]:
     if target not in frame.columns:
         raise InvalidModel(f"the holdout has no column {target!r}; it has {list(frame.columns)}")
@@ -222,10 +235,18 @@ def plan(
                 "it under a new name, or pass --allow-signature-change (Python: "
                 "allow_signature_change=True) when they are ready for it"
             )
+    if sig.text and holdout is not None:
+        holdout = (documents_of(holdout[0]), holdout[1])
     metrics = holdout_metrics(estimator, *holdout) if holdout is not None else {}
     checked = Plan(estimator, name, version, sig, metrics, artifact)
     if runtime == SKLEARN:
         return checked
+    if sig.text:
+        why = "mlscale compiles models that take numbers or columns, not text"
+        if runtime == ONNX:
+            raise InvalidModel(f"{name}/{version} cannot be served compiled: {why}; publish it "
+                               "with --runtime sklearn (or auto)")  # fmt: skip
+        return replace(checked, not_compiled=f"not compiled: {why}")
     if runtime == "auto" and type(estimator) in fast_paths():
         why = f"the server evaluates a {type(estimator).__name__}'s formula, faster than a graph"
         return replace(checked, not_compiled=f"not compiled: {why}")

@@ -152,3 +152,14 @@ def wait_for(
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
         time.sleep(every)
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """`mlscale ARGS` in-process: its exit code and its output on one line (rich wraps at the
+    terminal width)."""
+    from typer.testing import CliRunner
+
+    from mlscale.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())

@@ -14,6 +14,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
 from examples import flowers
 from mlscale.service.artifacts.manifest import Manifest
@@ -96,11 +99,13 @@ def mutated(body: dict, data: st.DataObject) -> dict:
 
 @pytest.fixture(scope="module")
 def manifests(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Manifest]:
-    """A one-tensor model and a pipeline of typed columns (strings among them)."""
+    """A one-tensor model, a pipeline of typed columns (strings among them) and a text model."""
     pipe, x_train, _, _ = flowers.train()
     store = tmp_path_factory.mktemp("fuzz")
     columns = publish(pipe, "flowers", model_dir=store, sample=x_train.head(), runtime="sklearn")
-    return {"iris": ModelStore(model_dir).manifest("iris", "1"), "flowers": columns}
+    text = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(["good", "bad"], [1, 0])
+    return {"iris": ModelStore(model_dir).manifest("iris", "1"), "flowers": columns,
+            "reviews": publish(text, "reviews", model_dir=store)}  # fmt: skip
 
 
 VALID = {
@@ -111,10 +116,12 @@ VALID = {
         {"name": "petal_length", "shape": [1], "datatype": "FP64", "data": [1.5]},
         {"name": "petal_width", "shape": [1], "datatype": "FP64", "data": [0.2]},
         {"name": "sepal_size", "shape": [1], "datatype": "BYTES", "data": ["small"]}]},
+    "reviews": {"inputs": [{"name": "input-0", "shape": [2], "datatype": "BYTES",
+                            "data": ["a good film", "bad"]}]},
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("model", ["iris", "flowers"])
+@pytest.mark.parametrize("model", ["iris", "flowers", "reviews"])
 def test_any_json_in_any_field_is_decoded_or_refused_with_a_400(manifests, model: str):
     """The codecs, fed values of every JSON type where the protocol expects one (a list for a
     datatype, an object for a name): each body decodes or raises InvalidInput, the 400, and

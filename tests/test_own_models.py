@@ -21,9 +21,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
-from typer.testing import CliRunner
 
-from mlscale.cli import app
 from mlscale.service import contract
 from mlscale.service.artifacts.manifest import Manifest
 from mlscale.service.artifacts.store import ModelStore
@@ -33,11 +31,7 @@ from mlscale.service.errors import InvalidInput, InvalidModel
 from mlscale.service.publish import publish
 from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings
 from tests.conftest import free_port, run_server
-
-
-def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, " ".join(result.output.split())  # rich wraps at the terminal width
+from tests.helpers import cli
 
 
 def diabetes_frame() -> tuple[pd.DataFrame, pd.Series]:

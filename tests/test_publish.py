@@ -19,15 +19,13 @@ from sklearn.datasets import load_diabetes
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
-from typer.testing import CliRunner
 
 from examples import flowers
-from mlscale.cli import app
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.errors import StoreError
 from mlscale.service.publish import publish
 from tests.conftest import Server, run_server
-from tests.helpers import by_column
+from tests.helpers import by_column, cli
 
 
 @pytest.fixture(scope="module")
@@ -197,11 +195,6 @@ def test_category_and_bool_columns_keep_their_types(tmp_path: Path):
         body["instances"][0]["heavy"] = 1  # a number is not a boolean
         refused = c.post("/v1/models/diabetes:predict", json=body)
     assert refused.status_code == 400 and "column 'heavy': expects booleans" in refused.text
-
-
-def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, " ".join(result.output.split())  # rich wraps at the terminal width
 
 
 @pytest.fixture(scope="module")

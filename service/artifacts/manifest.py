@@ -93,6 +93,12 @@ class Manifest(BaseModel):
         return {spec.name: spec.datatype for spec in self.inputs}
 
     @cached_property
+    def takes_text(self) -> bool:
+        """Takes documents, one string per row: one BYTES tensor of shape [-1] (a pipeline that
+        starts with a text vectorizer; other tensor models take numbers)."""
+        return self.columns is None and self.inputs[0].datatype == "BYTES"
+
+    @cached_property
     def output_types(self) -> dict[str, str]:
         """Datatype by output name."""
         return {spec.name: spec.datatype for spec in self.outputs}

@@ -2,9 +2,11 @@
 
 Inputs come from `n_features_in_` and `feature_names_in_`: a model fitted on a pandas
 DataFrame takes named columns, one V2 input per column, with the dtypes of a few sample rows
-of its training data; any other takes one rows-by-features tensor. Outputs are whatever of
-`predict`, `predict_proba` and `decision_function` the estimator offers, probed on one row so
-their datatypes and shapes are the real ones. Class labels come from `classes_`.
+of its training data; a pipeline that starts with one of scikit-learn's text vectorizers takes
+documents, one string per row (a BYTES tensor of shape [N]); any other takes one
+rows-by-features tensor. Outputs are whatever of `predict`, `predict_proba` and
+`decision_function` the estimator offers, probed on one row so their datatypes and shapes are
+the real ones. Class labels come from `classes_`.
 """
 
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
+from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
+from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from mlscale.service.artifacts.manifest import TensorSpec
@@ -33,6 +37,7 @@ class Signature:
     categories: dict[str, list[Any]]  # the categories of `category` columns
     example: dict[str, Any] | None  # one sample row, for the warm-up and the docs
     missing: bool = True  # a missing number (NaN) in a float column is answered, not refused
+    text: bool = False  # takes documents: one string per row
 
 
 def datatype_of(dtype: np.dtype[Any] | pd.api.extensions.ExtensionDtype) -> str:
@@ -63,18 +68,39 @@ def check_fitted(estimator: Any) -> None:
         raise InvalidModel(
             f"this {type(estimator).__name__} is not fitted; call fit() before publishing"
         ) from None
-    if getattr(estimator, "n_features_in_", None) is None:
+    if getattr(estimator, "n_features_in_", None) is None and not takes_text(estimator):
         raise InvalidModel(
             f"{type(estimator).__name__} does not say how many features it takes "
             "(no n_features_in_); mlscale needs an estimator fitted on a table"
         )
 
 
+def takes_text(estimator: Any) -> bool:
+    """Whether the model takes documents: a pipeline whose first step is CountVectorizer,
+    TfidfVectorizer or HashingVectorizer, reading the text it is given. One set to read files
+    (`input="filename"` or `"file"`) would open any path a request named: refused."""
+    first = estimator
+    while isinstance(first, Pipeline):
+        first = first.steps[0][1]
+    if not isinstance(first, CountVectorizer | HashingVectorizer):
+        return False
+    if first.input != "content":
+        raise InvalidModel(
+            f"its {type(first).__name__} reads documents from files (input={first.input!r}), "
+            "so a request could name any file on the server: fit it with input='content' "
+            "(the default), which takes the text itself"
+        )
+    return True
+
+
 def infer(estimator: Any, sample: pd.DataFrame | None = None) -> Signature:
     """The signature of a fitted estimator; `sample` (training rows) gives column dtypes."""
     check_fitted(estimator)
     names = getattr(estimator, "feature_names_in_", None)
-    if names is None:
+    text = names is None and takes_text(estimator)
+    if text:
+        inputs, dtypes, categories, probe, example = _text_input()
+    elif names is None:
         inputs, dtypes, categories, probe, example = _tensor_inputs(estimator)
     else:
         inputs, dtypes, categories, probe, example = _column_inputs([str(n) for n in names], sample)
@@ -82,7 +108,7 @@ def infer(estimator: Any, sample: pd.DataFrame | None = None) -> Signature:
     labels = [str(c) for c in classes] if classes is not None and np.ndim(classes) == 1 else []
     outputs = _outputs(estimator, probe)
     missing = names is None or _answers_missing(estimator, probe)
-    return Signature(inputs, outputs, labels, dtypes, categories, example, missing)
+    return Signature(inputs, outputs, labels, dtypes, categories, example, missing, text)
 
 
 def _answers_missing(estimator: Any, probe: pd.DataFrame) -> bool:
@@ -104,6 +130,11 @@ def _tensor_inputs(
     features = int(estimator.n_features_in_)
     spec = TensorSpec(name="input-0", datatype="FP64", shape=[-1, features])
     return [spec], {}, {}, np.zeros((1, features)), None
+
+
+def _text_input() -> tuple[list[TensorSpec], dict[str, str], dict[str, list[Any]], Any, None]:
+    spec = TensorSpec(name="input-0", datatype="BYTES", shape=[-1])
+    return [spec], {}, {}, np.array([""], dtype=object), None  # a document every vectorizer takes
 
 
 def _column_inputs(

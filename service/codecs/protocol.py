@@ -93,13 +93,16 @@ def decode_infer_request(
     if manifest.columns is not None:
         from mlscale.service.codecs import columns  # pandas, only for models that take DataFrames
 
-        frame = columns.decode_tensors(inputs, manifest)
-        return InferRequest(
-            frame,
-            _requested_outputs(payload, manifest),
-            _request_id(payload),
-            binary.wanted(payload),
-        )
+        x = columns.decode_tensors(inputs, manifest)
+    else:
+        x = _decode_tensor(inputs, manifest)
+    return InferRequest(
+        x, _requested_outputs(payload, manifest), _request_id(payload), binary.wanted(payload)
+    )
+
+
+def _decode_tensor(inputs: list[Any], manifest: Manifest) -> "np.ndarray | Rows":
+    """The one input of a model that takes a tensor: numbers, or a text model's documents."""
     if len(inputs) != len(manifest.inputs):
         raise InvalidInput(f"expected {len(manifest.inputs)} input tensor(s), got {len(inputs)}")
     spec = manifest.inputs[0]
@@ -113,6 +116,8 @@ def decode_infer_request(
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
+    if manifest.takes_text:
+        return _documents(data, shape, datatype, where)
     if type(datatype) is not str or datatype not in NUMERIC_TYPES:
         if type(datatype) is str and datatype in DATATYPES:
             raise InvalidInput(f"{where}: datatype {datatype} is not numeric; send {spec.datatype}")
@@ -123,9 +128,30 @@ def decode_infer_request(
     x = _small_rows(data, shape, dims, datatype in INTEGER_TYPES)
     if x is None:
         x = _as_array(data, shape, dims, datatype, spec, where)
-    return InferRequest(
-        x, _requested_outputs(payload, manifest), _request_id(payload), binary.wanted(payload)
-    )
+    return x
+
+
+def _documents(data: Any, shape: list[int], datatype: Any, where: str) -> np.ndarray:
+    """A text model's documents, one string per row (shape [N], or [N, 1] with each row a
+    list of one string), as a 1-D array of objects: what a vectorizer's `transform` takes."""
+    if datatype != "BYTES":
+        raise InvalidInput(f"{where}: this model takes text: send datatype BYTES, not {datatype!r}")
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        raise InvalidInput(f"{where}: a text model takes one document per row, shape [N], "
+                           f"not {shape}")  # fmt: skip
+    if type(data) is not list:  # binary BYTES data arrives decoded, as a list
+        raise InvalidInput(f"{where}: data must be a list of strings")
+    if data and all(type(row) is list and len(row) == 1 for row in data):
+        data = [row[0] for row in data]
+    if len(data) != shape[0]:
+        raise InvalidInput(f"{where}: shape {shape} needs {shape[0]} documents, got {len(data)}")
+    if not data:
+        raise InvalidInput(f"{where}: empty batch; send at least one row")
+    if not all(type(d) is str for d in data):
+        raise InvalidInput(f"{where}: each document must be a string")
+    array = np.empty(len(data), dtype=object)
+    array[:] = data
+    return array
 
 
 def _small_rows(
@@ -214,6 +240,9 @@ def decode_instances(body: bytes, manifest: Manifest) -> "np.ndarray | Table":
         from mlscale.service.codecs import columns
 
         return columns.decode_instances(payload["instances"], manifest)
+    if manifest.takes_text:
+        instances = payload["instances"]
+        return _documents(instances, [len(instances)], "BYTES", "instances")
     spec = manifest.inputs[0]
     arr = _as_rows(payload["instances"], spec, "instances")
     return arr.reshape(_check_shape(list(arr.shape), spec, "instances"))

@@ -221,9 +221,11 @@ class LoadedModel:
 
 
 def probe_row(manifest: Manifest) -> Any:
-    """The row publishing probed, validated as a request would be: zeros, or the training row
-    recorded for a model that takes a DataFrame."""
+    """The row publishing probed, validated as a request would be: zeros, an empty document
+    for a text model, or the training row recorded for a model that takes a DataFrame."""
     columns = manifest.columns
+    if manifest.takes_text:
+        return np.array([""], dtype=object)
     if columns is None:
         return np.zeros((1, *manifest.inputs[0].shape[1:]), dtype=np.float64)
     from mlscale.service.runtime.frames import frame  # pandas, only for DataFrame models
