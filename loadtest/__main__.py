@@ -107,7 +107,9 @@ def main(
     summary = json.loads((folder / "summary.json").read_text())
     console.print_json(json.dumps({k: v for k, v in summary.items() if k != "plot"}))
     console.print(f"report: [bold]{folder / 'report.md'}[/] (plot {folder / 'report.png'})")
-    if summary["failures"]:
+    if summary["failures"] or summary["errors"] or not summary["requests"]:
+        console.print("[red]the load test failed:[/] " + ("; ".join(summary["errors"][:3])
+                      or "no request was answered"))  # fmt: skip
         raise typer.Exit(1)
 
 

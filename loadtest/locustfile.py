@@ -2,17 +2,18 @@
 
 Usable on its own (`locust -f loadtest/locustfile.py --host http://...`, the model from
 MLSCALE_LOADTEST_MODEL, default iris) or through the runner (`python -m mlscale.loadtest`),
-which makes a user class for its run with `users_for`. The model's input shape is read from the
-server's metadata, so every request is valid.
+which makes a user class for its run with `users_for`. Requests are built from the model's
+metadata (`bodies.py`), so every one is valid.
 """
 
 import os
-import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from locust import FastHttpUser, LoadTestShape, between, task
 
+from mlscale.loadtest.bodies import infer_body
 from mlscale.service.contract import INFER, MODEL_METADATA, VERSION_HEADER
 
 
@@ -33,26 +34,16 @@ class InferUser(FastHttpUser):
 
     def on_start(self) -> None:
         path = MODEL_METADATA.format(name=self.model)
+        self.meta: dict[str, Any] | None = None
         with self.client.get(path, name="metadata", catch_response=True) as r:
             if r.status_code != 200:
                 r.failure(f"metadata: {r.status_code}")
-                self.features = 4
             else:
-                self.features = r.json()["inputs"][0]["shape"][1]
+                self.meta = r.json()
         self.last_version: str | None = None
 
     def infer(self, rows: int, name: str) -> None:
-        data = [round(random.uniform(0, 8), 2) for _ in range(rows * self.features)]
-        body = {
-            "inputs": [
-                {
-                    "name": "input-0",
-                    "shape": [rows, self.features],
-                    "datatype": "FP64",
-                    "data": data,
-                }
-            ]
-        }
+        body = infer_body(self.meta, rows)
         with self.client.post(
             INFER.format(name=self.model), json=body, name=name, catch_response=True
         ) as r:

@@ -155,6 +155,9 @@ def run(plan: Plan, sampler: ClusterSampler | None, release: Any = None) -> Path
     # What failed, as Locust saw it: "count x name: error", most frequent first.
     errors = sorted(env.stats.errors.values(), key=lambda e: -e.occurrences)
     summary["errors"] = [f"{e.occurrences} x {e.name}: {e.error}" for e in errors]
+    # A user that raised (in on_start or a task) stopped sending: say what it raised.
+    raised = sorted(runner.exceptions.values(), key=lambda e: -e["count"])
+    summary["errors"] += [f"{e['count']} x a user raised: {e['msg']}" for e in raised]
     return write_report(plan, summary, rows)
 
 

@@ -3,7 +3,6 @@ and send predictions. `mlscale/cli.py` composes them with the operator's and the
 
 import importlib.util
 import json
-import math
 import sys
 import time
 import urllib.error
@@ -17,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
+
+from mlscale.service import contract
 
 app = typer.Typer()
 console = Console()
@@ -395,7 +396,7 @@ def check(
         try:
             meta = until_connected(deadline, _get_json, f"{url}/v2/models/{model}")
             infer = f"{url}/v2/models/{model}/infer"
-            answer = until_connected(deadline, _post_json, infer, example_request(meta))
+            answer = until_connected(deadline, _post_json, infer, contract.example_request(meta))
         except urllib.error.HTTPError as exc:
             console.print(f"[red]FAIL[/] HTTP {exc.code} from {exc.url}: {_error_text(exc)}")
             raise typer.Exit(1) from None
@@ -427,21 +428,6 @@ def until_connected(
             if time.monotonic() >= deadline:
                 raise
         time.sleep(0.5)
-
-
-def example_request(meta: dict[str, Any]) -> dict[str, Any]:
-    """A one-row V2 request built from a model's metadata: every input, filled from the
-    training row recorded at publish where there is one, else zeros (empty strings for BYTES,
-    a text model's empty document)."""
-    example = meta.get("parameters", {}).get("example") or {}
-    inputs = []
-    for spec in meta["inputs"]:
-        shape = [1, *spec["shape"][1:]]
-        filler = "" if spec["datatype"] == "BYTES" else 0
-        data = [example[spec["name"]]] if spec["name"] in example else [filler] * math.prod(shape)
-        inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
-                       "data": data})  # fmt: skip
-    return {"inputs": inputs}
 
 
 def _error_text(error: urllib.error.HTTPError) -> str:

@@ -4,6 +4,9 @@ Dependency-free: `rollout/` and `loadtest/` import this module without the serve
 The chart (YAML) cannot import it; `tests/test_contract.py` checks the chart against it.
 """
 
+import math
+from typing import Any
+
 # --- HTTP routes (templates, as the request metrics label them) ------------------------------
 LIVE = "/v2/health/live"
 READY = "/v2/health/ready"
@@ -86,3 +89,24 @@ def parse_models(text: str) -> dict[str, str]:
 def format_models(models: dict[str, str]) -> str:
     """{name: version} as MODELS_ENV's value, in the order given."""
     return ",".join(f"{name}:{version}" for name, version in models.items())
+
+
+# --- What a client sends a model it knows only from its metadata -------------------------------
+
+
+def example_request(meta: dict[str, Any], rows: int = 1) -> dict[str, Any]:
+    """A V2 infer body of `rows` rows built from a model's metadata (GET /v2/models/{name}):
+    every input, each row the training row recorded at publish where there is one, else zeros
+    (empty strings for BYTES: a text model's empty document). What `mlscale check` and the
+    load test send."""
+    example = meta.get("parameters", {}).get("example") or {}
+    inputs = []
+    for spec in meta["inputs"]:
+        shape = [rows, *spec["shape"][1:]]
+        if spec["name"] in example:
+            data = [example[spec["name"]]] * rows
+        else:
+            data = ["" if spec["datatype"] == "BYTES" else 0] * math.prod(shape)
+        inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
+                       "data": data})  # fmt: skip
+    return {"inputs": inputs}

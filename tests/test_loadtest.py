@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 from kubernetes.client import (
     V2CrossVersionObjectReference,
     V2HorizontalPodAutoscaler,
@@ -26,13 +27,19 @@ from kubernetes.client import (
     V2ResourceMetricStatus,
 )
 from PIL import Image
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
+from examples import flowers
+from mlscale.loadtest.bodies import infer_body
 from mlscale.loadtest.report import DPI, FIGSIZE
 from mlscale.loadtest.sampler import ClusterSampler
 from mlscale.rollout import autoscaler
 from mlscale.rollout.kube import Kube, Target
 from mlscale.rollout.release import Release
 from mlscale.service.contract import REQUEST_RATE
+from mlscale.service.publish import publish
 from tests.apiproxy import FaultProxy
 from tests.conftest import ROOT, Envtest, run_server
 from tests.control_plane import ADMIN_TOKEN
@@ -60,6 +67,33 @@ def test_runner_against_a_local_server_writes_a_real_report(model_dir: Path, tmp
         shades = png.convert("L").getcolors(maxcolors=256) or []
         assert len(shades) > 10  # a drawn plot, not a blank canvas
     assert "![timeline](report.png)" in (folder / "report.md").read_text()
+
+
+def test_users_send_a_valid_body_to_a_column_model_and_a_text_model(tmp_path: Path):
+    """Bodies built from the metadata: the flowers pipeline's typed columns, a text model's
+    documents. Users used to read a [N, features] shape from any model and raised for these
+    (the run then reported 0 requests and 0 failures)."""
+    pipe, x_train, _, _ = flowers.train()
+    text = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(["good", "bad"], [1, 0])
+    store = tmp_path / "models"
+    publish(pipe, "flowers", model_dir=store, sample=x_train.head(), runtime="sklearn")
+    publish(text, "reviews", model_dir=store)
+    with run_server(store, model_name="flowers", models="reviews") as server:
+        for model in ("flowers", "reviews"):
+            meta = httpx.get(f"{server.url}/v2/models/{model}").json()
+            body = infer_body(meta, 3)
+            answer = httpx.post(f"{server.url}/v2/models/{model}/infer", json=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["outputs"][0]["shape"] == [3]
+        cmd = [sys.executable, "-m", "mlscale.loadtest", "--url", server.url, "--model", "flowers",
+               "--users", "4", "--steps", "1", "--step-seconds", "2", "--hold-seconds", "3",
+               "--down-seconds", "1", "--sample-seconds", "1",
+               "--out", str(tmp_path / "reports")]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (folder,) = (tmp_path / "reports").iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["requests"] > 0 and summary["failures"] == 0 and not summary["errors"]
 
 
 LABELS = {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "model-server",
