@@ -350,7 +350,9 @@ def infer(
         raise typer.Exit(1)
     data = json.loads(rows)
     shape = [len(data), len(data[0])] if data and isinstance(data[0], list) else [len(data)]
-    datatype = "BYTES" if data and all(isinstance(v, str) for v in data) else "FP64"
+    values = [v for row in data for v in (row if isinstance(row, list) else [row])]
+    # Strings travel as BYTES: a text model's documents, a DataFrame model's mixed rows.
+    datatype = "BYTES" if any(isinstance(v, str) for v in values) else "FP64"
     body: dict[str, object] = {
         "inputs": [{"name": "input-0", "shape": shape, "datatype": datatype, "data": data}]
     }

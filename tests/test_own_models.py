@@ -171,6 +171,9 @@ def test_check_sends_every_column_of_a_multi_column_model(regression):
         assert example == {"age": 59, "bmi": 32.1, "bp": 101.0, "smoker": "yes"}
         code, out = cli("check", "diabetes", "--url", server.url, "--expect-version", "1")
         assert code == 0 and "OK diabetes version 1 answered" in out, out
+        # A mixed row travels as BYTES, one [N, columns] tensor in the model's order.
+        code, out = cli("infer", "diabetes", '[[59, 32.1, 101.0, "yes"]]', "--url", server.url)
+        assert code == 0 and '"model_name": "diabetes"' in out, out
         code, out = cli("check", "colour", "--url", server.url)
     assert code == 1 and "FAIL HTTP 404" in out and "model 'colour'" in out, out
 
