@@ -85,13 +85,19 @@ def holdout_metrics(estimator: Any, x: Any, y: Any) -> dict[str, float]:
         predicted = estimator.predict(x)
     except Exception as exc:
         raise InvalidModel(f"the model cannot predict the holdout rows: {exc}") from exc
-    if is_classifier(estimator):
-        y = np.asarray(y).astype(np.asarray(predicted).dtype, copy=False)
-        return {
-            "accuracy": float(accuracy_score(y, predicted)),
-            "f1_macro": float(f1_score(y, predicted, average="macro")),
-        }
-    return {"mse": float(mean_squared_error(y, predicted)), "r2": float(r2_score(y, predicted))}
+    try:
+        if is_classifier(estimator):
+            y = np.asarray(y).astype(np.asarray(predicted).dtype, copy=False)
+            return {
+                "accuracy": float(accuracy_score(y, predicted)),
+                "f1_macro": float(f1_score(y, predicted, average="macro")),
+            }
+        return {"mse": float(mean_squared_error(y, predicted)), "r2": float(r2_score(y, predicted))}
+    except ValueError as exc:  # a multi-output classifier's answers, a target of another kind
+        raise InvalidModel(
+            f"the holdout's metrics cannot be computed ({exc}); publish without a holdout, and "
+            "deploy with --force, as the quality gate has nothing to compare"
+        ) from None
 
 
 def documents_of(x: Any) -> Any:

@@ -15,10 +15,11 @@ import orjson
 import pandas as pd
 import pytest
 from sklearn.compose import ColumnTransformer
-from sklearn.datasets import load_diabetes
+from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.multioutput import MultiOutputClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
@@ -371,3 +372,23 @@ def test_python_publish_returns_the_manifest_and_shows_what_it_inferred(tmp_path
     assert manifest.version == "1" and set(manifest.metrics) == {"mse", "r2"}
     assert "numbers/1: Pipeline" in shown and "age INT64 [-1]" in shown and "r2=" in shown
     assert f"wrote {tmp_path}/numbers/1 sha256 {manifest.sha256[:12]}" in shown
+
+
+def test_a_multi_output_classifier_publishes_and_serves(tmp_path: Path):
+    """Its classes are one array per output, and scikit-learn's metrics take no two-column
+    labels: publishing crashed on both (numpy's ValueError, not a sentence)."""
+    x, y = load_iris(return_X_y=True)
+    targets = np.c_[y, y % 2]
+    model = MultiOutputClassifier(RandomForestClassifier(n_estimators=5, random_state=0))
+    model.fit(x, targets)
+    with pytest.raises(InvalidModel, match="the holdout's metrics cannot be computed"):
+        publish(model, "species", model_dir=tmp_path, holdout=(x, targets))
+    manifest = publish(model, "species", model_dir=tmp_path)
+    assert manifest.labels == [] and manifest.version == "1"
+    assert [(s.name, s.shape) for s in manifest.outputs] == [("predict", [-1, 2])]
+    with run_server(tmp_path, model_name="species") as server, server.client() as c:
+        answer = c.post("/v2/models/species/infer", json={"inputs": [
+            {"name": "input-0", "shape": [2, 4], "datatype": "FP64",
+             "data": x[[0, 100]].tolist()}]}).json()  # fmt: skip
+    assert answer["outputs"][0]["shape"] == [2, 2]
+    assert answer["outputs"][0]["data"] == model.predict(x[[0, 100]]).ravel().tolist()

@@ -105,7 +105,10 @@ def infer(estimator: Any, sample: pd.DataFrame | None = None) -> Signature:
     else:
         inputs, dtypes, categories, probe, example = _column_inputs([str(n) for n in names], sample)
     classes = getattr(estimator, "classes_", None)
-    labels = [str(c) for c in classes] if classes is not None and np.ndim(classes) == 1 else []
+    # One output's classes; a multi-output classifier's is a list of arrays, one per output.
+    labels = (
+        [str(c) for c in classes] if isinstance(classes, np.ndarray) and classes.ndim == 1 else []
+    )
     outputs = _outputs(estimator, probe)
     missing = names is None or _answers_missing(estimator, probe)
     return Signature(inputs, outputs, labels, dtypes, categories, example, missing, text)
