@@ -18,7 +18,7 @@ import pandas as pd
 
 from mlscale.service.artifacts.manifest import COMPILED, SCORES, Columns, Compiled, Manifest
 from mlscale.service.runtime.compiled import CompiledModel, input_kind, runtime_version
-from mlscale.service.runtime.frames import dtype_of, frame
+from mlscale.service.runtime.frames import dtype_of, frame, nullable
 from mlscale.service.runtime.model import LoadedModel, probe_row
 
 # Tree ensembles run in float32 in onnxruntime: a row within float32 rounding of a split goes
@@ -140,7 +140,14 @@ def _leaf_flags_as_ints() -> None:
 
 def _kinds(columns: Columns) -> dict[str, str]:
     """How each training column travels into the graph (runtime/compiled.input_kind)."""
-    return {name: input_kind(dtype_of(columns, name)) for name in columns.dtypes}
+    kinds = {}
+    for name in columns.dtypes:
+        dtype = dtype_of(columns, name)
+        if nullable(dtype):
+            why = f"column {name!r} is pandas' nullable {dtype}, whose NA no graph input holds"
+            raise CompileFailed("convert", why)
+        kinds[name] = input_kind(dtype)
+    return kinds
 
 
 def _all_numbers(manifest: Manifest) -> bool:

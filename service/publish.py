@@ -35,7 +35,7 @@ from mlscale.service.compile import (
     verification_rows,
 )
 from mlscale.service.errors import InvalidModel
-from mlscale.service.runtime.model import fast_paths
+from mlscale.service.runtime.model import formula
 
 RUNTIMES = ("auto", ONNX, SKLEARN)
 
@@ -253,7 +253,7 @@ def plan(
             raise InvalidModel(f"{name}/{version} cannot be served compiled: {why}; publish it "
                                "with --runtime sklearn (or auto)")  # fmt: skip
         return replace(checked, not_compiled=f"not compiled: {why}")
-    if runtime == "auto" and type(estimator) in fast_paths():
+    if runtime == "auto" and not sig.dtypes and formula(estimator) is not None:
         why = f"the server evaluates a {type(estimator).__name__}'s formula, faster than a graph"
         return replace(checked, not_compiled=f"not compiled: {why}")
     try:

@@ -373,3 +373,15 @@ def test_a_column_only_pandas_can_check_is_a_sentence_on_the_slim_server(tmp_pat
         assert c.get("/v2/models/flowers/ready").status_code == 200
     assert refused.status_code == 503
     assert "the pandas dtype 'string', which only an image with pandas" in refused.json()["error"]
+
+
+def test_a_linear_model_without_a_formula_on_the_server_is_compiled(tmp_path: Path):
+    """Publishing kept every LinearRegression, Ridge and LogisticRegression on scikit-learn,
+    saying the server evaluates its formula; it has none for a binary logistic regression
+    or a model fitted on a DataFrame, which then ran through scikit-learn's `predict`."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    binary = publish(LogisticRegression(max_iter=500).fit(x.to_numpy(), y % 2), "binary",
+                     model_dir=tmp_path)  # fmt: skip
+    by_column = publish(LogisticRegression(max_iter=500).fit(x, y), "by-column",
+                        model_dir=tmp_path, sample=x.head())  # fmt: skip
+    assert binary.runtime == "onnx" and by_column.runtime == "onnx"

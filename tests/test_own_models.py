@@ -392,3 +392,43 @@ def test_a_multi_output_classifier_publishes_and_serves(tmp_path: Path):
              "data": x[[0, 100]].tolist()}]}).json()  # fmt: skip
     assert answer["outputs"][0]["shape"] == [2, 2]
     assert answer["outputs"][0]["data"] == model.predict(x[[0, 100]]).ravel().tolist()
+
+
+def test_pandas_nullable_columns_publish_and_serve(tmp_path: Path):
+    """Int64, Float64 and boolean columns (what `convert_dtypes()` and
+    `dtype_backend="numpy_nullable"` make) crashed publishing with numpy's TypeError. A null
+    there is pandas' NA: answered by a model that imputes it, a 400 from one that cannot."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    frame = pd.DataFrame({
+        "visits": pd.array([None if i % 9 == 0 else i % 4 for i in range(len(x))], dtype="Int64"),
+        "score": pd.array(x.iloc[:, 2], dtype="Float64"),
+        "member": pd.array(x.iloc[:, 3] > 1, dtype="boolean"),
+    })  # fmt: skip
+    imputing = make_pipeline(SimpleImputer(), LogisticRegression(max_iter=500)).fit(frame, y)
+    strict = LogisticRegression(max_iter=500).fit(frame.fillna({"visits": 0}), y)
+    published = [
+        publish(imputing, "imputing", model_dir=tmp_path, sample=frame.head()),
+        publish(strict, "strict", model_dir=tmp_path, sample=frame.iloc[1:5]),
+    ]
+    for manifest in published:
+        assert [s.datatype for s in manifest.inputs] == ["INT64", "FP64", "BOOL"]
+        assert manifest.runtime == "sklearn"  # a graph's input holds no NA
+        assert manifest.columns is not None
+    assert published[0].columns.missing and not published[1].columns.missing  # type: ignore[union-attr]
+    assert published[0].columns.example == {"visits": None, "score": 1.4, "member": False}  # type: ignore[union-attr]
+    rows = {"visits": [None, 3], "score": [1.4, None], "member": [None, True]}
+    types = {"visits": "INT64", "score": "FP64", "member": "BOOL"}
+    body = {"inputs": [{"name": n, "shape": [2], "datatype": t, "data": rows[n]}
+                       for n, t in types.items()]}  # fmt: skip
+    server = run_server(tmp_path, model_name="imputing", models="strict")
+    with server as served, served.client() as c:
+        answer = c.post("/v2/models/imputing/infer", json=body)
+        refused = c.post("/v2/models/strict/infer", json=body)
+        whole = c.post("/v2/models/strict/infer", json={**body, "inputs": [
+            {**body["inputs"][0], "data": [3.5, 1]}, *body["inputs"][1:]]})  # fmt: skip
+    expected = imputing.predict(pd.DataFrame(rows).astype(frame.dtypes.to_dict()))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == expected.tolist()
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("column 'visits': null is not allowed")
+    assert whole.json() == {"error": "column 'visits': expects whole numbers (3.5 is not)"}

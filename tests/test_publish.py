@@ -15,14 +15,16 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_diabetes
+from sklearn.compose import ColumnTransformer
+from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from examples import flowers
 from mlscale.service.artifacts.store import ModelStore
-from mlscale.service.errors import StoreError
+from mlscale.service.errors import InvalidModel, StoreError
 from mlscale.service.publish import publish
 from tests.conftest import Server, run_server
 from tests.helpers import by_column, cli
@@ -265,4 +267,18 @@ def test_api_refuses_a_bad_name_before_anything_is_written(tmp_path: Path):
     x, y = load_diabetes(return_X_y=True)
     with pytest.raises(StoreError, match="is not valid"):
         publish(LinearRegression().fit(x, y), "Bad Name", model_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_transformer_and_a_date_column_are_refused_saying_what_to_publish(tmp_path: Path):
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    with pytest.raises(InvalidModel, match="a StandardScaler transforms rows but does not "
+                       "predict; publish a model, or a pipeline that ends in one"):  # fmt: skip
+        publish(StandardScaler().fit(x), "scaler", model_dir=tmp_path)
+    dated = x.assign(seen=pd.date_range("2026-01-01", periods=len(x)))
+    drop = ColumnTransformer([("dates", "drop", ["seen"])], remainder="passthrough")
+    model = make_pipeline(drop, LogisticRegression(max_iter=500)).fit(dated, y)
+    with pytest.raises(InvalidModel, match=r"datetime64\[\w+\] cannot travel .*a date as a "
+                       "number or an ISO string"):  # fmt: skip
+        publish(model, "dated", model_dir=tmp_path, sample=dated.head())
     assert not any(tmp_path.iterdir())

@@ -46,6 +46,8 @@ def datatype_of(dtype: np.dtype[Any] | pd.api.extensions.ExtensionDtype) -> str:
         return datatype_of(dtype.categories.dtype)
     if isinstance(dtype, pd.StringDtype):
         return "BYTES"
+    if getattr(dtype, "numpy_dtype", None) is not None:  # nullable: Int64, Float64, boolean
+        return datatype_of(dtype.numpy_dtype)  # type: ignore[union-attr]
     dtype = np.dtype(dtype)
     if dtype.kind in _KIND_TO_DATATYPE:
         return _KIND_TO_DATATYPE[dtype.kind]
@@ -53,10 +55,22 @@ def datatype_of(dtype: np.dtype[Any] | pd.api.extensions.ExtensionDtype) -> str:
         return f"{'INT' if dtype.kind == 'i' else 'UINT'}{dtype.itemsize * 8}"
     if dtype.kind == "f":
         return f"FP{dtype.itemsize * 8}"
-    raise InvalidModel(f"values of dtype {dtype} cannot travel over the inference protocol")
+    raise InvalidModel(
+        f"values of dtype {dtype} cannot travel over the inference protocol; fit the model on "
+        "columns of numbers, booleans or strings (a date as a number or an ISO string, say)"
+    )
 
 
 def check_fitted(estimator: Any) -> None:
+    if (
+        hasattr(estimator, "fit")
+        and hasattr(estimator, "transform")
+        and not hasattr(estimator, "predict")
+    ):
+        raise InvalidModel(
+            f"a {type(estimator).__name__} transforms rows but does not predict; publish a "
+            "model, or a pipeline that ends in one"
+        )
     if not hasattr(estimator, "predict") or not hasattr(estimator, "fit"):
         raise InvalidModel(
             f"a {type(estimator).__name__} is not a scikit-learn estimator (it has no "
@@ -115,14 +129,17 @@ def infer(estimator: Any, sample: pd.DataFrame | None = None) -> Signature:
 
 
 def _answers_missing(estimator: Any, probe: pd.DataFrame) -> bool:
-    """Whether the estimator answers a row whose float columns are missing (NaN): imputers
-    and HistGradientBoosting do; most others raise, which the server turns into a 400."""
-    floats = [n for n in probe.columns if probe[n].dtype.kind == "f"]
-    if not floats:
+    """Whether the estimator answers a row whose float and nullable columns are missing (NaN,
+    pd.NA): imputers and HistGradientBoosting do; most others raise, which the server turns
+    into a 400."""
+    holes = [n for n in probe.columns if probe[n].dtype.kind == "f"
+             or getattr(probe[n].dtype, "numpy_dtype", None) is not None]  # fmt: skip
+    if not holes:
         return True
+    missing = {n: pd.Series([None] * len(probe), dtype=probe[n].dtype) for n in holes}
     try:
-        estimator.predict(probe.assign(**dict.fromkeys(floats, np.nan)))
-    except ValueError:
+        estimator.predict(probe.assign(**missing))
+    except (ValueError, TypeError):  # TypeError: an encoder comparing pd.NA
         return False
     return True
 
@@ -165,7 +182,9 @@ def _column_inputs(
 
 
 def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python value JSON can carry."""
+    """A numpy scalar as the Python value JSON can carry; pandas' missing value as null."""
+    if value is pd.NA:
+        return None
     return value.item() if isinstance(value, np.generic) else value
 
 

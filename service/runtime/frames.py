@@ -29,37 +29,46 @@ def dtype_of(columns: Columns, name: str) -> Any:
     return pd.api.types.pandas_dtype(columns.dtypes[name])
 
 
-def storage_of(columns: Columns, name: str) -> tuple[str, np.dtype[Any] | None]:
+def nullable(dtype: Any) -> bool:
+    """A pandas nullable dtype (Int64, Float64, boolean...): numbers or booleans under a mask,
+    missing as pd.NA. Duck-typed: numpy's dtypes and pandas' others have no `numpy_dtype`."""
+    return getattr(dtype, "numpy_dtype", None) is not None
+
+
+def storage_of(columns: Columns, name: str) -> tuple[str, np.dtype[Any] | None, bool]:
     """How a column's values are checked and held: the kind of its values (numpy's letters,
-    O for strings), and the numpy dtype of its array (None: an array of objects, for strings
-    and categories). The same as pandas' dtype says, without pandas for numpy dtypes."""
+    O for strings), the numpy dtype of its array (None: an array of objects, for strings,
+    categories and nullable columns), and whether it is nullable (a null is pd.NA, not NaN).
+    The same as pandas' dtype says, without pandas for numpy dtypes."""
     if name in columns.categories:  # a category's values are of its categories' kind
         categories = columns.categories[name]
         kind = np.asarray(categories).dtype.kind if categories else "O"
-        return ("O" if kind in "USO" else kind), None
+        return ("O" if kind in "USO" else kind), None, False
     text = columns.dtypes[name]
     try:
         dtype = np.dtype(text)
     except TypeError:  # pandas' own dtypes ("string", "Int64", ...)
         try:
-            return _storage_kind(dtype_of(columns, name)), None
+            pandas_dtype = dtype_of(columns, name)
         except ImportError:
             raise InvalidModel(
                 f"column {name!r} has the pandas dtype {text!r}, which only an image with "
                 "pandas can check: serve this version with the full image"
             ) from None
+        return _storage_kind(pandas_dtype), None, nullable(pandas_dtype)
     if dtype.kind in "fiub":
-        return dtype.kind, dtype
-    return ("O" if dtype.kind in "USO" else dtype.kind), None  # pandas 3 names strings "str"
+        return dtype.kind, dtype, False
+    return ("O" if dtype.kind in "USO" else dtype.kind), None, False  # pandas 3 names strings "str"
 
 
-# Columns -> (name, kind, dtype) per column: a manifest's columns are made once per version, and
-# their storage, worked out from dtype strings, is asked for by every request. The Columns are
-# held, so an id cannot be reused while it is a key.
-_STORAGE: dict[int, tuple[Columns, list[tuple[str, str, np.dtype[Any] | None]]]] = {}
+# Columns -> (name, kind, dtype, nullable) per column: a manifest's columns are made once per
+# version, and their storage, worked out from dtype strings, is asked for by every request. The
+# Columns are held, so an id cannot be reused while it is a key.
+Storage = tuple[str, str, np.dtype[Any] | None, bool]
+_STORAGE: dict[int, tuple[Columns, list[Storage]]] = {}
 
 
-def storage(columns: Columns) -> list[tuple[str, str, np.dtype[Any] | None]]:
+def storage(columns: Columns) -> list[Storage]:
     """`storage_of` every column, in the model's order, worked out once per Columns."""
     held = _STORAGE.get(id(columns))
     if held is None:
@@ -100,7 +109,7 @@ class Table:
 def frame(by_name: dict[str, Any], columns: Columns) -> Table:
     """Check each column's values against its training dtype: the typed table."""
     data = {}
-    for name, kind, dtype in storage(columns):
+    for name, kind, dtype, held_null in storage(columns):
         values = by_name[name]
         where = f"column {name!r}"
         if isinstance(values, np.ndarray):  # binary tensor data: already typed
@@ -109,29 +118,46 @@ def frame(by_name: dict[str, Any], columns: Columns) -> Table:
             if kind == "f" and not columns.missing and np.isnan(values).any():
                 raise InvalidInput(f"{where}: {_NO_MISSING}")
             data[name] = _array(values, dtype, kind, where)
-            continue
-        if kind == "b":
-            if not all(type(v) is bool for v in values):
-                raise InvalidInput(f"{where}: expects booleans (true/false)")
-        elif kind == "f":
-            if not all(type(v) in (int, float) or v is None for v in values):
-                raise InvalidInput(f"{where}: expects numbers or null")
-            if None in values:
-                if not columns.missing:
-                    raise InvalidInput(f"{where}: {_NO_MISSING}")
-                values = [np.nan if v is None else v for v in values]
-        elif kind in "iu":
-            if not all(type(v) is int for v in values):
-                values = _whole(values, where)
-        elif not all(type(v) is str or v is None for v in values):
-            raise InvalidInput(f"{where}: expects strings (BYTES) or null")
-        data[name] = _array(values, dtype, kind, where)
+        elif held_null and None in values:  # a pandas nullable column: null is pd.NA
+            if not columns.missing:
+                raise InvalidInput(f"{where}: {_NO_MISSING}")
+            known = [v for v in values if v is not None]
+            present = iter(_checked(known, kind, columns, where, held_null))
+            data[name] = _array([None if v is None else next(present) for v in values],
+                                dtype, kind, where)  # fmt: skip
+        else:
+            checked = _checked(values, kind, columns, where, held_null)
+            data[name] = _array(checked, dtype, kind, where)
     return Table(columns, data)
+
+
+def _checked(
+    values: list[Any], kind: str, columns: Columns, where: str, held_null: bool
+) -> list[Any]:
+    """A column's JSON values, checked against its kind: a null in a float column as NaN,
+    whole floats in an integer column as ints."""
+    if kind == "b":
+        if not all(type(v) is bool for v in values):
+            raise InvalidInput(f"{where}: expects booleans (true/false)")
+    elif kind == "f":
+        if not all(type(v) in (int, float) or v is None for v in values):
+            raise InvalidInput(f"{where}: expects numbers or null")
+        if None in values:
+            if not columns.missing:
+                raise InvalidInput(f"{where}: {_NO_MISSING}")
+            return [np.nan if v is None else v for v in values]
+    elif kind in "iu":
+        if not all(type(v) is int for v in values):
+            return _whole(values, where, "" if held_null else _NO_NULL)
+    elif not all(type(v) is str or v is None for v in values):
+        raise InvalidInput(f"{where}: expects strings (BYTES) or null")
+    return values
 
 
 def _array(values: Any, dtype: np.dtype[Any] | None, kind: str, where: str) -> np.ndarray:
     """Values as an array: of the column's own numpy dtype for numbers and booleans, of
-    objects for strings and categories (pandas types those once per batch)."""
+    objects for strings, categories and nullable columns (pandas types those once per
+    batch)."""
     try:
         if dtype is not None:
             return np.asarray(values).astype(dtype) if isinstance(values, np.ndarray) else (
@@ -151,7 +177,7 @@ _NO_MISSING = (
 _NO_NULL = "; null is not allowed (the column held integers in training)"
 
 
-def _whole(values: list[Any], where: str) -> list[int]:
+def _whole(values: list[Any], where: str, no_null: str) -> list[int]:
     """Numbers for an integer column: 3 and 3.0 (what `df.to_numpy().tolist()` sends), not 3.5."""
     whole = []
     for v in values:
@@ -160,9 +186,9 @@ def _whole(values: list[Any], where: str) -> list[int]:
         elif type(v) is float and v.is_integer():
             whole.append(int(v))
         elif type(v) is float:
-            raise InvalidInput(f"{where}: expects whole numbers ({v!r} is not){_NO_NULL}")
+            raise InvalidInput(f"{where}: expects whole numbers ({v!r} is not){no_null}")
         else:
-            raise InvalidInput(f"{where}: expects whole numbers{_NO_NULL}")
+            raise InvalidInput(f"{where}: expects whole numbers{no_null}")
     return whole
 
 
@@ -173,6 +199,8 @@ def _integral(values: np.ndarray) -> np.ndarray:
 def _storage_kind(dtype: Any) -> str:
     import pandas as pd
 
+    if nullable(dtype):
+        return _storage_kind(dtype.numpy_dtype)
     if isinstance(dtype, pd.CategoricalDtype):
         return _storage_kind(dtype.categories.dtype)
     if isinstance(dtype, pd.StringDtype):

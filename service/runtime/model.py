@@ -151,6 +151,14 @@ def fast_paths() -> dict[type, Callable[[Any], Formula | None]]:
     }
 
 
+def formula(estimator: Any) -> Formula | None:
+    """The exact formula of a model fitted on an array, where its family has one (a binary or
+    one-vs-rest logistic regression and a multi-target linear one have none). Exact type
+    match: a subclass may override predict."""
+    builder = fast_paths().get(type(estimator))
+    return builder(estimator) if builder else None
+
+
 @dataclass
 class LoadedModel:
     manifest: Manifest
@@ -164,10 +172,8 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self.identity = (self.manifest.name, self.manifest.version)
-        # Exact type match: a subclass may override predict.
         tensor = self.manifest.columns is None  # the formulas take float rows, not frames
-        builder = fast_paths().get(type(self.estimator)) if self.fast_path and tensor else None
-        self._fast = builder(self.estimator) if builder else None
+        self._fast = formula(self.estimator) if self.fast_path and tensor else None
 
     @property
     def name(self) -> str:
