@@ -22,6 +22,7 @@ from mlscale.service.contract import (
     PREDICTION_VALUES,
     PREDICTIONS,
     REQUESTS,
+    failed,
 )
 
 # Fewest answers on each side that a distribution is compared on. Two samples of one
@@ -41,7 +42,7 @@ class Snapshot:
     """Inference requests and latency buckets, summed over the pods scraped."""
 
     requests: float = 0.0
-    errors: float = 0.0  # 5xx: the server's fault (4xx is the client's)
+    errors: float = 0.0  # 5xx and refused inputs (contract.failed); other 4xx are the client's
     # upper bound -> cumulative count
     buckets: defaultdict[float, float] = field(default_factory=lambda: defaultdict(float))
     # What the model answered: label -> count (a classifier), upper bound -> cumulative count
@@ -63,7 +64,7 @@ class Snapshot:
                     continue
                 elif sample.name == REQUESTS + "_total":
                     self.requests += sample.value
-                    if sample.labels.get("code", "").startswith("5"):
+                    if failed(sample.labels.get("code", "")):
                         self.errors += sample.value
                 elif sample.name == LATENCY + "_bucket":
                     self.buckets[float(sample.labels["le"])] += sample.value

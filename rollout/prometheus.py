@@ -28,6 +28,7 @@ from mlscale.service.contract import (
     PREDICTION_VALUES,
     PREDICTIONS,
     REQUESTS,
+    failed,
 )
 
 TIMEOUT_S = 10.0
@@ -131,7 +132,7 @@ class Prometheus:
         codes = self._rose("code", REQUESTS + "_total", selector, start, end, infer)
         for code, count in codes.items():
             out.traffic.requests += count
-            if code.startswith("5"):
+            if failed(code):
                 out.traffic.errors += count
         buckets = self._rose("le", LATENCY + "_bucket", selector, start, end, infer)
         out.traffic.buckets = defaultdict(float, {float(le): n for le, n in buckets.items()})

@@ -44,6 +44,16 @@ REQUEST_RATE = "mlscale_requests_per_second"
 PREDICTIONS = "mlscale_predictions"  # a counter by model, version and label
 PREDICTION_VALUES = "mlscale_prediction_value"  # a histogram by model and version
 PREDICTION_BUCKETS_ENV = "MLSCALE_PREDICTION_BUCKETS"
+# The status of a request whose input the model refused (errors.ModelRefused). The rollout's
+# analysis counts it against the version, with the server's failures: a canary that refuses
+# what clients send is as broken for them as one that fails.
+MODEL_REFUSED = 422
+
+
+def failed(code: str) -> bool:
+    """Whether a request's status code (a metric label) counts against the version."""
+    return code.startswith("5") or code == str(MODEL_REFUSED)
+
 
 # --- Kubernetes labels and annotations (the chart writes them; the operator reads them) -------
 INSTANCE_LABEL = "app.kubernetes.io/instance"

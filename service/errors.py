@@ -1,6 +1,8 @@
 """The domain errors. Each carries its HTTP status; `answer.error_answer` turns them into
 `{"error": "..."}`, the Open Inference Protocol's error shape, in one place."""
 
+from mlscale.service.contract import MODEL_REFUSED
+
 
 class MLScaleError(Exception):
     status_code = 500
@@ -32,6 +34,15 @@ class PayloadTooLarge(MLScaleError):
 
 class UnsupportedMediaType(MLScaleError):
     status_code = 415
+
+
+class ModelRefused(MLScaleError):
+    """The model raised ValueError on input that passed the signature's checks: scikit-learn's
+    way of saying the input is not one it can answer (a category its encoder never saw, a value
+    outside its domain). The client's input, so 4xx; 422, apart from the 400s of malformed
+    requests, because the rollout's analysis counts it against the version (contract.failed)."""
+
+    status_code = MODEL_REFUSED
 
 
 class InferenceFailed(MLScaleError):

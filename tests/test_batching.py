@@ -107,6 +107,33 @@ def test_a_failing_model_fails_its_batch_and_the_batcher_survives():
     assert run(main())["sum"].tolist() == [2.0]
 
 
+def test_a_request_the_model_refuses_fails_alone_not_its_batch():
+    """A row the model raises on (an unknown category, say) failed every request merged with
+    it: a batch that raises is predicted again request by request."""
+
+    def refuses_negatives(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        if (x < 0).any():
+            raise ValueError("negative")
+        return model(x, names)
+
+    async def main() -> tuple[list, Recorder]:
+        recorder = Recorder()
+        batcher = Batcher(refuses_negatives, max_size=100, max_wait_s=0, observer=recorder)
+        rows = [np.full((1, 2), -1.0 if i in (2, 5) else float(i)) for i in range(8)]
+        results = await asyncio.gather(*(batcher.submit(x, ["sum"]) for x in rows),
+                                       return_exceptions=True)  # fmt: skip
+        await batcher.close()
+        return results, recorder
+
+    results, recorder = run(main())
+    refused = [i for i, r in enumerate(results) if isinstance(r, ValueError)]
+    assert refused == [2, 5]
+    assert [r["sum"].tolist() for r in results if isinstance(r, dict)] == [
+        [2.0 * i] for i in (0, 1, 3, 4, 6, 7)
+    ]
+    assert recorder.batches == [(1, 1)] * 6  # the answered ones, each alone
+
+
 def test_a_batch_computes_the_outputs_its_requests_asked_for_once():
     """A slow model's outputs each cost a call: a batch asks for the union of what its requests
     want, in one call, and each request gets what it asked for; a lone request, only its own."""

@@ -2,6 +2,7 @@
 imputing, scaling and an integer column, published and queried the way user code sends rows
 (`df.to_numpy().tolist()` makes every number a float). Each test here was a defect first."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -432,3 +433,40 @@ def test_pandas_nullable_columns_publish_and_serve(tmp_path: Path):
     assert refused.status_code == 400
     assert refused.json()["error"].startswith("column 'visits': null is not allowed")
     assert whole.json() == {"error": "column 'visits': expects whole numbers (3.5 is not)"}
+
+
+def test_an_unknown_category_is_refused_alone_with_a_422(tmp_path: Path):
+    """An encoder fitted with handle_unknown="error" raises on a category it never saw: that
+    was a 500, and failed every request batched with it."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    frame = (
+        x.iloc[:, :2]
+        .set_axis(["length", "width"], axis=1)
+        .assign(size=np.where(x.iloc[:, 0] > 5.5, "large", "small"))
+    )
+    encode = ColumnTransformer([("size", OneHotEncoder(handle_unknown="error"), ["size"])],
+                               remainder="passthrough")  # fmt: skip
+    model = make_pipeline(encode, LogisticRegression(max_iter=500)).fit(frame, y)
+    publish(model, "sized", model_dir=tmp_path, sample=frame.head(), runtime="sklearn")
+
+    def body(size: str) -> dict:
+        return {"inputs": [
+            {"name": "length", "shape": [1], "datatype": "FP64", "data": [5.1]},
+            {"name": "width", "shape": [1], "datatype": "FP64", "data": [3.5]},
+            {"name": "size", "shape": [1], "datatype": "BYTES", "data": [size]}]}  # fmt: skip
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url) as client:
+            sizes = ["huge" if i % 5 == 0 else "small" for i in range(40)]
+            return await asyncio.gather(*[
+                client.post("/v2/models/sized/infer", json=body(s)) for s in sizes])  # fmt: skip
+
+    with run_server(tmp_path, model_name="sized") as server:
+        answers = asyncio.run(burst(server.url))
+    expected = model.predict(frame.head(1).assign(size="small"))[0]
+    assert [a.status_code for a in answers] == [422 if i % 5 == 0 else 200 for i in range(40)]
+    refusal = "Found unknown categories ['huge'] in column 0 during transform"
+    assert answers[0].json() == {
+        "error": f"model 'sized' version '1' cannot answer this input: {refusal}"
+    }
+    assert {a.json()["outputs"][0]["data"][0] for a in answers[1:5]} == {expected}

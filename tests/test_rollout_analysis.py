@@ -6,6 +6,7 @@ import pytest
 
 from mlscale.rollout.analysis import Snapshot, judge, output_drift
 from mlscale.rollout.canary import Scrape, traffic
+from mlscale.service.contract import failed
 
 INFER = 'endpoint="/v2/models/{name}/infer",model="iris",version="2"'
 HEALTH = 'endpoint="/v2/health/ready",model="",version=""'
@@ -39,6 +40,13 @@ def test_rates_come_from_counter_deltas_of_inference_only():
     assert delta.requests == 200  # (280 + 20 + 7) - (100 + 0 + 7); health probes excluded
     assert delta.errors == 20
     assert delta.error_rate == pytest.approx(0.1)
+
+
+def test_inputs_the_model_refused_count_against_the_version():
+    """A 422 (errors.ModelRefused) is a request the version could not answer, unlike a 400."""
+    text = scrape(90, 0, {"+Inf": 90}) + f'mlscale_requests_total{{code="422",{INFER}}} 10\n'
+    assert snap(text).errors == 10 and snap(text).requests == 107
+    assert failed("422") and failed("503") and not failed("400") and not failed("200")
 
 
 def test_p99_interpolates_inside_the_bucket():

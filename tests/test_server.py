@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
 from mlscale.service.artifacts.manifest import ARTIFACT
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.settings import ModelSettings, Settings
 from tests.conftest import Server, run_server
-from tests.helpers import v2, wait_for
+from tests.helpers import breaks_above_two, v2, wait_for
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 
@@ -281,23 +281,29 @@ def test_batched_answers_equal_unbatched_ones(model_dir: Path):
     assert merges > 1, "requests were not merged"
 
 
-def test_a_model_that_fails_to_predict_gets_500_and_the_server_lives(
+def test_a_model_that_refuses_or_fails_to_predict_gets_422_or_500_and_the_server_lives(
     tmp_path: Path, model_dir: Path
 ):
     store = ModelStore(tmp_path / "models")
     io = ModelStore(model_dir).manifest("multilinear", "1")
-    # Loads and warms up on zeros, but raises on categories it never saw (any value but 0 or 1).
+    # Each loads and warms up on zeros. One refuses categories it never saw (any value but 0
+    # or 1), with scikit-learn's ValueError; the other raises from a bug of its own.
     x = np.array([[0, 0, 0, 0], [1, 1, 1, 1]] * 2, dtype=float)
-    strict = make_pipeline(OneHotEncoder(handle_unknown="error"), LinearRegression()).fit(
-        x, [0, 1] * 2
-    )
-    store.write("strict", "1", strict, inputs=io.inputs, outputs=io.outputs, metrics={})
-    with run_server(store.root, model_name="strict") as server, server.client() as c:
+    strict = make_pipeline(OneHotEncoder(handle_unknown="error"), LinearRegression())
+    broken = make_pipeline(FunctionTransformer(breaks_above_two), LinearRegression())
+    for name, model in (("strict", strict), ("broken", broken)):
+        model.fit(x, [0, 1] * 2)
+        store.write(name, "1", model, inputs=io.inputs, outputs=io.outputs, metrics={})
+    server = run_server(store.root, model_name="strict", models="broken")
+    with server as served, served.client() as c:
         r = c.post("/v2/models/strict/infer", json=v2([3.0, 0, 0, 0]))
-        assert_error(r, 500, "failed to predict")
+        assert_error(r, 422, "model 'strict' version '1' cannot answer this input: Found unknown")
         assert r.headers["x-model-version"] == "1"
-        ok = c.post("/v2/models/strict/infer", json=v2([1.0, 1, 1, 1]))
-        assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [pytest.approx(1.0)]
+        assert_error(c.post("/v2/models/broken/infer", json=v2([3.0, 0, 0, 0])), 500,
+                     "model 'broken' version '1' failed to predict: a bug in")  # fmt: skip
+        for name in ("strict", "broken"):
+            ok = c.post(f"/v2/models/{name}/infer", json=v2([1.0, 1, 1, 1]))
+            assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [pytest.approx(1.0)]
 
 
 def test_tampered_model_never_becomes_ready(tmp_path: Path, model_dir: Path):

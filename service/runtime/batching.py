@@ -5,6 +5,10 @@ once, so every request whose bytes already arrived joins; with `max_wait` > 0 it
 to that long for more. It flushes at `max_size` rows. While a batch runs, new requests queue
 up and form the next one, so batches grow with load and stay at one row when idle: throughput
 rises without adding latency at low traffic.
+
+A batch the model raises on is predicted again request by request, so that a request whose
+rows the model refuses (an unknown category, say) fails alone, not with the requests it was
+merged with.
 """
 
 import asyncio
@@ -112,8 +116,11 @@ class Batcher:
             names = list(dict.fromkeys(name for p in batch for name in p.outputs))
             outputs = self._predict(x, names)
         except Exception as exc:
-            for p in batch:
-                p.future.set_exception(exc)
+            if len(batch) > 1:  # one request's rows can make a model raise: only it fails
+                for p in batch:
+                    self._flush([p])
+                return
+            batch[0].future.set_exception(exc)
             return
         offset = 0
         for p in batch:

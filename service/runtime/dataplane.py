@@ -15,6 +15,7 @@ from mlscale.service.errors import (
     MLScaleError,
     ModelNotFound,
     ModelNotReady,
+    ModelRefused,
     StoreError,
 )
 from mlscale.service.metrics import Metrics
@@ -191,8 +192,9 @@ class DataPlane:
         if (predicted := answer.get("predict")) is not None:
             self.metrics.predictions.observe(model.identity, model.classifier, predicted)
 
-    def _failed(self, model: LoadedModel, exc: Exception) -> InferenceFailed:
+    def _failed(self, model: LoadedModel, exc: Exception) -> ModelRefused | InferenceFailed:
+        who = f"model '{model.name}' version '{model.version}'"
+        if isinstance(exc, ValueError):
+            return ModelRefused(f"{who} cannot answer this input: {exc}")
         log.exception("%s/%s failed to predict", model.name, model.version)
-        return InferenceFailed(
-            f"model '{model.name}' version '{model.version}' failed to predict: {exc}"
-        )
+        return InferenceFailed(f"{who} failed to predict: {exc}")
