@@ -85,7 +85,7 @@ def _convert(
 ) -> bytes:
     types = _input_types(manifest, stacked)
     try:
-        graph = to_onnx(_float32_trees(estimator), initial_types=types, options=options)
+        graph = to_onnx(_cast_features(estimator), initial_types=types, options=options)
         return bytes(graph.SerializeToString())
     except Exception as exc:  # skl2onnx raises many kinds: each is "cannot convert"
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -93,19 +93,28 @@ def _convert(
         raise CompileFailed("convert", f"skl2onnx cannot convert it ({why})") from None
 
 
-def _float32_trees(estimator: Any) -> Any:
-    """What to convert: the estimator, with its features cast to float32 just before a final
-    tree model. onnxruntime's tree ensembles take and answer float32 only, and skl2onnx, given
-    float64 features, declares float64 answers for all but some classifiers: the graph is then
-    refused. The trees compare in float32 either way; verification checks the answers. Its
-    steps are the estimator's own objects, so options keyed by their ids still apply."""
+def _cast_features(estimator: Any) -> Any:
+    """What to convert: the estimator, with the features cast just before its final model.
+    - To float32 before a tree model: onnxruntime's tree ensembles take and answer float32
+      only, and skl2onnx, given float64 features, declares float64 answers for all but some
+      classifiers: the graph is then refused. The trees compare in float32 either way.
+    - To float64 after other transformers: skl2onnx types a ColumnTransformer's output by its
+      first part (a one-hot encoding's is float32) though it computes float64, and a model
+      after it (logistic regression, neighbours, naive Bayes, a network) declares float32
+      answers that onnxruntime refuses to load.
+    Verification checks the answers. The steps are the estimator's own objects, so options
+    keyed by their ids still apply."""
     from skl2onnx.sklapi import CastTransformer
     from sklearn.pipeline import Pipeline
 
     steps = estimator.steps if isinstance(estimator, Pipeline) else [("model", estimator)]
-    if not isinstance(steps[-1][1], _tree_models()):
+    if isinstance(steps[-1][1], _tree_models()):
+        dtype: type = np.float32
+    elif len(steps) > 1:
+        dtype = np.float64
+    else:
         return estimator
-    cast = ("mlscale_float32", CastTransformer(dtype=np.float32))
+    cast = ("mlscale_cast", CastTransformer(dtype=dtype))
     return Pipeline([*steps[:-1], cast, steps[-1]])
 
 

@@ -14,6 +14,7 @@ import joblib
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import (
     GradientBoostingRegressor,
@@ -26,7 +27,7 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from typer.testing import CliRunner
 
 from examples import flowers
@@ -385,3 +386,18 @@ def test_a_linear_model_without_a_formula_on_the_server_is_compiled(tmp_path: Pa
     by_column = publish(LogisticRegression(max_iter=500).fit(x, y), "by-column",
                         model_dir=tmp_path, sample=x.head())  # fmt: skip
     assert binary.runtime == "onnx" and by_column.runtime == "onnx"
+
+
+def test_one_hot_and_scaling_then_a_logistic_regression_compiles(tmp_path: Path):
+    """The most common tabular classifier: skl2onnx typed the encoded columns float32 while
+    computing float64, and onnxruntime refused the graph; the features are now cast to
+    float64 before the model, and every output is checked as any other's."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    frame = x.assign(size=np.where(x.iloc[:, 0] > 5.5, "large", "small"))
+    encode = ColumnTransformer([("size", OneHotEncoder(), ["size"]),
+                                ("numbers", StandardScaler(), list(x.columns))])  # fmt: skip
+    model = make_pipeline(encode, LogisticRegression(max_iter=500)).fit(frame, y)
+    m = publish(model, "sized", model_dir=tmp_path, sample=frame.head(), holdout=(frame, y))
+    assert m.runtime == "onnx" and m.compiled is not None, m
+    assert m.compiled.rows == 155 and m.compiled.max_difference < 1e-9
+    assert [o.name for o in m.outputs] == ["predict", "predict_proba", "decision_function"]
