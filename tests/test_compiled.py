@@ -401,3 +401,20 @@ def test_one_hot_and_scaling_then_a_logistic_regression_compiles(tmp_path: Path)
     assert m.runtime == "onnx" and m.compiled is not None, m
     assert m.compiled.rows == 155 and m.compiled.max_difference < 1e-9
     assert [o.name for o in m.outputs] == ["predict", "predict_proba", "decision_function"]
+
+
+def test_a_classifier_of_booleans_compiles_and_answers_booleans(tmp_path: Path):
+    """A pandas target column of booleans: the graph answers its labels as 0 and 1, so
+    verification refused every such graph ("0 compiled, False from the estimator")."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    model = RandomForestClassifier(n_estimators=10, random_state=0).fit(x, y == 2)
+    m = publish(model, "virginica", model_dir=tmp_path, sample=x.head(), holdout=(x, y == 2))
+    assert m.runtime == "onnx" and m.outputs[0].datatype == "BOOL"
+    rows = x.iloc[::15]
+    servers = [run_server(tmp_path, model_name="virginica", runtime=r) for r in ("auto", "sklearn")]
+    with servers[0] as onnx, servers[1] as sk:
+        body = by_column(rows, ["predict", "predict_proba"])
+        a, b = ask((onnx, sk), "POST", "/v2/models/virginica/infer", json=body)
+    assert a.status_code == b.status_code == 200, a.text
+    assert a.json()["outputs"][0]["data"] == model.predict(rows).tolist()
+    same_answers(a.json(), b.json())

@@ -77,6 +77,7 @@ class CompiledModel(LoadedModel):
 
     input_names: list[str]  # the graphs' inputs, in the order `feeds` gives them
     ranks: dict[str, int]  # each output's rank in the manifest: [N] or [N, k]
+    booleans: set[str]  # the outputs the estimator answers as booleans (labels False, True)
 
     @classmethod
     def open(cls, manifest: Manifest, folder: Path) -> "CompiledModel":
@@ -90,6 +91,7 @@ class CompiledModel(LoadedModel):
         # input "petal_length__cm_"); the graph's inputs keep the columns' order.
         opened.input_names = [i.name for i in sessions["model"].get_inputs()]
         opened.ranks = {spec.name: len(spec.shape) for spec in manifest.outputs}
+        opened.booleans = {spec.name for spec in manifest.outputs if spec.datatype == "BOOL"}
         return opened
 
     @property
@@ -111,9 +113,12 @@ class CompiledModel(LoadedModel):
 
     def _shaped(self, name: str, values: np.ndarray) -> np.ndarray:
         """An output with the estimator's shape and dtype: a regressor's [N, 1] as [N], a
-        binary classifier's two raw scores as the positive class's one, numbers as float64."""
+        binary classifier's two raw scores as the positive class's one, numbers as float64,
+        and labels False and True, which the graph answers as 0 and 1, as booleans."""
         if self.ranks[name] == 1 and values.ndim == 2:
             values = values[:, -1]
         if values.dtype.kind == "f":
             values = values.astype(np.float64)
+        elif name in self.booleans:
+            values = values.astype(bool)
         return values
