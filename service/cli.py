@@ -351,8 +351,10 @@ def infer(
     data = json.loads(rows)
     shape = [len(data), len(data[0])] if data and isinstance(data[0], list) else [len(data)]
     values = [v for row in data for v in (row if isinstance(row, list) else [row])]
-    # Strings travel as BYTES: a text model's documents, a DataFrame model's mixed rows.
-    datatype = "BYTES" if any(isinstance(v, str) for v in values) else "FP64"
+    # Rows of numbers (and nulls) travel as FP64; any others as BYTES, which carries any mix:
+    # a text model's documents, a DataFrame model's rows with strings or booleans.
+    numbers = all(v is None or type(v) in (int, float) for v in values)
+    datatype = "FP64" if numbers else "BYTES"
     body: dict[str, object] = {
         "inputs": [{"name": "input-0", "shape": shape, "datatype": datatype, "data": data}]
     }

@@ -3,6 +3,7 @@ imputing, scaling and an integer column, published and queried the way user code
 (`df.to_numpy().tolist()` makes every number a float). Each test here was a defect first."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -425,11 +426,15 @@ def test_pandas_nullable_columns_publish_and_serve(tmp_path: Path):
     with server as served, served.client() as c:
         answer = c.post("/v2/models/imputing/infer", json=body)
         refused = c.post("/v2/models/strict/infer", json=body)
+        # Rows with booleans travel as BYTES from the CLI (as FP64 they were refused).
+        code, out = cli("infer", "imputing", "[[null, 1.4, null], [3, null, true]]", "--url",
+                        served.url)  # fmt: skip
         whole = c.post("/v2/models/strict/infer", json={**body, "inputs": [
             {**body["inputs"][0], "data": [3.5, 1]}, *body["inputs"][1:]]})  # fmt: skip
     expected = imputing.predict(pd.DataFrame(rows).astype(frame.dtypes.to_dict()))
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"] == expected.tolist()
+    assert code == 0 and json.loads(out)["outputs"][0]["data"] == expected.tolist(), out
     assert refused.status_code == 400
     assert refused.json()["error"].startswith("column 'visits': null is not allowed")
     assert whole.json() == {"error": "column 'visits': expects whole numbers (3.5 is not)"}
