@@ -48,24 +48,23 @@ def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilat
         raise CompileFailed("convert", "skl2onnx is not installed (pip install "
                             "'mlscale[compile]')") from None  # fmt: skip
     _leaf_flags_as_ints()
-    outputs = {spec.name for spec in manifest.outputs}
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    classifier = {"zipmap": False} if manifest.labels else {}
+
+    def graphs(stacked: bool) -> tuple[dict[str, bytes], float]:
+        files = _graphs(to_onnx, estimator, manifest, stacked)
+        draft = manifest.model_copy(update={"compiled": _placeholder(files, stacked)})
+        return files, _verify(estimator, draft, files, rows)
+
     stacked = False
     try:
-        files = {COMPILED: _convert(to_onnx, estimator, manifest, {id(final): classifier})}
+        files, difference = graphs(stacked)
     except CompileFailed:
         # An estimator fitted on a frame of numbers, not a pipeline of column transformers,
-        # takes the columns as one tensor: the graph does too.
+        # takes the columns as one tensor (and some transformers convert, but then index
+        # their features wrongly, with one input per column): the graph does too.
         if not _all_numbers(manifest):
             raise
         stacked = True
-        files = {COMPILED: _convert(to_onnx, estimator, manifest, {id(final): classifier}, True)}
-    if "decision_function" in outputs:
-        raw = {id(final): {**classifier, "raw_scores": True}}
-        files[SCORES] = _convert(to_onnx, estimator, manifest, raw, stacked)
-    manifest = manifest.model_copy(update={"compiled": _placeholder(files, stacked)})
-    difference = _verify(estimator, manifest, files, rows)
+        files, difference = graphs(stacked)
     return Compilation(
         files,
         Compiled(
@@ -80,8 +79,19 @@ def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilat
     )
 
 
+def _graphs(to_onnx: Any, estimator: Any, manifest: Manifest, stacked: bool) -> dict[str, bytes]:
+    """The model's graph, and a second one answering raw scores for `decision_function`."""
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    classifier = {"zipmap": False} if manifest.labels else {}
+    files = {COMPILED: _convert(to_onnx, estimator, manifest, {id(final): classifier}, stacked)}
+    if "decision_function" in {spec.name for spec in manifest.outputs}:
+        raw = {id(final): {**classifier, "raw_scores": True}}
+        files[SCORES] = _convert(to_onnx, estimator, manifest, raw, stacked)
+    return files
+
+
 def _convert(
-    to_onnx: Any, estimator: Any, manifest: Manifest, options: dict, stacked: bool = False
+    to_onnx: Any, estimator: Any, manifest: Manifest, options: dict, stacked: bool
 ) -> bytes:
     types = _input_types(manifest, stacked)
     try:

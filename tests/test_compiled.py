@@ -27,7 +27,12 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    KBinsDiscretizer,
+    OneHotEncoder,
+    StandardScaler,
+)
 from typer.testing import CliRunner
 
 from examples import flowers
@@ -418,3 +423,36 @@ def test_a_classifier_of_booleans_compiles_and_answers_booleans(tmp_path: Path):
     assert a.status_code == b.status_code == 200, a.text
     assert a.json()["outputs"][0]["data"] == model.predict(rows).tolist()
     same_answers(a.json(), b.json())
+
+
+def test_a_frame_of_numbers_whose_graph_fails_per_column_is_compiled_as_one_tensor(
+    tmp_path: Path,
+):
+    """KBinsDiscretizer converts with one input per column, then indexes its features in the
+    first: onnxruntime failed at run and the version fell back to scikit-learn."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    binned = make_pipeline(KBinsDiscretizer(n_bins=3, encode="ordinal"), LogisticRegression())
+    m = publish(binned.fit(x, y), "binned", model_dir=tmp_path, sample=x.head(), holdout=(x, y))
+    assert m.runtime == "onnx" and m.compiled is not None and m.compiled.stacked
+
+
+def test_a_graph_that_fails_to_run_raises_without_onnxruntime_printing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+):
+    """The failure is raised (verification prints its reason in the table); onnxruntime also
+    printed its own red error line to the terminal of whoever published."""
+    from onnx import TensorProto, helper
+
+    from mlscale.service.runtime.compiled import session
+
+    rows = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])
+    third = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])
+    extract = helper.make_node("ArrayFeatureExtractor", ["x", "index"], ["y"], domain="ai.onnx.ml")
+    index = helper.make_tensor("index", TensorProto.INT64, [1], [2])  # out of range for [N, 1]
+    graph = helper.make_graph([extract], "third", [rows], [third], initializer=[index])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    (tmp_path / "third.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(Exception, match="index is out of range"):
+        session(tmp_path / "third.onnx").run(None, {"x": np.zeros((1, 1), dtype=np.float32)})
+    assert capfd.readouterr().err == ""

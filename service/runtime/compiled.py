@@ -23,6 +23,9 @@ def session(path: Path) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    # A graph that fails raises, with onnxruntime's message: its own log line would repeat it
+    # (in red, on the terminal of whoever publishes).
+    options.log_severity_level = 4
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
