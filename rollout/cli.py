@@ -174,9 +174,10 @@ def deploy(
 ) -> None:
     """Rolling upgrade to VERSION; the controller rolls back by itself if it fails.
 
-    Examples:  mlscale rollout deploy --version 2
-               mlscale rollout deploy --model-image mlscale-model/flowers:2
-               mlscale rollout deploy --model linear --version 2   (one model of a set)
+    Examples:
+      mlscale rollout deploy --version 2
+      mlscale rollout deploy --model-image mlscale-model/flowers:2
+      mlscale rollout deploy --model linear --version 2   (one model of a set)
     """
     from mlscale.rollout.client import roll, spec_for
 
@@ -241,8 +242,9 @@ def canary(
 ) -> None:
     """Canary VERSION beside stable; the controller promotes it or aborts on live metrics.
 
-    Examples:  mlscale rollout canary --version 2 --steps 10,50,100 --interval 60
-               mlscale rollout canary --version 2 --shadow 50 --steps 5,50,100   (gateway)
+    Examples:
+      mlscale rollout canary --version 2 --steps 10,50,100 --interval 60
+      mlscale rollout canary --version 2 --shadow 50 --steps 5,50,100   (gateway)
     """
     from mlscale.rollout.client import read, roll, spec_for
     from mlscale.rollout.kube import Refused

@@ -49,9 +49,10 @@ def train(
 ) -> None:
     """Train example models and write each as a new immutable version.
 
-    Examples:  mlscale train           (one new version of every example)
-               mlscale train iris      (one new version of iris)
-               mlscale train --ensure 2  (versions 1 and 2 of each, if missing)
+    Examples:
+      mlscale train             (one new version of every example)
+      mlscale train iris        (one new version of iris)
+      mlscale train --ensure 2  (versions 1 and 2 of each, if missing)
     """
     needs_scikit_learn("train")
     from mlscale.service.artifacts.store import ModelStore

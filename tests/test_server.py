@@ -1,14 +1,18 @@
 """Protocol conformance over real HTTP, against `python -m mlscale.service` in a subprocess."""
 
 import asyncio
+import gzip
 import json
 import shutil
 import socket
+import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
+import tritonclient.http as tritonclient
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
@@ -183,6 +187,44 @@ def test_oversized_bodies_get_413(model_dir: Path):
 
         assert_error(c.post("/v2/models/iris/infer", content=chunks()), 413, names)
         assert c.post("/v2/models/iris/infer", json=v2(ROW)).status_code == 200
+
+
+def test_compressed_bodies_are_inflated_within_the_limit(model_dir: Path):
+    """Triton's clients compress a request on request (gzip or deflate); the limit holds for
+    what a body inflates to, so a small bomb is a 413, not the server's memory."""
+    plain = orjson.dumps(v2(ROW * 2, shape=[2, 4]))
+    bomb = gzip.compress(b" " * 5000 + plain)  # 5 KB of JSON whitespace, ~80 bytes sent
+    with (
+        run_server(model_dir, model_name="iris", max_body_bytes="2000") as server,
+        server.client() as c,
+    ):
+
+        def post(body: bytes, encoding: str) -> httpx.Response:
+            headers = {"content-type": "application/json", "content-encoding": encoding}
+            return c.post("/v2/models/iris/infer", content=body, headers=headers)
+
+        want = c.post("/v2/models/iris/infer", content=plain).json()
+        assert post(gzip.compress(plain), "gzip").json() == want
+        assert post(zlib.compress(plain), "deflate").json() == want
+        assert post(plain, "identity").json() == want
+        assert_error(post(bomb, "gzip"), 413, "limit of 2000 bytes once inflated")
+        assert_error(post(plain, "gzip"), 400, "the body is not gzip data")
+        assert_error(post(gzip.compress(plain)[:-12], "gzip"), 400, "ends before its data does")
+        assert_error(post(plain, "br"), 415, "Content-Encoding 'br' is not taken")
+        triton = tritonclient.InferenceServerClient(server.url.removeprefix("http://"))
+        tensor = tritonclient.InferInput("input-0", [1, 4], "FP64")
+        tensor.set_data_from_numpy(np.array([ROW]))
+        answer = triton.infer("iris", [tensor], request_compression_algorithm="gzip")
+        assert answer.as_numpy("predict").tolist() == want["outputs"][0]["data"][:1]
+
+
+def test_head_is_get_without_the_body(iris: Server):
+    """Load balancers' health checks may send HEAD; it was a 405."""
+    with iris.client() as c:
+        head, get = c.head("/v2/health/ready"), c.get("/v2/health/ready")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == get.headers["content-length"] != "0"
+        assert c.head("/v2/models/iris/infer").status_code == 405
 
 
 def metric(text: str, name: str, **labels: str) -> float:

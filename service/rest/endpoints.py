@@ -3,11 +3,18 @@ name and version from its path, asks the data plane, and returns an `Answer`; it
 HTTP. `routes.py` says which path reaches which handler; `fastpath.py` writes the answer.
 """
 
+import zlib
+
 from starlette.types import Receive, Scope
 
 from mlscale.service import __version__
 from mlscale.service.codecs import binary, protocol
-from mlscale.service.errors import MLScaleError, PayloadTooLarge, UnsupportedMediaType
+from mlscale.service.errors import (
+    InvalidInput,
+    MLScaleError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from mlscale.service.metrics import Metrics
 from mlscale.service.rest.answer import Answer, error_answer, json_answer
 from mlscale.service.runtime.dataplane import DataPlane
@@ -32,12 +39,16 @@ def _is_binary(content_type: bytes) -> bool:
 
 
 _RAISE = " (the server's MLSCALE_MAX_BODY_BYTES; the chart's server.maxBodyBytes)"
+_AS_IS = (b"", b"identity")  # Content-Encoding: the body as it was sent
+_CODINGS = (*_AS_IS, b"gzip", b"x-gzip", b"deflate")
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int, binary_data: bool = False) -> bytes:
     """The request body, refusing non-JSON media types and bodies over `limit` bytes. A body
     sent without a content type is taken to be JSON; with `binary_data` (the binary tensor
-    extension), application/octet-stream is accepted too."""
+    extension), application/octet-stream is accepted too. A gzip or deflate body (Triton's
+    clients compress on request) is inflated, to `limit` bytes at most."""
+    encoding = b""
     for key, value in scope["headers"]:
         if key == b"content-type":
             if not _is_json(value) and not (binary_data and _is_binary(value)):
@@ -46,6 +57,13 @@ async def read_body(scope: Scope, receive: Receive, limit: int, binary_data: boo
             raise PayloadTooLarge(
                 f"body of {int(value)} bytes exceeds the limit of {limit}{_RAISE}"
             )
+        elif key == b"content-encoding":
+            encoding = value.strip().lower()
+            if encoding not in _CODINGS:
+                coding = value.decode("latin-1")
+                raise UnsupportedMediaType(
+                    f"Content-Encoding {coding!r} is not taken; send gzip, deflate or none"
+                )
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -58,7 +76,23 @@ async def read_body(scope: Scope, receive: Receive, limit: int, binary_data: boo
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes{_RAISE}")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return _inflated(body, encoding, limit) if encoding not in _AS_IS else body
+
+
+def _inflated(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """A gzip or deflate body, inflated no further than `limit` bytes: a small body that would
+    inflate past it (a zip bomb) is refused before it takes the memory."""
+    inflate = zlib.decompressobj(47)  # 32 + 15: a gzip or a zlib header, whichever it has
+    try:
+        inflated = inflate.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the body is not {encoding.decode()} data ({exc})") from None
+    if len(inflated) > limit:
+        raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes once inflated{_RAISE}")
+    if not inflate.eof:
+        raise InvalidInput(f"the {encoding.decode()} body ends before its data does")
+    return inflated
 
 
 class Endpoints:

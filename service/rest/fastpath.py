@@ -22,6 +22,7 @@ from mlscale.service.runtime.dataplane import DataPlane
 log = logging.getLogger("mlscale")
 
 CLOSE_HEADER = (b"connection", b"close")
+HEAD = ("HEAD", "GET")
 
 
 def _closing(send: Send) -> Send:
@@ -79,7 +80,8 @@ class FastPath:
     ) -> tuple[str, str, str, str]:
         template, route, name, version = found
         try:
-            if scope["method"] != route.method:
+            # HEAD is GET without the body, which uvicorn leaves out.
+            if scope["method"] != route.method and (scope["method"], route.method) != HEAD:
                 raise MethodNotAllowed(
                     f"{scope['method']} is not allowed here; send a {route.method}"
                 )

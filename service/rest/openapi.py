@@ -10,7 +10,8 @@ from mlscale.service.codecs import protocol
 JSON = "application/json"
 ERRORS = {
     400: "Invalid input", 404: "Unknown model or version", 413: "Body too large",
-    415: "Not JSON", 500: "The model failed", 503: "Not ready",
+    415: "Not JSON, or an unknown Content-Encoding", 422: "The model refused the input",
+    500: "The model failed", 503: "Not ready",
 }  # fmt: skip
 
 

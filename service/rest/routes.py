@@ -27,7 +27,7 @@ SERVER_METADATA = "/v2"
 METRICS = "/metrics"
 INFERENCE = "inference"  # the tag of the routes that run a model
 MODEL_ERRORS = (404, 503)
-INFER_ERRORS = (400, 404, 413, 415, 500, 503)
+INFER_ERRORS = (400, 404, 413, 415, 422, 500, 503)
 
 
 @dataclass(frozen=True)
