@@ -5,7 +5,7 @@ the standard library."""
 import random
 from typing import Any
 
-from mlscale.service.contract import example_request
+from mlscale.service.contract import NUMERIC_TYPES, example_request
 
 # What a user sends when the metadata did not answer: the examples' four numbers.
 FALLBACK_INPUTS = [{"name": "input-0", "shape": [-1, 4], "datatype": "FP64"}]
@@ -17,7 +17,7 @@ def infer_body(meta: dict[str, Any] | None, rows: int) -> dict[str, Any]:
     document)."""
     inputs: list[dict[str, Any]] = meta["inputs"] if meta else FALLBACK_INPUTS
     shape, datatype = inputs[0]["shape"], inputs[0]["datatype"]
-    if len(inputs) == 1 and len(shape) == 2 and datatype not in ("BOOL", "BYTES"):
+    if len(inputs) == 1 and len(shape) == 2 and datatype in NUMERIC_TYPES:
         features: int = shape[1]
         data = [round(random.uniform(0, 8), 2) for _ in range(rows * features)]
         return {"inputs": [{"name": "input-0", "shape": [rows, features], "datatype": "FP64",

@@ -26,6 +26,12 @@ INFER_ENDPOINTS = (INFER, INFER_VERSION, V1_PREDICT, SIMPLE_PREDICT)
 # resend buffer is sized from it (spec.traffic.maxBodyBytes).
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
+# The Open Inference Protocol's tensor datatypes.
+INTEGER_TYPES = frozenset(f"{p}{b}" for p in ("INT", "UINT") for b in (8, 16, 32, 64))
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+NUMERIC_TYPES = INTEGER_TYPES | FLOAT_TYPES  # the ones that can carry numbers
+DATATYPES = NUMERIC_TYPES | {"BOOL", "BYTES"}
+
 # Response headers naming the version that answered (lower case, as HTTP/1.1 servers send).
 MODEL_HEADER = "x-model-name"
 VERSION_HEADER = "x-model-version"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mlscale.service.artifacts.manifest import Columns, Manifest
-from mlscale.service.codecs.datatypes import DATATYPES, NUMERIC_TYPES
+from mlscale.service.contract import DATATYPES, NUMERIC_TYPES
 from mlscale.service.errors import InvalidInput
 from mlscale.service.runtime.frames import Table, frame
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from mlscale.service.artifacts.manifest import Manifest, TensorSpec
 from mlscale.service.codecs import binary
-from mlscale.service.codecs.datatypes import DATATYPES, INTEGER_TYPES, NUMERIC_TYPES
+from mlscale.service.contract import DATATYPES, INTEGER_TYPES, NUMERIC_TYPES
 from mlscale.service.errors import InvalidInput
 from mlscale.service.runtime.model import Outputs, RowOutputs, Rows
 
