@@ -231,14 +231,18 @@ def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
 
 
 def verification_rows(manifest: Manifest, sample: Any, holdout: Any) -> Any:
-    """The rows the graphs are checked on: the sample and the holdout's features; without
-    either, the warm-up row."""
+    """The rows the graphs are checked on: the sample and the holdout's features (those with
+    a missing value only where the model answers them); without any, the warm-up row."""
     parts = [p for p in (sample, holdout) if p is not None and len(p)]
     if not parts:
         return probe_row(manifest)
     if manifest.columns is not None:
         names = list(manifest.columns.dtypes)
         joined = pd.concat([pd.DataFrame(p)[names] for p in parts], ignore_index=True)
+        if not manifest.columns.missing:  # rows both runtimes refuse with the same 400
+            joined = joined.dropna()
+        if joined.empty:
+            return probe_row(manifest)
         return frame({n: [None if pd.isna(v) else v for v in joined[n].tolist()] for n in names},
                      manifest.columns)  # fmt: skip
     return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])

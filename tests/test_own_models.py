@@ -409,7 +409,8 @@ def test_pandas_nullable_columns_publish_and_serve(tmp_path: Path):
     imputing = make_pipeline(SimpleImputer(), LogisticRegression(max_iter=500)).fit(frame, y)
     strict = LogisticRegression(max_iter=500).fit(frame.fillna({"visits": 0}), y)
     published = [
-        publish(imputing, "imputing", model_dir=tmp_path, sample=frame.head()),
+        # A sample whose every row lacks a visit count: its first row is the example.
+        publish(imputing, "imputing", model_dir=tmp_path, sample=frame.iloc[::9].head(3)),
         publish(strict, "strict", model_dir=tmp_path, sample=frame.iloc[1:5]),
     ]
     for manifest in published:

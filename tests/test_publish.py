@@ -282,3 +282,17 @@ def test_a_transformer_and_a_date_column_are_refused_saying_what_to_publish(tmp_
                        "number or an ISO string"):  # fmt: skip
         publish(model, "dated", model_dir=tmp_path, sample=dated.head())
     assert not any(tmp_path.iterdir())
+
+
+def test_a_sample_whose_first_row_has_a_missing_value_publishes(tmp_path: Path):
+    """Real training data has holes, filled before `fit`: publishing probed the sample's first
+    row and checked the graph on every row, and failed on the hole ("Input X contains NaN")
+    for a model that never sees one."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    holes = x.mask(np.broadcast_to((np.arange(len(x)) % 9 == 0)[:, None], x.shape))
+    model = LogisticRegression(max_iter=500).fit(holes.fillna(0), y)
+    m = publish(model, "filled", model_dir=tmp_path, sample=holes.head(), holdout=(x, y))
+    assert m.columns is not None and not m.columns.missing
+    assert m.columns.example == x.iloc[1].to_dict()  # the first complete row
+    assert m.runtime == "onnx" and m.compiled is not None
+    assert m.compiled.rows == 4 + 150  # the sample's complete rows, and the holdout

@@ -169,7 +169,11 @@ def _column_inputs(
             raise InvalidModel(f"the sample lacks the model's column(s) {missing}")
         if sample.empty:
             raise InvalidModel("the sample has no rows; give a few rows of the training data")
-        frame = sample[names].head(1).reset_index(drop=True)
+        # The first complete row where there is one: the warm-up and `mlscale check` send
+        # it, and a model without an imputer refuses a missing value.
+        rows = sample[names]
+        complete = rows.dropna()
+        frame = (complete if len(complete) else rows).head(1).reset_index(drop=True)
         example = {n: _plain(frame[n].iloc[0]) for n in names}
     inputs = [TensorSpec(name=n, datatype=datatype_of(frame[n].dtype), shape=[-1]) for n in names]
     dtypes = {n: str(frame[n].dtype) for n in names}
