@@ -443,7 +443,8 @@ def test_pandas_nullable_columns_publish_and_serve(tmp_path: Path):
 
 def test_an_unknown_category_is_refused_alone_with_a_422(tmp_path: Path):
     """An encoder fitted with handle_unknown="error" raises on a category it never saw: that
-    was a 500, and failed every request batched with it."""
+    was a 500, and failed every request batched with it. Its graph (onnxruntime's "Unknown
+    Category") is refused the same way."""
     x, y = load_iris(return_X_y=True, as_frame=True)
     frame = (
         x.iloc[:, :2]
@@ -453,7 +454,7 @@ def test_an_unknown_category_is_refused_alone_with_a_422(tmp_path: Path):
     encode = ColumnTransformer([("size", OneHotEncoder(handle_unknown="error"), ["size"])],
                                remainder="passthrough")  # fmt: skip
     model = make_pipeline(encode, LogisticRegression(max_iter=500)).fit(frame, y)
-    publish(model, "sized", model_dir=tmp_path, sample=frame.head(), runtime="sklearn")
+    assert publish(model, "sized", model_dir=tmp_path, sample=frame.head()).runtime == "onnx"
 
     def body(size: str) -> dict:
         return {"inputs": [
@@ -467,12 +468,14 @@ def test_an_unknown_category_is_refused_alone_with_a_422(tmp_path: Path):
             return await asyncio.gather(*[
                 client.post("/v2/models/sized/infer", json=body(s)) for s in sizes])  # fmt: skip
 
-    with run_server(tmp_path, model_name="sized") as server:
-        answers = asyncio.run(burst(server.url))
     expected = model.predict(frame.head(1).assign(size="small"))[0]
-    assert [a.status_code for a in answers] == [422 if i % 5 == 0 else 200 for i in range(40)]
-    refusal = "Found unknown categories ['huge'] in column 0 during transform"
-    assert answers[0].json() == {
-        "error": f"model 'sized' version '1' cannot answer this input: {refusal}"
-    }
-    assert {a.json()["outputs"][0]["data"][0] for a in answers[1:5]} == {expected}
+    refusals = {"sklearn": "Found unknown categories ['huge'] in column 0 during transform",
+                "auto": "Unknown Category"}  # fmt: skip
+    for runtime, refusal in refusals.items():
+        with run_server(tmp_path, model_name="sized", runtime=runtime) as server:
+            answers = asyncio.run(burst(server.url))
+        assert [a.status_code for a in answers] == [422 if i % 5 == 0 else 200 for i in range(40)]
+        error = answers[0].json()["error"]
+        assert error.startswith("model 'sized' version '1' cannot answer this input: ")
+        assert refusal in error, error
+        assert {a.json()["outputs"][0]["data"][0] for a in answers[1:5]} == {expected}

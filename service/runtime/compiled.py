@@ -7,6 +7,7 @@ and answer the manifest's outputs with the estimator's dtypes and shapes, so the
 every route treat both runtimes alike. One thread per session: pods scale out, not up.
 """
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,17 @@ def feeds(x: Any, manifest: Manifest) -> list[np.ndarray]:
     return out
 
 
+@functools.cache
+def refusals() -> tuple[type[Exception], ...]:
+    """onnxruntime's errors for rows a graph cannot answer: a kernel that failed on them (a
+    category a one-hot encoding fitted with handle_unknown="error" never saw), or inputs it does
+    not take. Raised as scikit-learn raises them, as ValueError: the same 422 on either
+    runtime."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
+    return Fail, InvalidArgument
+
+
 def input_kind(dtype: Any) -> str:
     """How a training column travels into the graph: f (float64), i (int64) or s (string)."""
     import pandas as pd
@@ -105,13 +117,16 @@ class CompiledModel(LoadedModel):
         names = names or [spec.name for spec in self.manifest.outputs]
         inputs = dict(zip(self.input_names, feeds(x, self.manifest), strict=True))
         out: Outputs = {}
-        if set(names) - {"decision_function"}:
-            first, *rest = self.estimator["model"].run(None, inputs)
-            out["predict"] = first
-            if rest:
-                out["predict_proba"] = rest[0]
-        if "decision_function" in names:
-            out["decision_function"] = self.estimator["scores"].run(None, inputs)[1]
+        try:
+            if set(names) - {"decision_function"}:
+                first, *rest = self.estimator["model"].run(None, inputs)
+                out["predict"] = first
+                if rest:
+                    out["predict_proba"] = rest[0]
+            if "decision_function" in names:
+                out["decision_function"] = self.estimator["scores"].run(None, inputs)[1]
+        except refusals() as exc:  # the graph ran on the verification rows, not on these
+            raise ValueError(str(exc)) from exc
         return {name: self._shaped(name, out[name]) for name in names}
 
     def _shaped(self, name: str, values: np.ndarray) -> np.ndarray:
