@@ -15,6 +15,7 @@ import pickle
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FunctionType
 from typing import Any
 
 import joblib
@@ -38,6 +39,47 @@ from mlscale.service.errors import InvalidModel
 from mlscale.service.runtime.model import formula
 
 RUNTIMES = ("auto", ONNX, SKLEARN)
+
+
+class _References(pickle.Pickler):
+    """Pickles to nowhere, noting the functions and classes of the training script itself
+    (`__main__`) that the pickle would name: no server can import them."""
+
+    def __init__(self) -> None:
+        super().__init__(_Nowhere(), protocol=pickle.HIGHEST_PROTOCOL)
+        self.in_main: list[str] = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type | FunctionType) and obj.__module__ == "__main__":
+            self.in_main.append(obj.__qualname__)
+        return NotImplemented  # pickled as usual
+
+
+class _Nowhere:
+    def write(self, data: bytes | pickle.PickleBuffer) -> int:
+        return memoryview(data).nbytes  # a large array comes as a PickleBuffer
+
+
+def check_importable(estimator: Any) -> None:
+    """Refuse a model whose pickle would name code no server can import: a function or class
+    defined in the script or notebook that trained it, or a lambda. (From a file, the CLI
+    unpickled it, so the code it names was importable there.)"""
+    references = _References()
+    unpicklable = None
+    try:
+        references.dump(estimator)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        unpicklable = exc
+    if references.in_main:
+        names = ", ".join(sorted(set(references.in_main)))
+        raise InvalidModel(
+            f"the model uses {names}, defined in the script or notebook that trained it "
+            "(__main__), which no server can import: define it in a package installed in the "
+            "server's image, or use scikit-learn's and numpy's own functions"
+        )
+    if unpicklable is not None:
+        raise InvalidModel(f"the model cannot be pickled ({unpicklable}); a lambda cannot be: "
+                           "define the function with def, in a module")  # fmt: skip
 
 
 def load_file(path: Path) -> tuple[Any, bytes]:
@@ -231,6 +273,8 @@ def plan(
             "publish under a new version"
         )
     sig = signature.infer(estimator, sample)
+    if artifact is None:  # a file was unpickled, so its code is importable
+        check_importable(estimator)
     latest = _latest_readable(store, name)
     if latest is not None and not allow_signature_change:
         changes = signature_changes(latest, sig)

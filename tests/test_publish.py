@@ -20,7 +20,7 @@ from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from examples import flowers
 from mlscale.service.artifacts.store import ModelStore
@@ -296,3 +296,22 @@ def test_a_sample_whose_first_row_has_a_missing_value_publishes(tmp_path: Path):
     assert m.columns.example == x.iloc[1].to_dict()  # the first complete row
     assert m.runtime == "onnx" and m.compiled is not None
     assert m.compiled.rows == 4 + 150  # the sample's complete rows, and the holdout
+
+
+def test_a_model_naming_code_of_the_training_script_is_refused(tmp_path: Path):
+    """A function defined in the script or notebook that trained the model pickles as
+    `__main__.doubled`: publishing wrote it, and every server then crashed unpickling it."""
+
+    def doubled(x: np.ndarray) -> np.ndarray:
+        return x * 2
+
+    doubled.__module__ = "__main__"  # as it is in a training script
+    x, y = load_iris(return_X_y=True)
+    model = make_pipeline(FunctionTransformer(doubled), LogisticRegression(max_iter=500))
+    with pytest.raises(InvalidModel, match=r"uses test_a_model_naming_code_of_the_training_"
+                       r"script_is_refused.<locals>.doubled, defined in the script"):  # fmt: skip
+        publish(model.fit(x, y), "doubled", model_dir=tmp_path)
+    lam = make_pipeline(FunctionTransformer(lambda v: v), LogisticRegression(max_iter=500))
+    with pytest.raises(InvalidModel, match=r"cannot be pickled .*a lambda cannot be"):
+        publish(lam.fit(x, y), "lambda", model_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
