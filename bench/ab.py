@@ -31,9 +31,22 @@ def worktree(rev: str, into: Path) -> None:
                    check=True, capture_output=True)  # fmt: skip
 
 
-def serve_command(tree: Path) -> list[str]:
-    module = "mlscale.service" if (tree / "mlscale").is_dir() else "service"
-    return ["sh", "-c", f'cd "{tree}" && exec "{sys.executable}" -m {module}']
+def serve_command(tree: Path, into: Path) -> list[str]:
+    """The server of `tree`, started from a folder where `import mlscale` finds that tree's
+    package: its own modules, with the server, the operator and the load test inside, as the
+    installed package lays them out. From the tree itself, `mlscale` would be its top folder,
+    which has no `service`, and the working tree's editable install would answer
+    `import mlscale.service`: both servers would be the working tree's. A tree from before the
+    `mlscale.*` namespace runs its `service` package from its own folder."""
+    if not (tree / "mlscale").is_dir():
+        return ["sh", "-c", f'cd "{tree}" && exec "{sys.executable}" -m service']
+    package = into / "mlscale"
+    package.mkdir(parents=True)
+    for module in (tree / "mlscale").iterdir():
+        (package / module.name).symlink_to(module)
+    for name in ("service", "rollout", "loadtest"):
+        (package / name).symlink_to(tree / name)
+    return ["sh", "-c", f'cd "{into}" && exec "{sys.executable}" -m mlscale.service']
 
 
 def main() -> None:
@@ -50,7 +63,8 @@ def main() -> None:
                                         str(before)], capture_output=True)  # fmt: skip
         env = {"MLSCALE_MODEL_DIR": str(store), "MLSCALE_MODEL_NAME": MODEL,
                "MLSCALE_LOG_LEVEL": "warning"}  # fmt: skip
-        configs = {args.rev: serve_command(before), "working tree": serve_command(ROOT)}
+        configs = {args.rev: serve_command(before, Path(tmp) / "before-packages"),
+                   "working tree": serve_command(ROOT, Path(tmp) / "after-packages")}  # fmt: skip
         running = {name: stack.enter_context(server(cmd, env, "/v2/health/ready"))
                    for name, cmd in configs.items()}  # fmt: skip
         path = f"/v2/models/{MODEL}/infer"

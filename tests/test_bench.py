@@ -3,7 +3,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
+from bench.ab import serve_command
 from bench.faults import Load
 from bench.soak import growth, pace_for
 
@@ -47,3 +49,16 @@ def test_the_profile_drives_the_compiled_pipeline_and_names_the_stages():
     shares = dict(line.rsplit(": ", 1) for line in out.splitlines() if line.endswith("%"))
     decode = int(shares["decode and check the request"].rstrip("%"))
     assert 0 < decode < 100, shares
+
+
+def test_the_ab_benchmark_runs_the_revisions_own_server(tmp_path: Path):
+    """Run from the revision's folder, `import mlscale.service` found the working tree's
+    editable install: `make bench-ab` compared the working tree with itself."""
+    tree = tmp_path / "revision"
+    for package in ("mlscale", "service", "rollout", "loadtest"):
+        (tree / package).mkdir(parents=True)
+        (tree / package / "__init__.py").write_text("")
+    (tree / "service" / "__main__.py").write_text("print(__file__)\n")
+    ran = subprocess.run(serve_command(tree, tmp_path / "packages"), capture_output=True,
+                         text=True, check=True, timeout=60)  # fmt: skip
+    assert Path(ran.stdout.strip()).resolve() == (tree / "service" / "__main__.py").resolve()
