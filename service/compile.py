@@ -16,9 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlscale.service.artifacts.manifest import COMPILED, SCORES, Columns, Compiled, Manifest
+from mlscale.service.artifacts.manifest import (
+    COMPILED,
+    SCORES,
+    Columns,
+    Compiled,
+    Manifest,
+    nullable,
+)
 from mlscale.service.runtime.compiled import CompiledModel, input_kind, runtime_version
-from mlscale.service.runtime.frames import dtype_of, frame, nullable
+from mlscale.service.runtime.frames import dtype_of, frame
 from mlscale.service.runtime.model import LoadedModel, probe_row
 
 # Tree ensembles run in float32 in onnxruntime: a row within float32 rounding of a split goes

@@ -23,6 +23,13 @@ MANIFEST = "manifest.json"
 LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
+def nullable(dtype: Any) -> bool:
+    """A pandas nullable dtype (Int64, Float64, boolean...): numbers or booleans under a mask,
+    missing as pd.NA. Duck-typed, so that it needs no pandas: numpy's dtypes and pandas'
+    others have no `numpy_dtype`."""
+    return getattr(dtype, "numpy_dtype", None) is not None
+
+
 class TensorSpec(BaseModel):
     """One input or output tensor, as the Open Inference Protocol describes it."""
 

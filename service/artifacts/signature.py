@@ -20,7 +20,7 @@ from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from mlscale.service.artifacts.manifest import TensorSpec
+from mlscale.service.artifacts.manifest import TensorSpec, nullable
 from mlscale.service.errors import InvalidModel
 
 OUTPUT_METHODS = ("predict", "predict_proba", "decision_function")
@@ -46,7 +46,7 @@ def datatype_of(dtype: np.dtype[Any] | pd.api.extensions.ExtensionDtype) -> str:
         return datatype_of(dtype.categories.dtype)
     if isinstance(dtype, pd.StringDtype):
         return "BYTES"
-    if getattr(dtype, "numpy_dtype", None) is not None:  # nullable: Int64, Float64, boolean
+    if nullable(dtype):  # Int64, Float64, boolean
         return datatype_of(dtype.numpy_dtype)  # type: ignore[union-attr]
     dtype = np.dtype(dtype)
     if dtype.kind in _KIND_TO_DATATYPE:
@@ -132,8 +132,7 @@ def _answers_missing(estimator: Any, probe: pd.DataFrame) -> bool:
     """Whether the estimator answers a row whose float and nullable columns are missing (NaN,
     pd.NA): imputers and HistGradientBoosting do; most others raise, which the server turns
     into a 400."""
-    holes = [n for n in probe.columns if probe[n].dtype.kind == "f"
-             or getattr(probe[n].dtype, "numpy_dtype", None) is not None]  # fmt: skip
+    holes = [n for n in probe.columns if probe[n].dtype.kind == "f" or nullable(probe[n].dtype)]
     if not holes:
         return True
     missing = {n: pd.Series([None] * len(probe), dtype=probe[n].dtype) for n in holes}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlscale.service.artifacts.manifest import Columns
+from mlscale.service.artifacts.manifest import Columns, nullable
 from mlscale.service.errors import InvalidInput, InvalidModel
 
 if TYPE_CHECKING:
@@ -27,12 +27,6 @@ def dtype_of(columns: Columns, name: str) -> Any:
     if name in columns.categories:
         return pd.CategoricalDtype(columns.categories[name])
     return pd.api.types.pandas_dtype(columns.dtypes[name])
-
-
-def nullable(dtype: Any) -> bool:
-    """A pandas nullable dtype (Int64, Float64, boolean...): numbers or booleans under a mask,
-    missing as pd.NA. Duck-typed: numpy's dtypes and pandas' others have no `numpy_dtype`."""
-    return getattr(dtype, "numpy_dtype", None) is not None
 
 
 def storage_of(columns: Columns, name: str) -> tuple[str, np.dtype[Any] | None, bool]:
