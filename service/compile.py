@@ -55,6 +55,7 @@ def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilat
         raise CompileFailed("convert", "skl2onnx is not installed (pip install "
                             "'mlscale[compile]')") from None  # fmt: skip
     _leaf_flags_as_ints()
+    _polynomial_bias_typed()
 
     def graphs(stacked: bool) -> tuple[dict[str, bytes], float]:
         files = _graphs(to_onnx, estimator, manifest, stacked)
@@ -89,12 +90,30 @@ def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilat
 def _graphs(to_onnx: Any, estimator: Any, manifest: Manifest, stacked: bool) -> dict[str, bytes]:
     """The model's graph, and a second one answering raw scores for `decision_function`."""
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    classifier = {"zipmap": False} if manifest.labels else {}
+    outputs = {spec.name for spec in manifest.outputs}
+    classifier = _no_zipmap(final) if manifest.labels else {}
+    if manifest.labels and "predict_proba" not in outputs:
+        # Its only scores are raw ones, and skl2onnx converts some such classifiers
+        # (`LinearSVC`, `RidgeClassifier`) to float64 graphs only answering raw scores.
+        classifier["raw_scores"] = True
     files = {COMPILED: _convert(to_onnx, estimator, manifest, {id(final): classifier}, stacked)}
-    if "decision_function" in {spec.name for spec in manifest.outputs}:
+    if "decision_function" in outputs:
         raw = {id(final): {**classifier, "raw_scores": True}}
         files[SCORES] = _convert(to_onnx, estimator, manifest, raw, stacked)
     return files
+
+
+def _no_zipmap(final: Any) -> dict[str, Any]:
+    """Probabilities as one tensor, not ONNX's list of maps, for a classifier converted with
+    probabilities: skl2onnx refuses the option for those without (`LinearSVC`)."""
+    from skl2onnx import get_model_alias
+    from skl2onnx.common._registration import get_converter
+
+    try:
+        allowed = get_converter(get_model_alias(type(final))).get_allowed_options()
+    except (KeyError, ValueError):  # no converter: converting says so, in its own words
+        return {}
+    return {"zipmap": False} if "zipmap" in (allowed or {}) else {}
 
 
 def _convert(
@@ -162,6 +181,34 @@ def _leaf_flags_as_ints() -> None:
 
     add_node_with_int_flags.mlscale_ints = True  # type: ignore[attr-defined]
     tree_ensemble.add_node = add_node_with_int_flags
+
+
+def _polynomial_bias_typed() -> None:
+    """skl2onnx 1.20 makes `PolynomialFeatures`' bias column float32 whatever its input, and
+    the graph then joins it to float64 products, which onnxruntime refuses to load: give the
+    bias the input's type. Installed once."""
+    from onnx import TensorProto, helper
+    from skl2onnx.common._registration import get_converter, register_converter
+
+    name = "SklearnPolynomialFeatures"
+    convert = get_converter(name)
+    if getattr(convert, "mlscale_typed", False):
+        return
+
+    def convert_typed(scope: Any, operator: Any, container: Any) -> None:
+        first = len(container.nodes)
+        convert(scope, operator, container)
+        if operator.inputs[0].type._get_element_onnx_type() != TensorProto.DOUBLE:
+            return
+        one = helper.make_tensor("ONE", TensorProto.DOUBLE, [1], [1.0])
+        for node in container.nodes[first:]:
+            if node.op_type == "ConstantOfShape":  # the bias column, its one such node
+                del node.attribute[:]
+                node.attribute.append(helper.make_attribute("value", one))
+
+    register_converter(name, convert_typed, overwrite=True,
+                       options=convert.get_allowed_options())  # fmt: skip
+    get_converter(name).mlscale_typed = True
 
 
 def _kinds(columns: Columns) -> dict[str, str]:

@@ -23,7 +23,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
@@ -31,8 +31,10 @@ from sklearn.preprocessing import (
     FunctionTransformer,
     KBinsDiscretizer,
     OneHotEncoder,
+    PolynomialFeatures,
     StandardScaler,
 )
+from sklearn.svm import LinearSVC
 from typer.testing import CliRunner
 
 from examples import flowers
@@ -456,3 +458,33 @@ def test_a_graph_that_fails_to_run_raises_without_onnxruntime_printing(
     with pytest.raises(Exception, match="index is out of range"):
         session(tmp_path / "third.onnx").run(None, {"x": np.zeros((1, 1), dtype=np.float32)})
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        make_pipeline(StandardScaler(), LinearSVC()),
+        RidgeClassifier(),
+        make_pipeline(StandardScaler(), PolynomialFeatures(2), LogisticRegression(max_iter=500)),
+        make_pipeline(PolynomialFeatures(2), Ridge()),
+    ],
+    ids=["linear-svc", "ridge-classifier", "polynomial-logistic", "polynomial-ridge"],
+)
+def test_common_linear_pipelines_compile_and_answer_as_scikit_learn(tmp_path: Path, model):
+    """skl2onnx refused `zipmap` for a LinearSVC, and converts it and a RidgeClassifier to
+    float64 graphs only answering raw scores; it typed PolynomialFeatures' bias column float32
+    beside float64 products, a graph onnxruntime refused. All fell back to scikit-learn."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    target = x.iloc[:, 0] if isinstance(model[-1] if hasattr(model, "steps") else model,
+                                        Ridge) else y  # fmt: skip
+    m = publish(model.fit(x, target), "linear", model_dir=tmp_path, sample=x.head(),
+                holdout=(x, target))  # fmt: skip
+    assert m.runtime == "onnx" and m.compiled is not None, m
+    outputs = [o.name for o in m.outputs]
+    servers = [run_server(tmp_path, model_name="linear", runtime=r) for r in ("auto", "sklearn")]
+    with servers[0] as onnx, servers[1] as sk:
+        body = by_column(x.iloc[::7], outputs)
+        a, b = ask((onnx, sk), "POST", "/v2/models/linear/infer", json=body)
+    assert a.status_code == b.status_code == 200, a.text
+    assert a.json()["outputs"][0]["data"] == pytest.approx(model.predict(x.iloc[::7]).tolist())
+    same_answers(a.json(), b.json())
