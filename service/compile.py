@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlscale.service import converters
 from mlscale.service.artifacts.manifest import (
     COMPILED,
     SCORES,
@@ -54,8 +55,7 @@ def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilat
     except ImportError:
         raise CompileFailed("convert", "skl2onnx is not installed (pip install "
                             "'mlscale[compile]')") from None  # fmt: skip
-    _leaf_flags_as_ints()
-    _polynomial_bias_typed()
+    converters.install()
 
     def graphs(stacked: bool) -> tuple[dict[str, bytes], float]:
         files = _graphs(to_onnx, estimator, manifest, stacked)
@@ -162,53 +162,6 @@ def _tree_models() -> tuple[type, ...]:
             ensemble.ExtraTreesRegressor, ensemble.GradientBoostingClassifier,
             ensemble.GradientBoostingRegressor, ensemble.HistGradientBoostingClassifier,
             ensemble.HistGradientBoostingRegressor)  # fmt: skip
-
-
-def _leaf_flags_as_ints() -> None:
-    """skl2onnx 1.20 gives a histogram-gradient-boosting leaf's missing-value flag as a Python
-    bool among the branches' integers, and onnx refuses the attribute ("Expected an int, got a
-    boolean"): pass the flag as the integer it stands for. Installed once."""
-    from skl2onnx.common import tree_ensemble
-
-    add_node = tree_ensemble.add_node
-    if getattr(add_node, "mlscale_ints", False):
-        return
-
-    def add_node_with_int_flags(*args: Any, nodes_missing_value_tracks_true: Any = 0,
-                                **kwargs: Any) -> Any:  # fmt: skip
-        flag = int(nodes_missing_value_tracks_true or 0)
-        return add_node(*args, nodes_missing_value_tracks_true=flag, **kwargs)
-
-    add_node_with_int_flags.mlscale_ints = True  # type: ignore[attr-defined]
-    tree_ensemble.add_node = add_node_with_int_flags
-
-
-def _polynomial_bias_typed() -> None:
-    """skl2onnx 1.20 makes `PolynomialFeatures`' bias column float32 whatever its input, and
-    the graph then joins it to float64 products, which onnxruntime refuses to load: give the
-    bias the input's type. Installed once."""
-    from onnx import TensorProto, helper
-    from skl2onnx.common._registration import get_converter, register_converter
-
-    name = "SklearnPolynomialFeatures"
-    convert = get_converter(name)
-    if getattr(convert, "mlscale_typed", False):
-        return
-
-    def convert_typed(scope: Any, operator: Any, container: Any) -> None:
-        first = len(container.nodes)
-        convert(scope, operator, container)
-        if operator.inputs[0].type._get_element_onnx_type() != TensorProto.DOUBLE:
-            return
-        one = helper.make_tensor("ONE", TensorProto.DOUBLE, [1], [1.0])
-        for node in container.nodes[first:]:
-            if node.op_type == "ConstantOfShape":  # the bias column, its one such node
-                del node.attribute[:]
-                node.attribute.append(helper.make_attribute("value", one))
-
-    register_converter(name, convert_typed, overwrite=True,
-                       options=convert.get_allowed_options())  # fmt: skip
-    get_converter(name).mlscale_typed = True
 
 
 def _kinds(columns: Columns) -> dict[str, str]:

@@ -23,6 +23,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsRegressor
@@ -487,4 +488,46 @@ def test_common_linear_pipelines_compile_and_answer_as_scikit_learn(tmp_path: Pa
         a, b = ask((onnx, sk), "POST", "/v2/models/linear/infer", json=body)
     assert a.status_code == b.status_code == 200, a.text
     assert a.json()["outputs"][0]["data"] == pytest.approx(model.predict(x.iloc[::7]).tolist())
+    same_answers(a.json(), b.json())
+
+
+@pytest.mark.parametrize("final", [LogisticRegression(max_iter=500),
+                                   RandomForestClassifier(20, random_state=0)],
+                         ids=["logistic", "forest"])  # fmt: skip
+def test_imputed_numbers_and_strings_compile_and_answer_nulls_as_scikit_learn(
+    tmp_path: Path, final
+):
+    """The usual pipeline of a table with holes: median-imputed, scaled numbers and
+    most-frequent-imputed, one-hot strings. skl2onnx took the string imputer's NaN marker
+    for a number ("could not convert string to float"), and its number imputer runs on
+    float32 only in onnxruntime: every such pipeline fell back to scikit-learn. A missing
+    string is imputed; an empty one is a string, on either runtime."""
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    x = x.assign(size=np.where(x.iloc[:, 0] > 5.8, "big", "small"))
+    x.iloc[::7, 1] = np.nan
+    x.loc[3::11, "size"] = None
+    numbers = list(x.columns[:4])
+    encode = ColumnTransformer([
+        ("numbers", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numbers),
+        ("size", make_pipeline(SimpleImputer(strategy="most_frequent"),
+                               OneHotEncoder(handle_unknown="ignore")), ["size"]),
+    ])  # fmt: skip
+    model = make_pipeline(encode, final).fit(x, y)
+    m = publish(model, "holes", model_dir=tmp_path, sample=x.head(), holdout=(x, y))
+    assert m.runtime == "onnx" and m.compiled is not None, m
+    rows = x.iloc[[0, 50, 100]].copy()
+    rows.iloc[0, 1], rows.iloc[1, 4], rows.iloc[2, 4] = np.nan, None, ""
+    body = {
+        "inputs": [{"name": n, "shape": [3], "datatype": "BYTES" if n == "size" else "FP64",
+                    "data": [None if v is None or v != v else v for v in rows[n]]}
+                   for n in rows.columns],
+        "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+    }  # fmt: skip
+    servers = [run_server(tmp_path, model_name="holes", runtime=r) for r in ("auto", "sklearn")]
+    with servers[0] as onnx, servers[1] as sk:
+        a, b = ask((onnx, sk), "POST", "/v2/models/holes/infer", json=body)
+    assert a.status_code == b.status_code == 200, a.text
+    proba = a.json()["outputs"][1]["data"]
+    assert proba == pytest.approx(model.predict_proba(rows).ravel().tolist(), abs=1e-6)
+    assert max(proba) <= 1.0  # a forest's float32 shares summed to 1.0000001
     same_answers(a.json(), b.json())

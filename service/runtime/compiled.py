@@ -43,11 +43,17 @@ def runtime_version() -> str:
     return str(ort.__version__)
 
 
+# What a graph is fed for a missing string: one no client sends, so that an imputer in the
+# graph (service/converters.py) tells it from an empty string, as scikit-learn does.
+MISSING = "\x00"
+
+
 def feeds(x: Any, manifest: Manifest) -> list[np.ndarray]:
     """A validated batch as the graphs' inputs, in their order: the rows as one float64
     tensor, or each column of a typed table (frames.Table) as a [rows, 1] tensor (floats as
-    float64, integers and booleans as int64, strings and categories as strings, a missing string
-    as ""), or the table's numbers stacked as one float64 tensor where the graph was made so."""
+    float64, integers and booleans as int64, strings and categories as strings, a missing
+    string as MISSING), or the table's numbers stacked as one float64 tensor where the graph
+    was made so."""
     columns = manifest.columns
     if columns is None:
         return [np.asarray(x, dtype=np.float64)]
@@ -61,7 +67,8 @@ def feeds(x: Any, manifest: Manifest) -> list[np.ndarray]:
         elif values.dtype.kind in "iub":
             column = values.astype(np.int64)
         else:
-            column = np.array(["" if v is None or v != v else str(v) for v in values], dtype=object)
+            column = np.array([MISSING if v is None or v != v else str(v) for v in values],
+                              dtype=object)  # fmt: skip
         out.append(column.reshape(-1, 1))
     return out
 
@@ -121,8 +128,8 @@ class CompiledModel(LoadedModel):
             if set(names) - {"decision_function"}:
                 first, *rest = self.estimator["model"].run(None, inputs)
                 out["predict"] = first
-                if rest:
-                    out["predict_proba"] = rest[0]
+                if rest:  # float32 sums of trees' shares reach 1.0000001
+                    out["predict_proba"] = np.clip(rest[0], 0.0, 1.0)
             if "decision_function" in names:
                 out["decision_function"] = self.estimator["scores"].run(None, inputs)[1]
         except refusals() as exc:  # the graph ran on the verification rows, not on these
