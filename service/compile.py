@@ -131,9 +131,10 @@ def _convert(
 
 def _cast_features(estimator: Any) -> Any:
     """What to convert: the estimator, with the features cast just before its final model.
-    - To float32 before a tree model: onnxruntime's tree ensembles take and answer float32
-      only, and skl2onnx, given float64 features, declares float64 answers for all but some
-      classifiers: the graph is then refused. The trees compare in float32 either way.
+    - To float32 before a tree model, or boosting or bagging of trees: onnxruntime's tree
+      ensembles take and answer float32 only, and skl2onnx, given float64 features, declares
+      float64 answers for all but some classifiers: the graph is then refused. The trees
+      compare in float32 either way.
     - To float64 after other transformers: skl2onnx types a ColumnTransformer's output by its
       first part (a one-hot encoding's is float32) though it computes float64, and a model
       after it (logistic regression, neighbours, naive Bayes, a network) declares float32
@@ -144,7 +145,7 @@ def _cast_features(estimator: Any) -> Any:
     from sklearn.pipeline import Pipeline
 
     steps = estimator.steps if isinstance(estimator, Pipeline) else [("model", estimator)]
-    if isinstance(steps[-1][1], _tree_models()):
+    if _of_trees(steps[-1][1]):
         dtype: type = np.float32
     elif len(steps) > 1:
         dtype = np.float64
@@ -162,6 +163,16 @@ def _tree_models() -> tuple[type, ...]:
             ensemble.ExtraTreesRegressor, ensemble.GradientBoostingClassifier,
             ensemble.GradientBoostingRegressor, ensemble.HistGradientBoostingClassifier,
             ensemble.HistGradientBoostingRegressor)  # fmt: skip
+
+
+def _of_trees(model: Any) -> bool:
+    """A tree model, or boosting or bagging of trees (their default)."""
+    from sklearn import ensemble
+
+    if isinstance(model, ensemble.AdaBoostClassifier | ensemble.AdaBoostRegressor
+                  | ensemble.BaggingClassifier | ensemble.BaggingRegressor):  # fmt: skip
+        return isinstance(model.estimator_, _tree_models())
+    return isinstance(model, _tree_models())
 
 
 def _kinds(columns: Columns) -> dict[str, str]:

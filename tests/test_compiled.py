@@ -17,6 +17,8 @@ import tritonclient.http as triton
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import (
+    AdaBoostRegressor,
+    BaggingRegressor,
     GradientBoostingRegressor,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
@@ -277,12 +279,15 @@ def test_an_estimator_over_a_frame_of_numbers_takes_them_as_one_tensor(tmp_path:
         make_pipeline(StandardScaler(), HistGradientBoostingRegressor(max_iter=30)),
         GradientBoostingRegressor(n_estimators=30),
         RandomForestRegressor(20, random_state=0),
+        AdaBoostRegressor(n_estimators=10, random_state=0),
+        BaggingRegressor(n_estimators=5, random_state=0),
     ],
-    ids=["histogram-boosting", "gradient-boosting", "forest"],
+    ids=["histogram-boosting", "gradient-boosting", "forest", "adaboost", "bagging"],
 )
 def test_tree_regressors_compile(tmp_path: Path, model):
     """onnxruntime's tree ensembles answer float32: the features are cast to float32 just
-    before the trees, and the graph's answers checked as any other's."""
+    before the trees, and the graph's answers checked as any other's. Boosting and bagging
+    of trees were not cast, and onnxruntime refused their graphs."""
     x, y = load_diabetes(return_X_y=True, as_frame=True)
     m = publish(model.fit(x[:300], y[:300]), "trees", model_dir=tmp_path, sample=x.head(),
                 holdout=(x[300:], y[300:]))  # fmt: skip
