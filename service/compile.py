@@ -91,29 +91,28 @@ def _graphs(to_onnx: Any, estimator: Any, manifest: Manifest, stacked: bool) -> 
     """The model's graph, and a second one answering raw scores for `decision_function`."""
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     outputs = {spec.name for spec in manifest.outputs}
-    classifier = _no_zipmap(final) if manifest.labels else {}
-    if manifest.labels and "predict_proba" not in outputs:
-        # Its only scores are raw ones, and skl2onnx converts some such classifiers
-        # (`LinearSVC`, `RidgeClassifier`) to float64 graphs only answering raw scores.
-        classifier["raw_scores"] = True
+    raw = "predict_proba" not in outputs
+    classifier = _classifier_options(final, raw) if manifest.labels else {}
     files = {COMPILED: _convert(to_onnx, estimator, manifest, {id(final): classifier}, stacked)}
     if "decision_function" in outputs:
-        raw = {id(final): {**classifier, "raw_scores": True}}
-        files[SCORES] = _convert(to_onnx, estimator, manifest, raw, stacked)
+        scores = {id(final): {**classifier, "raw_scores": True}}
+        files[SCORES] = _convert(to_onnx, estimator, manifest, scores, stacked)
     return files
 
 
-def _no_zipmap(final: Any) -> dict[str, Any]:
-    """Probabilities as one tensor, not ONNX's list of maps, for a classifier converted with
-    probabilities: skl2onnx refuses the option for those without (`LinearSVC`)."""
+def _classifier_options(final: Any, raw: bool) -> dict[str, bool]:
+    """skl2onnx's options for a classifier's graph, those its converter has (it refuses others):
+    probabilities as one tensor, not ONNX's list of maps; and raw scores where those are the
+    only scores (skl2onnx converts `LinearSVC` and `RidgeClassifier` to float64 no other way)."""
     from skl2onnx import get_model_alias
     from skl2onnx.common._registration import get_converter
 
     try:
-        allowed = get_converter(get_model_alias(type(final))).get_allowed_options()
+        allowed = get_converter(get_model_alias(type(final))).get_allowed_options() or {}
     except (KeyError, ValueError):  # no converter: converting says so, in its own words
         return {}
-    return {"zipmap": False} if "zipmap" in (allowed or {}) else {}
+    wanted = {"zipmap": False, "raw_scores": True} if raw else {"zipmap": False}
+    return {name: value for name, value in wanted.items() if name in allowed}
 
 
 def _convert(

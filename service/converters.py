@@ -15,6 +15,7 @@ def install() -> None:
     _leaf_flags_as_ints()
     _mend("SklearnPolynomialFeatures", _polynomial_bias_typed)
     _mend("SklearnSimpleImputer", _imputer)
+    _mend("SklearnVotingClassifier", _voting_without_flattening)
 
 
 def _mend(alias: str, mended: Callable[[Convert, Any, Any, Any], None]) -> None:
@@ -30,6 +31,33 @@ def _mend(alias: str, mended: Callable[[Convert, Any, Any, Any], None]) -> None:
 
     register_converter(alias, converter, overwrite=True, options=convert.get_allowed_options())
     get_converter(alias).mlscale_mended = True
+
+
+def _converted_as(convert: Convert, scope: Any, operator: Any, container: Any,
+                  **changes: Any) -> None:  # fmt: skip
+    """Convert a copy of the fitted step with `changes` to its parameters."""
+    import copy
+
+    step = operator.raw_operator
+    operator.raw_operator = copy.copy(step)
+    vars(operator.raw_operator).update(changes)
+    try:
+        convert(scope, operator, container)
+    finally:
+        operator.raw_operator = step
+
+
+def _voting_without_flattening(convert: Convert, scope: Any, operator: Any,
+                               container: Any) -> None:  # fmt: skip
+    """A soft-voting classifier with `flatten_transform=True`, the default, was refused ("not
+    implemented yet"): the parameter shapes `transform` only, which no graph answers. Its
+    weights, given as a list, were taken for an array ("'list' object has no attribute
+    'sum'")."""
+    import numpy as np
+
+    weights = operator.raw_operator.weights
+    weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+    _converted_as(convert, scope, operator, container, flatten_transform=False, weights=weights)
 
 
 def _float64_input(operator: Any) -> bool:
@@ -65,8 +93,6 @@ def _imputer(convert: Convert, scope: Any, operator: Any, container: Any) -> Non
       by its column's statistic with `IsNaN` and `Where`, in float64.
     Other imputers (another marker, an indicator, a column with no statistic, which
     scikit-learn drops) are skl2onnx's."""
-    import copy
-
     import numpy as np
     from onnx import TensorProto
     from skl2onnx.common.data_types import StringTensorType
@@ -80,12 +106,7 @@ def _imputer(convert: Convert, scope: Any, operator: Any, container: Any) -> Non
         convert(scope, operator, container)
         return
     if isinstance(operator.inputs[0].type, StringTensorType):
-        operator.raw_operator = copy.copy(imputer)
-        operator.raw_operator.missing_values = MISSING
-        try:
-            convert(scope, operator, container)
-        finally:
-            operator.raw_operator = imputer
+        _converted_as(convert, scope, operator, container, missing_values=MISSING)
         return
     statistics = np.asarray(imputer.statistics_, dtype=np.float64)
     if not _float64_input(operator) or np.isnan(statistics).any():

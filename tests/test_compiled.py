@@ -24,6 +24,7 @@ from sklearn.ensemble import (
     HistGradientBoostingRegressor,
     RandomForestClassifier,
     RandomForestRegressor,
+    VotingClassifier,
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
@@ -473,13 +474,28 @@ def test_a_graph_that_fails_to_run_raises_without_onnxruntime_printing(
         RidgeClassifier(),
         make_pipeline(StandardScaler(), PolynomialFeatures(2), LogisticRegression(max_iter=500)),
         make_pipeline(PolynomialFeatures(2), Ridge()),
+        VotingClassifier([("linear", LogisticRegression(max_iter=500)), ("bayes", GaussianNB())]),
+        VotingClassifier(
+            [("linear", LogisticRegression(max_iter=500)), ("bayes", GaussianNB())],
+            voting="soft",
+            weights=[2, 1],
+        ),
     ],
-    ids=["linear-svc", "ridge-classifier", "polynomial-logistic", "polynomial-ridge"],
+    ids=[
+        "linear-svc",
+        "ridge-classifier",
+        "polynomial-logistic",
+        "polynomial-ridge",
+        "hard-vote",
+        "weighted-soft-vote",
+    ],
 )
-def test_common_linear_pipelines_compile_and_answer_as_scikit_learn(tmp_path: Path, model):
+def test_common_pipelines_compile_and_answer_as_scikit_learn(tmp_path: Path, model):
     """skl2onnx refused `zipmap` for a LinearSVC, and converts it and a RidgeClassifier to
     float64 graphs only answering raw scores; it typed PolynomialFeatures' bias column float32
-    beside float64 products, a graph onnxruntime refused. All fell back to scikit-learn."""
+    beside float64 products, a graph onnxruntime refused; it refused a soft vote's default
+    `flatten_transform`, and took its weights, a list, for an array; and a hard vote has no
+    raw scores to ask for. All fell back to scikit-learn."""
     x, y = load_iris(return_X_y=True, as_frame=True)
     target = x.iloc[:, 0] if isinstance(model[-1] if hasattr(model, "steps") else model,
                                         Ridge) else y  # fmt: skip
