@@ -51,6 +51,10 @@ class InferenceFailed(MLScaleError):
     status_code = 500
 
 
+class NothingToServe(MLScaleError):
+    """No model of the server's set could be loaded: the server does not start."""
+
+
 class StoreError(MLScaleError):
     """The model store refused to write or load a version (exists, tampered, incompatible)."""
 

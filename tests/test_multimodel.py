@@ -15,7 +15,7 @@ from sklearn.ensemble import RandomForestClassifier
 from typer.testing import CliRunner
 
 from mlscale.service.artifacts.manifest import ARTIFACT
-from mlscale.service.artifacts.store import ModelStore
+from mlscale.service.artifacts.store import ModelStore, sha256_of
 from mlscale.service.cli import app, until_connected
 from mlscale.service.contract import format_models, parse_models
 from mlscale.service.publish import publish
@@ -140,6 +140,27 @@ def test_a_set_where_no_model_loads_does_not_start(model_dir: Path):
         log = server.log()
     assert "cannot serve: " in log and "has no version '9'" in log
     assert "Traceback" not in log
+
+
+def test_a_server_whose_only_model_cannot_be_unpickled_says_why_in_one_line(
+    model_dir: Path, tmp_path: Path
+):
+    """An artifact that passes its sha256 check and still fails to unpickle (a class the
+    server cannot import, a truncated upload republished): the server logged the reason, then
+    uvicorn logged a forty-line startup traceback after it, which is what the rollout quoted of
+    a crash-looping pod."""
+    shutil.copytree(model_dir / "iris", tmp_path / "iris")
+    artifact = tmp_path / "iris" / "1" / ARTIFACT
+    artifact.write_bytes(b"not a pickle")
+    manifest = artifact.parent / "manifest.json"
+    fields = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**fields, "sha256": sha256_of(artifact)}))
+    with run_server(tmp_path, model_name="iris", model_version="1", ready=False) as server:
+        assert server.process.wait(timeout=30) != 0
+        log = server.log()
+    assert re.search(r"cannot serve: no model could be loaded \(iris: \w+Error\(", log), log
+    assert "Traceback" not in log
+    assert artifact.read_bytes() == b"not a pickle"
 
 
 def test_check_smoke_tests_every_model_of_the_set(three):

@@ -18,7 +18,6 @@ from starlette.responses import Response
 
 from mlscale.service import __version__
 from mlscale.service.contract import SETTINGS_ENV
-from mlscale.service.errors import MLScaleError
 from mlscale.service.metrics import Metrics
 from mlscale.service.rest.answer import error_body
 from mlscale.service.rest.endpoints import Endpoints
@@ -38,11 +37,7 @@ def build_api(settings: Settings, plane: DataPlane, router: Router) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            plane.load()
-        except MLScaleError as exc:
-            log.error("cannot serve: %s", exc.message)
-            raise
+        plane.load()
         # Everything loaded so far lives as long as the process; keep the collector from
         # rescanning it, or full collections add tens of milliseconds to the p99.
         gc.freeze()

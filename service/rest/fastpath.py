@@ -54,8 +54,8 @@ class FastPath:
         self.rejections = rejections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.api(scope, receive, send)  # lifespan belongs to the FastAPI app
+        if scope["type"] != "http":  # lifespan belongs to the FastAPI app
+            await self.api(scope, receive, self._told(send))
             return
         start = perf_counter()
         if self.plane.draining:
@@ -74,6 +74,17 @@ class FastPath:
         finally:
             metrics.in_flight -= inference
         metrics.request(labels, perf_counter() - start)
+
+    def _told(self, send: Send) -> Send:
+        """`send`, without the startup traceback starlette sends uvicorn to log, when no model
+        could be loaded: the data plane logged why, in a sentence."""
+
+        async def told(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.plane.cannot_serve:
+                message = {"type": message["type"], "message": ""}
+            await send(message)
+
+        return told
 
     async def _answer(
         self, found: Match, scope: Scope, receive: Receive, send: Send

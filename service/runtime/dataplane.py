@@ -16,6 +16,7 @@ from mlscale.service.errors import (
     ModelNotFound,
     ModelNotReady,
     ModelRefused,
+    NothingToServe,
     StoreError,
 )
 from mlscale.service.metrics import Metrics
@@ -57,6 +58,7 @@ class DataPlane:
         self.name = model.model_name  # the model unversioned, unnamed paths (/predict) answer
         self.loaded = False  # every model of the set tried: loaded, verified, warmed up, or failed
         self.draining = False
+        self.cannot_serve = ""  # why the server cannot start, when no model loaded
 
     @property
     def ready(self) -> bool:
@@ -64,7 +66,8 @@ class DataPlane:
 
     def load(self) -> None:
         """Load every model of the set. One that fails is not served and says why; the others
-        are. When none loads, the first failure is raised: there is nothing to serve."""
+        are. When none loads, there is nothing to serve: that is logged in one sentence with
+        every reason (what the rollout reports of a crash-looping pod), and raised."""
         failures: list[Exception] = []
         for model in self.served.values():
             try:
@@ -75,7 +78,10 @@ class DataPlane:
                 log.error("model %s is not served: %s", model.name, model.error)
             self.metrics.model_ready.labels(model.name).set(int(model.ready))
         if len(failures) == len(self.served):
-            raise failures[0]
+            reasons = "; ".join(f"{m.name}: {m.error}" for m in self.served.values())
+            self.cannot_serve = f"no model could be loaded ({reasons})"
+            log.error("cannot serve: %s", self.cannot_serve)
+            raise NothingToServe(self.cannot_serve)
         self.loaded = True
 
     async def close(self) -> None:
