@@ -172,3 +172,18 @@ def breaks_above_two(x: Any) -> Any:
     if (x > 2).any():
         raise RuntimeError("a bug in the model's own code")
     return x
+
+
+class Doubled:
+    """A transformer of one's own, as people write them: fit and transform, without
+    scikit-learn's input validation, so it sets no `n_features_in_`. Pickled by this name, so
+    a server process can load it."""
+
+    def fit(self, x: Any, y: Any = None) -> "Doubled":
+        return self
+
+    def transform(self, x: Any) -> Any:
+        return x * 2
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {}

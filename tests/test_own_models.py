@@ -34,7 +34,7 @@ from mlscale.service.errors import InvalidInput, InvalidModel
 from mlscale.service.publish import publish
 from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings
 from tests.conftest import free_port, run_server
-from tests.helpers import cli
+from tests.helpers import Doubled, cli
 
 
 def diabetes_frame() -> tuple[pd.DataFrame, pd.Series]:
@@ -479,3 +479,60 @@ def test_an_unknown_category_is_refused_alone_with_a_422(tmp_path: Path):
         assert error.startswith("model 'sized' version '1' cannot answer this input: ")
         assert refusal in error, error
         assert {a.json()["outputs"][0]["data"][0] for a in answers[1:5]} == {expected}
+
+
+@pytest.mark.parametrize("as_frame", [False, True], ids=["array", "frame"])
+def test_a_pipeline_starting_with_a_transformer_of_ones_own_takes_what_the_sample_shows(
+    tmp_path: Path, as_frame: bool
+):
+    """A transformer of one's own need not set `n_features_in_`, and a pipeline starting
+    with one was refused ("does not say how many features it takes"). The sample's rows say
+    it: an array's width, or a frame's columns."""
+    x, y = load_iris(return_X_y=True, as_frame=as_frame)
+    model = make_pipeline(Doubled(), LogisticRegression(max_iter=500)).fit(x, y)
+    with pytest.raises(InvalidModel, match=r"give a few training rows as the sample"):
+        publish(model, "own", model_dir=tmp_path)
+    m = publish(model, "own", model_dir=tmp_path, sample=x[:5], holdout=(x, y))
+    if as_frame:
+        assert [spec.name for spec in m.inputs] == list(x.columns)
+        body = {"instances": x.head(3).to_dict(orient="records")}
+    else:
+        assert [(spec.name, spec.shape) for spec in m.inputs] == [("input-0", [-1, 4])]
+        body = {"instances": x[:3].tolist()}
+    with run_server(tmp_path, model_name="own") as server, server.client() as client:
+        answer = client.post("/v1/models/own:predict", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == model.predict(x[:3]).tolist()
+
+
+def test_a_model_whose_code_the_server_cannot_import_says_which_module(tmp_path: Path):
+    """A class from a module of the trainer's that the server's image lacks: the server said
+    `ModuleNotFoundError("No module named ...")` after a startup traceback. It now names
+    the module and what to do; with the module on its path, it serves."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "house_rules.py").write_text(
+        "class Halved:\n"
+        "    def fit(self, x, y=None):\n        return self\n"
+        "    def transform(self, x):\n        return x / 2\n"
+        "    def get_params(self, deep=True):\n        return {}\n"
+    )
+    sys.path.insert(0, str(code))
+    try:
+        from house_rules import Halved  # type: ignore[import-not-found]
+
+        x, y = load_iris(return_X_y=True)
+        model = make_pipeline(Halved(), LogisticRegression(max_iter=500)).fit(x, y)
+        publish(model, "ruled", model_dir=tmp_path / "store", sample=x[:5])
+    finally:
+        sys.path.remove(str(code))
+        sys.modules.pop("house_rules", None)
+    with run_server(tmp_path / "store", model_name="ruled", ready=False) as server:
+        assert server.process.wait(timeout=30) != 0
+        log = server.log()
+    assert "ruled/1 uses code from module 'house_rules', which this server cannot import" in log
+    assert "Traceback" not in log
+    serving = run_server(tmp_path / "store", model_name="ruled", python_path=code)
+    with serving as server, server.client() as client:
+        answer = client.post("/v1/models/ruled:predict", json={"instances": x[:2].tolist()})
+    assert answer.status_code == 200, answer.text

@@ -82,11 +82,6 @@ def check_fitted(estimator: Any) -> None:
         raise InvalidModel(
             f"this {type(estimator).__name__} is not fitted; call fit() before publishing"
         ) from None
-    if getattr(estimator, "n_features_in_", None) is None and not takes_text(estimator):
-        raise InvalidModel(
-            f"{type(estimator).__name__} does not say how many features it takes "
-            "(no n_features_in_); mlscale needs an estimator fitted on a table"
-        )
 
 
 def takes_text(estimator: Any) -> bool:
@@ -112,10 +107,13 @@ def infer(estimator: Any, sample: pd.DataFrame | None = None) -> Signature:
     check_fitted(estimator)
     names = getattr(estimator, "feature_names_in_", None)
     text = names is None and takes_text(estimator)
+    features = int(getattr(estimator, "n_features_in_", None) or 0)
+    if not text and not features:
+        names, features = _from_sample(estimator, sample)
     if text:
         inputs, dtypes, categories, probe, example = _text_input()
     elif names is None:
-        inputs, dtypes, categories, probe, example = _tensor_inputs(estimator)
+        inputs, dtypes, categories, probe, example = _tensor_inputs(features)
     else:
         inputs, dtypes, categories, probe, example = _column_inputs([str(n) for n in names], sample)
     classes = getattr(estimator, "classes_", None)
@@ -143,10 +141,26 @@ def _answers_missing(estimator: Any, probe: pd.DataFrame) -> bool:
     return True
 
 
+def _from_sample(estimator: Any, sample: Any) -> tuple[list[str] | None, int]:
+    """The columns, or the number of features, of a model that does not say what it takes: a
+    pipeline whose first step is a transformer of one's own, which need not set
+    `n_features_in_`. The training rows say it; the outputs' probe then checks the model
+    takes them."""
+    if sample is None or not hasattr(sample, "shape") or len(sample.shape) != 2:
+        raise InvalidModel(
+            f"{type(estimator).__name__} does not say what it takes (no n_features_in_: a "
+            "transformer of your own, first in the pipeline, need not set it); give a few "
+            "training rows as the sample (--sample FILE.csv; Python: sample=) and the inputs "
+            "are taken from them"
+        )
+    if isinstance(sample, pd.DataFrame):
+        return [str(n) for n in sample.columns], sample.shape[1]
+    return None, int(sample.shape[1])
+
+
 def _tensor_inputs(
-    estimator: Any,
+    features: int,
 ) -> tuple[list[TensorSpec], dict[str, str], dict[str, list[Any]], Any, None]:
-    features = int(estimator.n_features_in_)
     spec = TensorSpec(name="input-0", datatype="FP64", shape=[-1, features])
     return [spec], {}, {}, np.zeros((1, features)), None
 

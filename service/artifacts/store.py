@@ -136,10 +136,19 @@ class ModelStore:
         return manifest, self.unpickle(manifest)
 
     def unpickle(self, manifest: Manifest) -> Any:
-        """The estimator of a version `check` has passed (for the sklearn runtime)."""
+        """The estimator of a version `check` has passed (for the sklearn runtime). Unpickling
+        imports the modules the model's classes and functions live in: one this server lacks
+        is a StoreError that names it."""
         import joblib
 
-        return joblib.load(self.folder(manifest) / ARTIFACT)
+        try:
+            return joblib.load(self.folder(manifest) / ARTIFACT)
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                f"{manifest.name}/{manifest.version} uses code from module {exc.name!r}, which "
+                "this server cannot import: install that module in the server's image (its "
+                "code was not published with the model)"
+            ) from exc
 
     def catalogue(self, name: str, verify: bool = False) -> list[tuple[str, Manifest | StoreError]]:
         """Every version, oldest first, with its manifest (its artifact checked too, with
