@@ -329,6 +329,23 @@ def test_help_texts_keep_their_defaults_and_name_the_command():
     assert "Usage: mlscale loadtest [OPTIONS]" in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize("command", [["publish"], ["rollout", "canary"], ["train"]])
+def test_help_paragraphs_are_wrapped_by_the_terminal_and_examples_keep_their_lines(command):
+    """Typer kept the docstrings' line breaks, so a paragraph wrapped at the source's width
+    came out ragged on an 80-column terminal: a short line at every break."""
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "mlscale", *command, "--help"], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    description = done.stdout.split("╭")[0].splitlines()
+    prose = [line.strip() for line in description if line.strip()][1:]
+    examples = next((i for i, line in enumerate(prose) if line.startswith("Example")), len(prose))
+    for line in prose[: examples - 1]:
+        # a line the terminal broke is nearly full, unless a paragraph or sentence ends there
+        assert len(line) > 60 or line.endswith((".", ":")), done.stdout
+    if command == ["train"]:
+        assert any(line.startswith("mlscale train --ensure 2") for line in prose), done.stdout
+
+
 def test_rejected_requests_are_logged_one_line_each_and_rate_limited(regression):
     _, _, store = regression
     bad = [
