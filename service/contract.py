@@ -17,6 +17,8 @@ VERSION_READY = "/v2/models/{name}/versions/{version}/ready"
 INFER = "/v2/models/{name}/infer"
 INFER_VERSION = "/v2/models/{name}/versions/{version}/infer"
 V1_PREDICT = "/v1/models/{name}:predict"
+V1_MODELS = "/v1/models"
+V1_MODEL_READY = "/v1/models/{name}"
 SIMPLE_PREDICT = "/predict"
 # mlscale extension: every version in a server's store, with offline metrics (the quality gate).
 STORE_VERSIONS = "/mlscale/v1/models/{name}/versions"

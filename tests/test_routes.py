@@ -23,7 +23,8 @@ def test_every_path_is_in_the_table_once(router: Router):
     assert len(templates) == len(set(templates))
     paths = {contract.LIVE, contract.READY, contract.MODEL_METADATA, contract.VERSION_METADATA,
              contract.MODEL_READY, contract.VERSION_READY, contract.INFER, contract.INFER_VERSION,
-             contract.V1_PREDICT, contract.SIMPLE_PREDICT, contract.STORE_VERSIONS,
+             contract.V1_PREDICT, contract.V1_MODELS, contract.V1_MODEL_READY,
+             contract.SIMPLE_PREDICT, contract.STORE_VERSIONS,
              SERVER_METADATA, METRICS}  # fmt: skip
     assert set(templates) == paths
 
@@ -37,6 +38,8 @@ def test_every_path_is_in_the_table_once(router: Router):
         ("/v2/models/iris/versions/3", contract.VERSION_METADATA, "iris", "3"),
         ("/v2/models/iris/versions/3/ready", contract.VERSION_READY, "iris", "3"),
         ("/v1/models/iris:predict", contract.V1_PREDICT, "iris", None),
+        ("/v1/models/iris", contract.V1_MODEL_READY, "iris", None),
+        ("/v1/models", contract.V1_MODELS, "", None),
         ("/mlscale/v1/models/iris/versions", contract.STORE_VERSIONS, "iris", None),
         ("/v2/health/ready", contract.READY, "", None),
         ("/metrics", METRICS, "", None),
@@ -59,7 +62,7 @@ def test_a_versioned_path_shares_its_twins_handler(router: Router):
 @pytest.mark.parametrize(
     "path",
     ["/v2/models//infer", "/v2/models/iris/infer/", "/v2/models/iris/versions//infer",
-     "/v1/models/:predict", "/v1/models/iris", "/v2/models/iris/versions", "/v3", "/", "",
+     "/v1/models/iris/x", "/v1/models/iris:predict/x", "/v2/models/iris/versions", "/v3", "/", "",
      "/v2/models/iris/versions/1/infer/x", "/docs"],
 )  # fmt: skip
 def test_near_misses_find_no_route(router: Router, path: str):

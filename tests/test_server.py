@@ -130,6 +130,21 @@ def test_v1_and_simple_predict(iris: Server):
     assert simple.json() == {"predictions": [0], "model_name": "iris", "model_version": "2"}
 
 
+def test_kserve_v1_lists_models_and_says_whether_one_is_ready(iris: Server):
+    """What a KServe v1 client asks besides :predict: GET /v1/models and /v1/models/NAME
+    were 404s."""
+    with iris.client() as c:
+        listed = c.get("/v1/models")
+        ready = c.get("/v1/models/iris")
+        unknown = c.get("/v1/models/colour")
+        predicted = c.post("/v1/models/iris:predict", json={"instances": [ROW]})
+    assert listed.status_code == 200 and listed.json() == {"models": ["iris"]}
+    assert ready.status_code == 200 and ready.json() == {"name": "iris", "ready": True}
+    assert ready.headers["x-model-version"] == "2"
+    assert unknown.status_code == 404 and "model 'colour'" in unknown.json()["error"]
+    assert predicted.status_code == 200  # its :predict twin is not taken for a model's name
+
+
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "text"),
     [
@@ -282,7 +297,8 @@ def test_openapi_describes_the_real_bodies(iris: Server):
     for path in ["/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{name}",
                  "/v2/models/{name}/versions/{version}", "/v2/models/{name}/ready",
                  "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer",
-                 "/v1/models/{name}:predict", "/predict", "/metrics"]:  # fmt: skip
+                 "/v1/models/{name}:predict", "/v1/models", "/v1/models/{name}", "/predict",
+                 "/metrics"]:  # fmt: skip
         assert path in spec["paths"], path
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
     body = infer["requestBody"]["content"]["application/json"]["schema"]

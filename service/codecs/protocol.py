@@ -385,6 +385,15 @@ class ModelReadyResponse(BaseModel):
     ready: bool
 
 
+class V1ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+
+
+class V1ModelsResponse(BaseModel):
+    models: list[str]
+
+
 class ServerMetadata(BaseModel):
     name: str
     version: str

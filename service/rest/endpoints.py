@@ -126,6 +126,16 @@ class Endpoints:
         body, answered = self.plane.model_ready(name, version)
         return json_answer(body, 200 if body["ready"] else 503, answered)
 
+    async def v1_models(self, scope: Scope, receive: Receive, name: str, version: str | None
+                        ) -> Answer:  # fmt: skip
+        return json_answer({"models": list(self.plane.served)})
+
+    async def v1_model_ready(self, scope: Scope, receive: Receive, name: str,
+                             version: str | None) -> Answer:  # fmt: skip
+        body, answered = self.plane.model_ready(name, None)
+        ready = {"name": body["name"], "ready": body["ready"]}
+        return json_answer(ready, 200 if body["ready"] else 503, answered)
+
     async def store_versions(self, scope: Scope, receive: Receive, name: str,
                              version: str | None) -> Answer:  # fmt: skip
         return json_answer(self.plane.store_versions(name))

@@ -59,6 +59,10 @@ def table(e: Endpoints) -> list[Route]:
               protocol.ModelReadyResponse, MODEL_ERRORS, twin=contract.VERSION_READY),
         Route("POST", contract.V1_PREDICT, e.v1_predict, "Predict (KServe v1)", INFERENCE,
               protocol.PredictionsResponse, INFER_ERRORS, protocol.InstancesRequest),
+        Route("GET", contract.V1_MODELS, e.v1_models, "List models (KServe v1)", "metadata",
+              protocol.V1ModelsResponse),
+        Route("GET", contract.V1_MODEL_READY, e.v1_model_ready, "Model ready (KServe v1)",
+              "health", protocol.V1ModelReadyResponse, MODEL_ERRORS),
         Route("POST", contract.SIMPLE_PREDICT, e.simple_predict, "Predict", INFERENCE,
               protocol.PredictionsResponse, INFER_ERRORS, protocol.InstancesRequest),
         Route("GET", contract.STORE_VERSIONS, e.store_versions,
@@ -118,6 +122,9 @@ class Router:
                 else:
                     pattern = _compile(template, route)
                     self._by_length.setdefault(template.count("/") + 1, []).append(pattern)
+        # `{name}:predict` before `{name}`, which would take "iris:predict" for a name.
+        for patterns in self._by_length.values():
+            patterns.sort(key=lambda p: not p.suffix)
 
     def match(self, path: str) -> Match | None:
         """The route whose template fits the path, whatever the method, with the path's model
