@@ -174,7 +174,8 @@ def test_a_model_set_is_served_checked_and_filled_from_its_images(helm: str, tmp
         ({"autoscaling": {"targetCPUUtilizationPercentage": 70},
           "resources": {"requests": {"cpu": None, "memory": "256Mi"}}},
          "set resources.requests.cpu"),
-        ({"model": {"name": "iris", "version": 2}}, "version"),
+        ({"model": {"name": "iris", "version": -1}}, "version"),
+        ({"model": {"name": "iris", "version": "2 beta"}}, "version"),
         ({"pdb": {"maxUnavailable": 0}}, "maxUnavailable"),
         ({"service": {"port": 70000}}, "port"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
@@ -537,3 +538,23 @@ def test_pods_leave_a_failed_node_after_30_s_not_five_minutes(helm: str, tmp_pat
     values = {"tolerations": [mine], "nodeFailureTolerationSeconds": 0}
     spec = server_deployment(render(helm, tmp_path, values))["spec"]["template"]["spec"]
     assert spec["tolerations"] == [mine]  # and Kubernetes' 300 s
+
+
+def test_versions_and_tags_given_as_numbers_render_as_the_same_strings(helm: str, tmp_path: Path):
+    """`--set model.version=2`, the README's own install line, makes a number, which the
+    schema refused ("got number, want string"); a tag of digits in a template's printf
+    rendered as `%!s(int64=2)`. Numbers now render exactly as the strings do, the rollout's
+    values digest included, so switching between the two changes nothing."""
+    sets = ["model.version=2", "model.image.tag=2", "model.extraVersions={1}", "image.tag=3",
+            "model.others[0].version=4", "model.others[0].image.tag=4"]  # fmt: skip
+    names = ["--set", "model.name=flowers,model.image.repository=mlscale-model/flowers,"
+             "model.others[0].name=iris,"
+             "model.others[0].image.repository=mlscale-model/iris"]  # fmt: skip
+    numbers = render(helm, tmp_path, {}, *names, *[a for s in sets for a in ("--set", s)])
+    strings = render(helm, tmp_path, {}, *names, *[a for s in sets for a in ("--set-string", s)])
+    assert numbers == strings
+    rollout = by_kind(numbers, "ModelRollout")[0]["spec"]
+    assert (rollout["version"], rollout["modelImage"]) == ("2", "mlscale-model/flowers:2")
+    env = {e["name"]: e.get("value") for e in server_deployment(numbers)["spec"]["template"]
+           ["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert (env["MLSCALE_MODELS"], env["MLSCALE_EXTRA_VERSIONS"]) == ("iris:4", "1")

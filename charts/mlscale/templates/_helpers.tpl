@@ -63,7 +63,7 @@ app.kubernetes.io/component: model-server
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) (ternary "-slim" "" .Values.image.slim) -}}
+{{- printf "%s:%s%s" .Values.image.repository (toString (default .Chart.AppVersion .Values.image.tag)) (ternary "-slim" "" .Values.image.slim) -}}
 {{- end -}}
 {{- end -}}
 
@@ -138,7 +138,7 @@ the version the stable Deployment serves (read with `lookup`), so it neither rev
 {{- define "mlscale.modelVersion" -}}
 {{- $deployment := include "mlscale.liveDeployment" . | fromJson -}}
 {{- $live := dig "metadata" "annotations" "mlscale.dev/model-version" "" $deployment -}}
-{{- $live | default .Values.model.version -}}
+{{- $live | default (toString .Values.model.version) -}}
 {{- end -}}
 
 {{/*
@@ -150,7 +150,7 @@ mlscale.dev/model-image annotation) unless model.helmOwnsVersion is set.
 {{- $deployment := include "mlscale.liveDeployment" . | fromJson -}}
 {{- $live := dig "metadata" "annotations" "mlscale.dev/model-image" "" $deployment -}}
 {{- with .Values.model.image -}}
-{{- $live | default (ternary (printf "%s:%s" .repository .tag) "" (ne .repository "")) -}}
+{{- $live | default (ternary (printf "%s:%s" .repository (toString .tag)) "" (ne .repository "")) -}}
 {{- end -}}
 {{- end -}}
 
@@ -173,7 +173,7 @@ unless model.helmOwnsVersion is set.
 {{- end -}}
 {{- $entries := list -}}
 {{- range .Values.model.others -}}
-{{- $entries = append $entries (printf "%s:%s" .name (get $live .name | default .version)) -}}
+{{- $entries = append $entries (printf "%s:%s" .name (get $live .name | default (toString .version))) -}}
 {{- end -}}
 {{- join "," $entries -}}
 {{- end -}}
@@ -191,7 +191,7 @@ the live init container `model-NAME`'s. Called with (dict "root" $ "model" .).
 {{- end -}}
 {{- end -}}
 {{- with (.model.image | default dict) -}}
-{{- $live | default (ternary (printf "%s:%s" .repository .tag) "" (ne (.repository | default "") "")) -}}
+{{- $live | default (ternary (printf "%s:%s" .repository (toString .tag)) "" (ne (.repository | default "") "")) -}}
 {{- end -}}
 {{- end -}}
 
@@ -225,7 +225,8 @@ fought over (Helm 4's server-side apply would see another manager's fields).
 {{/* A digest of the values the ModelRollout is rendered from (the gateway's only where it
 is on, so that releases without one keep the digest charts before it gave them). */}}
 {{- define "mlscale.rolloutValues" -}}
-{{- $values := dict "version" .Values.model.version "image" .Values.model.image "rollout" .Values.rollout -}}
+{{- $image := set (deepCopy .Values.model.image) "tag" (toString .Values.model.image.tag) -}}
+{{- $values := dict "version" (toString .Values.model.version) "image" $image "rollout" .Values.rollout -}}
 {{- if .Values.gateway.enabled -}}
 {{- $_ := set $values "gateway" (include "mlscale.traffic" . | fromJson) -}}
 {{- end -}}
@@ -264,7 +265,7 @@ app.kubernetes.io/component: rollout-operator
 {{- if .digest -}}
 {{- printf "%s@%s" .repository .digest -}}
 {{- else -}}
-{{- printf "%s:%s" .repository (default $.Chart.AppVersion .tag) -}}
+{{- printf "%s:%s" .repository (toString (default $.Chart.AppVersion .tag)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
