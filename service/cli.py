@@ -331,8 +331,9 @@ def infer(
     rows: Annotated[
         str,
         typer.Argument(
-            help='Rows as JSON, e.g. "[[5.1, 3.5, 1.4, 0.2]]"; a text model\'s documents, '
-            "e.g. '[\"a great film\"]'."
+            help='Rows as JSON, e.g. "[[5.1, 3.5, 1.4, 0.2]]", or objects keyed by column, '
+            'e.g. \'[{"petal_width": 0.2, "sepal_size": "small"}]\'; a text model\'s '
+            "documents, e.g. '[\"a great film\"]'."
         ),
     ],
     url: Annotated[str, typer.Option(help="Server address.")] = "http://127.0.0.1:8080",
@@ -344,21 +345,18 @@ def infer(
 ) -> None:
     """Send one V2 infer request and print the answer.
 
-    Example:  mlscale infer iris "[[5.1, 3.5, 1.4, 0.2]]" --output predict_proba
+    Rows are lists of values (one tensor) or, for a model fitted on a DataFrame, objects
+    keyed by column (one input per column).
+
+    Examples:
+      mlscale infer iris "[[5.1, 3.5, 1.4, 0.2]]" --output predict_proba
+      mlscale infer flowers '[{"sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2,
+                               "sepal_size": "small"}]'
     """
     if wait and not wait_ready(url, wait):
         console.print(f"[red]{url} did not turn ready within {wait}s[/]")
         raise typer.Exit(1)
-    data = json.loads(rows)
-    shape = [len(data), len(data[0])] if data and isinstance(data[0], list) else [len(data)]
-    values = [v for row in data for v in (row if isinstance(row, list) else [row])]
-    # Rows of numbers (and nulls) travel as FP64; any others as BYTES, which carries any mix:
-    # a text model's documents, a DataFrame model's rows with strings or booleans.
-    numbers = all(v is None or type(v) in (int, float) for v in values)
-    datatype = "FP64" if numbers else "BYTES"
-    body: dict[str, object] = {
-        "inputs": [{"name": "input-0", "shape": shape, "datatype": datatype, "data": data}]
-    }
+    body: dict[str, object] = {"inputs": infer_inputs(rows)}
     if output:
         body["outputs"] = [{"name": o} for o in output]
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
@@ -447,6 +445,42 @@ def _error_text(error: urllib.error.HTTPError) -> str:
 def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
+
+
+def infer_inputs(rows: str) -> list[dict[str, Any]]:
+    """`mlscale infer`'s ROWS as V2 inputs: lists of values as one tensor, objects as one
+    input per column. Numbers (and nulls) travel as FP64, booleans as BOOL, anything else as
+    BYTES, which carries any mix."""
+    try:
+        data = json.loads(rows)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON ({exc})", param_hint="ROWS") from None
+    if not isinstance(data, list) or not data:
+        raise typer.BadParameter("give a JSON list of rows, e.g. [[5.1, 3.5, 1.4, 0.2]]",
+                                 param_hint="ROWS")  # fmt: skip
+    if all(isinstance(row, dict) for row in data):
+        columns = list(dict.fromkeys(name for row in data for name in row))
+        return [_tensor(name, [len(data)], [row.get(name) for row in data]) for name in columns]
+    if any(isinstance(row, dict) for row in data):
+        raise typer.BadParameter("rows are all lists or all objects", param_hint="ROWS")
+    if isinstance(data[0], list):
+        if any(not isinstance(row, list) or len(row) != len(data[0]) for row in data):
+            raise typer.BadParameter("every row is a list of the same length", param_hint="ROWS")
+        values = [v for row in data for v in row]
+        return [_tensor("input-0", [len(data), len(data[0])], values, data)]
+    return [_tensor("input-0", [len(data)], data)]
+
+
+def _tensor(name: str, shape: list[int], values: list[Any], data: Any = None) -> dict[str, Any]:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        datatype = "BOOL"
+    elif all(type(v) in (int, float) for v in present):
+        datatype = "FP64"
+    else:
+        datatype = "BYTES"
+    return {"name": name, "shape": shape, "datatype": datatype,
+            "data": values if data is None else data}  # fmt: skip
 
 
 def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -165,6 +165,19 @@ def test_a_numeric_table_serves_an_all_number_model(tmp_path: Path):
     np.testing.assert_array_equal(pipe.predict(frame), pipe.predict(rows))
 
 
+@pytest.mark.parametrize(
+    ("rows", "reason"),
+    [("[[1, 2", "not JSON"), ("5", "give a JSON list of rows"), ("[]", "give a JSON list"),
+     ('{"age": 59}', "give a JSON list"), ("[[1, 2], [3]]", "of the same length"),
+     ('[[1, 2], {"age": 59}]', "all lists or all objects")],
+)  # fmt: skip
+def test_infer_refuses_rows_it_cannot_send_in_a_sentence(rows: str, reason: str):
+    """Each was a Python traceback (JSONDecodeError, TypeError, KeyError)."""
+    code, out = cli("infer", "iris", rows, "--url", "http://127.0.0.1:9")
+    assert code == 2 and "Invalid value for ROWS" in out and reason in out, out
+    assert "Traceback" not in out
+
+
 def test_check_sends_every_column_of_a_multi_column_model(regression):
     """`helm test` runs `mlscale check`: it must pass for a user's multi-column model."""
     _, _, store = regression
@@ -447,12 +460,17 @@ def test_pandas_nullable_columns_publish_and_serve(tmp_path: Path):
         # Rows with booleans travel as BYTES from the CLI (as FP64 they were refused).
         code, out = cli("infer", "imputing", "[[null, 1.4, null], [3, null, true]]", "--url",
                         served.url)  # fmt: skip
+        # Or as objects keyed by column: one input per column, each typed by its values.
+        by_name = json.dumps([dict(zip(rows, r, strict=True)) for r in zip(*rows.values(),
+                                                                        strict=True)])  # fmt: skip
+        named_code, named = cli("infer", "imputing", by_name, "--url", served.url)
         whole = c.post("/v2/models/strict/infer", json={**body, "inputs": [
             {**body["inputs"][0], "data": [3.5, 1]}, *body["inputs"][1:]]})  # fmt: skip
     expected = imputing.predict(pd.DataFrame(rows).astype(frame.dtypes.to_dict()))
     assert answer.status_code == 200, answer.text
     assert answer.json()["outputs"][0]["data"] == expected.tolist()
     assert code == 0 and json.loads(out)["outputs"][0]["data"] == expected.tolist(), out
+    assert named_code == 0 and json.loads(named)["outputs"] == json.loads(out)["outputs"], named
     assert refused.status_code == 400
     assert refused.json()["error"].startswith("column 'visits': null is not allowed")
     assert whole.json() == {"error": "column 'visits': expects whole numbers (3.5 is not)"}
