@@ -27,6 +27,16 @@ ModelDir = Annotated[
 ]
 
 
+def _http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"{url!r} is not an http:// or https:// address, e.g. "
+                                 "http://127.0.0.1:8080")  # fmt: skip
+    return url.rstrip("/")
+
+
+ServerUrl = Annotated[str, typer.Option(help="Server address.", callback=_http_url)]
+
+
 def needs_scikit_learn(command: str) -> None:
     """Stop with a sentence where scikit-learn is missing: the slim image serves, never fits."""
     if importlib.util.find_spec("sklearn") is None:
@@ -286,10 +296,12 @@ def serve(
 
     Several models from one server:  mlscale serve --model iris --models flowers:2,linear
     """
+    from pydantic import ValidationError
+
     from mlscale.service.errors import MLScaleError
     from mlscale.service.rest.server import run
     from mlscale.service.runtime.dataplane import preflight
-    from mlscale.service.settings import ModelSettings, ServerSettings, Settings
+    from mlscale.service.settings import ModelSettings, ServerSettings, Settings, invalid
 
     def given(**options: object) -> dict[str, object]:  # options win over MLSCALE_* variables
         return {k: v for k, v in options.items() if v is not None}
@@ -297,10 +309,15 @@ def serve(
     model_settings = given(model_name=model, model_version=version, model_dir=model_dir,
                            extra_versions=extra_versions, models=models)  # fmt: skip
     server_settings = given(host=host, port=port, workers=workers, log_level=log_level)
-    settings = Settings(
-        model=ModelSettings(**model_settings), server=ServerSettings(**server_settings)
-    )
     errors = Console(stderr=True)
+    try:
+        settings = Settings(
+            model=ModelSettings(**model_settings), server=ServerSettings(**server_settings)
+        )
+    except ValidationError as exc:
+        for sentence in invalid(exc):
+            errors.print(f"[red]invalid setting[/] {escape(sentence)}", soft_wrap=True)
+        raise typer.Exit(2) from None
     try:
         unserved = preflight(settings.model)
     except MLScaleError as exc:
@@ -336,7 +353,7 @@ def infer(
             "documents, e.g. '[\"a great film\"]'."
         ),
     ],
-    url: Annotated[str, typer.Option(help="Server address.")] = "http://127.0.0.1:8080",
+    url: ServerUrl = "http://127.0.0.1:8080",
     version: Annotated[str | None, typer.Option(help="Ask this version.")] = None,
     output: Annotated[list[str] | None, typer.Option(help="Outputs to return.")] = None,
     wait: Annotated[
@@ -377,7 +394,7 @@ def check(
     models: Annotated[
         list[str], typer.Argument(help="Names of the models the server should serve.")
     ],
-    url: Annotated[str, typer.Option(help="Server address.")] = "http://127.0.0.1:8080",
+    url: ServerUrl = "http://127.0.0.1:8080",
     expect_version: Annotated[
         str | None, typer.Option(help="Fail unless this version answers (of one model).")
     ] = None,

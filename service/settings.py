@@ -8,7 +8,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mlscale.service.contract import MAX_BODY_BYTES, format_models, parse_models
@@ -113,7 +113,15 @@ class ServerSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8080, ge=1, le=65535, description="Port to listen on.")
     workers: int = Field(1, ge=1, description="Processes; keep 1 on Kubernetes, pods scale out.")
-    log_level: str = Field("info", description="uvicorn log level: debug, info, warning, error.")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="uvicorn log level: debug, info, warning, error."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:  # LOG_LEVEL=INFO is as good as info
+        return value.lower() if isinstance(value, str) else value
+
     max_body_bytes: int = Field(
         MAX_BODY_BYTES,
         ge=1,
@@ -165,6 +173,19 @@ class Settings(BaseModel):
     model: ModelSettings = Field(default_factory=ModelSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+
+def invalid(exc: ValidationError) -> list[str]:
+    """A settings group's validation error, one sentence per setting, named as its variable
+    (`mlscale serve`'s option of the same name says the same)."""
+    groups = {g.__name__: g for g in (ModelSettings, BatchingSettings, ServerSettings)}
+    group = groups.get(exc.title)
+    prefix = group.model_config.get("env_prefix", "") if group else ""
+    return [
+        f"{prefix}{'_'.join(str(p) for p in error['loc'])}".upper()
+        + f"={error.get('input')!r}: {error['msg']}"
+        for error in exc.errors()
+    ]
 
 
 def environment() -> list[tuple[str, str, str]]:

@@ -178,6 +178,31 @@ def test_infer_refuses_rows_it_cannot_send_in_a_sentence(rows: str, reason: str)
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize(
+    ("args", "variables", "sentence"),
+    [(["--port", "99999"], {}, "MLSCALE_PORT=99999: Input should be less than or equal to 65535"),
+     ([], {"MLSCALE_LOG_LEVEL": "loud"}, "MLSCALE_LOG_LEVEL='loud': Input should be 'critical'"),
+     ([], {"MLSCALE_BATCH_MAX_SIZE": "abc"}, "MLSCALE_BATCH_MAX_SIZE='abc': Input should be a "
+      "valid integer")],
+)  # fmt: skip
+def test_serve_names_an_invalid_setting_in_a_sentence(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], variables: dict[str, str], sentence: str
+):
+    """pydantic's ValidationError, and logging's for an unknown log level (once uvicorn
+    configured it), were tracebacks: in a pod, a value the chart passed."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    code, out = cli("serve", "--model", "iris", *args)
+    assert code == 2 and f"invalid setting {sentence}" in out, out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("command", [["infer", "iris", "[[1, 2, 3, 4]]"], ["check", "iris"]])
+def test_a_server_address_that_is_not_a_url_is_refused(command: list[str]):
+    code, out = cli(*command, "--url", "localhost:8080")
+    assert code == 2 and "'localhost:8080' is not an http:// or https://" in out, out
+
+
 def test_check_sends_every_column_of_a_multi_column_model(regression):
     """`helm test` runs `mlscale check`: it must pass for a user's multi-column model."""
     _, _, store = regression
