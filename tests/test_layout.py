@@ -19,6 +19,7 @@ LAYERS = {
     # Publishing runs what it publishes (compiling and verifying on the runtime's models).
     "mlscale.service.publish": 3,
     "mlscale.service.compile": 3,
+    "mlscale.service.converters": 3,  # skl2onnx's converters, mended for compiling
     "mlscale.service.codecs": 3,
     "mlscale.service.runtime": 2,
     "mlscale.service.artifacts": 1,
