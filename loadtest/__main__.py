@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from mlscale.service.contract import PROG_ENV
+from mlscale.service.helptext import unwrap_help
 
 console = Console()
 
@@ -61,13 +62,14 @@ def main(
     """Load test: step the load up, hold, step down; sample the cluster while it runs; write
     reports/<time>/ with timeline.csv, summary.json, report.png and report.md.
 
-    A server on this machine:  mlscale loadtest --url http://127.0.0.1:8080 --model iris --users 20
-
-    The kind cluster, a rollout at the hold:  mlscale loadtest --url http://127.0.0.1:30090
-    --cluster --rollout-version 2
-
-    Canary shares through the gateway:  mlscale loadtest --url http://127.0.0.1:30090 --cluster
-    --rollout-version 2 --canary-steps 1,5,25,50 --steps 1 --hold-seconds 240
+    Examples:
+      a server on this machine:
+        mlscale loadtest --url http://127.0.0.1:8080 --model iris --users 20
+      the kind cluster, a rollout at the hold:
+        mlscale loadtest --url http://127.0.0.1:30090 --cluster --rollout-version 2
+      canary shares through the gateway:
+        mlscale loadtest --url http://127.0.0.1:30090 --cluster --rollout-version 2 \\
+            --canary-steps 1,5,25,50 --steps 1 --hold-seconds 240
     """
     sampler = target = None
     if cluster:
@@ -115,5 +117,6 @@ def main(
 
 app = typer.Typer(add_completion=False)
 app.command()(main)
+unwrap_help(app)
 # Started by `mlscale loadtest`, its help names that command, not `python -m mlscale.loadtest`.
 app(prog_name=os.environ.pop(PROG_ENV, None))

@@ -6,7 +6,6 @@ instead of failing on an import.
 """
 
 import importlib.util
-import inspect
 import os
 import sys
 
@@ -15,6 +14,7 @@ from rich.console import Console
 
 from mlscale.service.cli import app as service_app
 from mlscale.service.contract import PROG_ENV
+from mlscale.service.helptext import unwrap_help
 
 app = typer.Typer(
     help="Serve versioned scikit-learn models over the Open Inference Protocol.",
@@ -74,30 +74,6 @@ if installed("locust"):
     app.command(context_settings=PASS_THROUGH, add_help_option=False)(loadtest)
 else:
     missing_extra("loadtest", "loadtest")
-
-
-def unwrapped(doc: str) -> str:
-    """A docstring with each paragraph on one line, for the terminal to wrap: Typer keeps a
-    docstring's line breaks, so paragraphs wrapped at the source's width came out ragged on a
-    narrower terminal. Examples (a paragraph starting "Example", or with indented lines)
-    keep their lines."""
-    paragraphs = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join(p if p.startswith("Example") or "\n " in p else " ".join(p.split("\n"))
-                       for p in paragraphs)  # fmt: skip
-
-
-def unwrap_help(typer_app: typer.Typer) -> None:
-    """Every command's and group's help, unwrapped."""
-    for command in typer_app.registered_commands:
-        doc = command.help or (command.callback and command.callback.__doc__)
-        if doc:
-            command.help = unwrapped(doc)
-    for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            info = group.typer_instance.info
-            if isinstance(info.help, str):
-                info.help = unwrapped(info.help)
-            unwrap_help(group.typer_instance)
 
 
 unwrap_help(app)

@@ -367,7 +367,7 @@ def test_help_texts_keep_their_defaults_and_name_the_command():
     assert "Usage: mlscale loadtest [OPTIONS]" in done.stdout, done.stdout
 
 
-@pytest.mark.parametrize("command", [["publish"], ["rollout", "canary"], ["train"]])
+@pytest.mark.parametrize("command", [["publish"], ["rollout", "canary"], ["train"], ["loadtest"]])
 def test_help_paragraphs_are_wrapped_by_the_terminal_and_examples_keep_their_lines(command):
     """Typer kept the docstrings' line breaks, so a paragraph wrapped at the source's width
     came out ragged on an 80-column terminal: a short line at every break."""
@@ -382,6 +382,8 @@ def test_help_paragraphs_are_wrapped_by_the_terminal_and_examples_keep_their_lin
         assert len(line) > 60 or line.endswith((".", ":")), done.stdout
     if command == ["train"]:
         assert any(line.startswith("mlscale train --ensure 2") for line in prose), done.stdout
+    if command == ["loadtest"]:  # an example's continued line keeps its place
+        assert any(line.startswith("--canary-steps 1,5,25,50") for line in prose), done.stdout
 
 
 def test_rejected_requests_are_logged_one_line_each_and_rate_limited(regression):
