@@ -56,6 +56,10 @@ def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilat
         raise CompileFailed("convert", "skl2onnx is not installed (pip install "
                             "'mlscale[compile]')") from None  # fmt: skip
     converters.install()
+    if _reads_text(estimator):
+        raise CompileFailed("convert", "a step reads text, which graphs tokenize and lowercase "
+                            "otherwise than scikit-learn on text no verification row "
+                            "holds")  # fmt: skip
 
     def graphs(stacked: bool) -> tuple[dict[str, bytes], float]:
         files = _graphs(to_onnx, estimator, manifest, stacked)
@@ -84,6 +88,19 @@ def compile_estimator(estimator: Any, manifest: Manifest, rows: Any) -> Compilat
             skl2onnx_version=skl2onnx.__version__,
             onnxruntime_version=runtime_version(),
         ),
+    )
+
+
+def _reads_text(estimator: Any) -> bool:
+    """Whether any step, however nested (a ColumnTransformer's column), is a text vectorizer."""
+    from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
+
+    try:
+        nested = list(estimator.get_params(deep=True).values())
+    except Exception:  # a model of one's own need not have scikit-learn's get_params
+        nested = []
+    return any(
+        isinstance(step, CountVectorizer | HashingVectorizer) for step in [estimator, *nested]
     )
 
 

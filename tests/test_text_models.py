@@ -13,9 +13,11 @@ import orjson
 import pandas as pd
 import pytest
 import tritonclient.http as triton
+from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mlscale.service.artifacts.manifest import Manifest
 from mlscale.service.artifacts.store import ModelStore
@@ -69,6 +71,23 @@ def test_a_text_model_is_not_compiled_and_says_why(tmp_path: Path):
     with pytest.raises(InvalidModel, match=r"cannot be served compiled: .* not text"):
         publish(pipe, "scores", model_dir=tmp_path, runtime="onnx")
     assert ModelStore(tmp_path).versions("scores") == ["1"]
+
+
+def test_a_text_column_among_others_is_not_compiled_and_says_why(tmp_path: Path):
+    """A TfidfVectorizer on one column of a ColumnTransformer: its graph failed to load here
+    (onnxruntime's lowercasing wants the en_US.UTF-8 locale), with a page of onnxruntime's
+    message; where that locale exists, it would verify on the training rows and still
+    tokenize and lowercase other text otherwise than scikit-learn."""
+    frame = pd.DataFrame({"review": REVIEWS, "stars": np.arange(30.0) % 5})
+    encode = ColumnTransformer([("text", TfidfVectorizer(), "review"),
+                                ("stars", StandardScaler(), ["stars"])])  # fmt: skip
+    pipe = make_pipeline(encode, LogisticRegression()).fit(frame, SENTIMENT)
+    checked = plan(pipe, "mixed", ModelStore(tmp_path), sample=frame.head())
+    assert checked.compilation is None
+    assert checked.not_compiled == (
+        "not compiled: convert failed: a step reads text, which graphs tokenize and lowercase "
+        "otherwise than scikit-learn on text no verification row holds"
+    )
 
 
 def test_a_vectorizer_that_reads_files_is_refused(tmp_path: Path):
