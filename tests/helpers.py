@@ -187,3 +187,16 @@ class Doubled:
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {}
+
+
+class FirstTwo:
+    """A transformer of one's own that takes arrays only (it slices columns by position)."""
+
+    def fit(self, x: Any, y: Any = None) -> "FirstTwo":
+        return self
+
+    def transform(self, x: Any) -> Any:
+        return x[:, :2]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {}

@@ -34,7 +34,7 @@ from mlscale.service.errors import InvalidInput, InvalidModel
 from mlscale.service.publish import publish
 from mlscale.service.settings import BatchingSettings, ModelSettings, ServerSettings
 from tests.conftest import free_port, run_server
-from tests.helpers import Doubled, cli
+from tests.helpers import Doubled, FirstTwo, cli
 
 
 def diabetes_frame() -> tuple[pd.DataFrame, pd.Series]:
@@ -565,6 +565,25 @@ def test_a_pipeline_starting_with_a_transformer_of_ones_own_takes_what_the_sampl
         answer = client.post("/v1/models/own:predict", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["predictions"] == model.predict(x[:3]).tolist()
+
+
+def test_an_array_only_pipeline_published_with_a_csv_sample_takes_a_tensor(tmp_path: Path):
+    """The CLI reads a CSV sample as columns; a pipeline of one's own that slices arrays by
+    position cannot take a frame ("predict failed on a sample row"). A sample of numbers it
+    takes only as an array gives the tensor's width instead."""
+    x, y = load_iris(return_X_y=True)
+    model = make_pipeline(FirstTwo(), LogisticRegression(max_iter=500)).fit(x, y)
+    joblib.dump(model, tmp_path / "sliced.joblib")
+    pd.DataFrame(x[:5], columns=list("abcd")).to_csv(tmp_path / "sample.csv", index=False)
+    code, out = cli("publish", str(tmp_path / "sliced.joblib"), "--name", "sliced",
+                    "--sample", str(tmp_path / "sample.csv"), "--model-dir",
+                    str(tmp_path / "store"))  # fmt: skip
+    assert code == 0 and "input-0 FP64 [-1, 4]" in out, out
+    with run_server(tmp_path / "store", model_name="sliced") as server, server.client() as c:
+        answer = c.post("/v1/models/sliced:predict", json={"instances": x[:3].tolist()})
+    assert (
+        answer.status_code == 200 and answer.json()["predictions"] == model.predict(x[:3]).tolist()
+    )
 
 
 def test_a_model_whose_code_the_server_cannot_import_says_which_module(tmp_path: Path):

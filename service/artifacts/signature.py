@@ -144,8 +144,9 @@ def _answers_missing(estimator: Any, probe: pd.DataFrame) -> bool:
 def _from_sample(estimator: Any, sample: Any) -> tuple[list[str] | None, int]:
     """The columns, or the number of features, of a model that does not say what it takes: a
     pipeline whose first step is a transformer of one's own, which need not set
-    `n_features_in_`. The training rows say it; the outputs' probe then checks the model
-    takes them."""
+    `n_features_in_`. The training rows say it: a frame's columns, or an array's width. A
+    frame of numbers (what a CSV sample reads as) whose model takes only arrays is taken as
+    an array's width; the outputs' probe then checks the model takes what was chosen."""
     if sample is None or not hasattr(sample, "shape") or len(sample.shape) != 2:
         raise InvalidModel(
             f"{type(estimator).__name__} does not say what it takes (no n_features_in_: a "
@@ -153,9 +154,26 @@ def _from_sample(estimator: Any, sample: Any) -> tuple[list[str] | None, int]:
             "training rows as the sample (--sample FILE.csv; Python: sample=) and the inputs "
             "are taken from them"
         )
-    if isinstance(sample, pd.DataFrame):
-        return [str(n) for n in sample.columns], sample.shape[1]
-    return None, int(sample.shape[1])
+    if not isinstance(sample, pd.DataFrame):
+        return None, int(sample.shape[1])
+    columns = [str(n) for n in sample.columns]
+    try:
+        estimator.predict(sample.head(1))
+    except Exception as exc:
+        numbers = sample.select_dtypes("number").shape[1] == sample.shape[1]
+        if not numbers or not _takes_array(estimator, sample):
+            raise InvalidModel(f"predict failed on the sample's first row, as columns "
+                               f"{columns} ({exc})") from None  # fmt: skip
+        return None, sample.shape[1]
+    return columns, sample.shape[1]
+
+
+def _takes_array(estimator: Any, sample: pd.DataFrame) -> bool:
+    try:
+        estimator.predict(sample.head(1).to_numpy(dtype=np.float64))
+    except Exception:
+        return False
+    return True
 
 
 def _tensor_inputs(
