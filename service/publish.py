@@ -123,6 +123,14 @@ def restore_categories(estimator: Any, sample: pd.DataFrame) -> pd.DataFrame:
 def holdout_metrics(estimator: Any, x: Any, y: Any) -> dict[str, float]:
     """Offline metrics on held-out rows: accuracy and macro F1 for a classifier, mse and r2
     otherwise. The quality gate compares them between versions."""
+    if not len(x):
+        raise InvalidModel("the holdout has no rows; give held-out rows, or publish without")
+    missing = pd.isna(pd.DataFrame(np.asarray(y, dtype=object))).any(axis=1).to_numpy()
+    if missing.any():
+        rows = [int(i) for i in np.flatnonzero(missing)[:5]]
+        raise InvalidModel(f"the holdout's target is missing in {int(missing.sum())} row(s) "
+                           f"(e.g. {rows}); drop them, there is nothing to compare "
+                           "them with")  # fmt: skip
     try:
         predicted = estimator.predict(x)
     except Exception as exc:

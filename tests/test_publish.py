@@ -207,6 +207,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "flowers.pkl").write_bytes(pickle.dumps(pipe))
     x_train.head().to_csv(root / "sample.csv", index=False)
     x_test.assign(species=y_test).to_csv(root / "holdout.csv", index=False)
+    holdout = x_test.assign(species=y_test).reset_index(drop=True)
+    holdout.assign(species=holdout.species.where(holdout.index != 2)).to_csv(
+        root / "unlabelled.csv", index=False
+    )  # a row whose target is missing, as exports of real tables have
+    holdout.head(0).to_csv(root / "empty.csv", index=False)
     joblib.dump(LogisticRegression(), root / "unfitted.joblib")
     joblib.dump({"not": "a model"}, root / "dict.joblib")
     return root
@@ -249,6 +254,16 @@ def test_cli_publishes_shows_the_manifest_and_numbers_versions(files: Path, tmp_
             "no column 'colour'",
         ),
         ("flowers.joblib", ["--version", "1"], "already exists"),
+        (
+            "flowers.joblib",
+            ["--sample", "sample.csv", "--holdout", "unlabelled.csv", "--target", "species"],
+            "the holdout's target is missing in 1 row(s) (e.g. [2]); drop them",
+        ),  # was a TypeError traceback from the metrics
+        (
+            "flowers.joblib",
+            ["--sample", "sample.csv", "--holdout", "empty.csv", "--target", "species"],
+            "the holdout has no rows",
+        ),
     ],
 )
 def test_cli_refuses_bad_input_and_writes_nothing(files: Path, tmp_path: Path, file, extra, text):
