@@ -175,14 +175,21 @@ class Settings(BaseModel):
     server: ServerSettings = Field(default_factory=ServerSettings)
 
 
+GROUPS: tuple[type[BaseSettings], ...] = (ModelSettings, BatchingSettings, ServerSettings)
+
+
+def _variable(group: type[BaseSettings] | None, name: str) -> str:
+    """The environment variable a setting of `group` reads."""
+    prefix = group.model_config.get("env_prefix", "") if group else ""
+    return f"{prefix}{name}".upper()
+
+
 def invalid(exc: ValidationError) -> list[str]:
     """A settings group's validation error, one sentence per setting, named as its variable
     (`mlscale serve`'s option of the same name says the same)."""
-    groups = {g.__name__: g for g in (ModelSettings, BatchingSettings, ServerSettings)}
-    group = groups.get(exc.title)
-    prefix = group.model_config.get("env_prefix", "") if group else ""
+    group = next((g for g in GROUPS if g.__name__ == exc.title), None)
     return [
-        f"{prefix}{'_'.join(str(p) for p in error['loc'])}".upper()
+        _variable(group, "_".join(str(p) for p in error["loc"]))
         + f"={error.get('input')!r}: {error['msg']}"
         for error in exc.errors()
     ]
@@ -191,8 +198,7 @@ def invalid(exc: ValidationError) -> list[str]:
 def environment() -> list[tuple[str, str, str]]:
     """Every setting as (variable, default, description): what `mlscale serve --help` lists."""
     rows = []
-    for group in (ModelSettings, BatchingSettings, ServerSettings):
-        prefix = group.model_config.get("env_prefix", "")
+    for group in GROUPS:
         for name, field in group.model_fields.items():
             default = field.get_default(call_default_factory=True)
             if isinstance(default, list):
@@ -203,5 +209,5 @@ def environment() -> list[tuple[str, str, str]]:
                 default = format_models(default)
             elif isinstance(default, bool):
                 default = str(default).lower()
-            rows.append((f"{prefix}{name}".upper(), str(default), field.description or ""))
+            rows.append((_variable(group, name), str(default), field.description or ""))
     return rows
