@@ -134,6 +134,13 @@ class ServerSettings(BaseSettings):
         "this long after it opened, or after its request began, gets 408 and is closed "
         "(slowloris; 0: no limit).",
     )
+    keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        description="Close a keep-alive connection idle this long after its last response. "
+        "Behind a proxy that keeps idle connections open longer, set it above the proxy's "
+        "idle timeout, or the proxy may send a request on a connection as it closes.",
+    )
     rejection_log_per_s: float = Field(
         10,
         ge=0,

@@ -777,7 +777,9 @@ def test_a_controller_killed_mid_rollout_is_followed_by_one_that_finishes_it(
     second = cluster.start_operator("op-2")
     end = client.follow(cluster.kube(), "demo", cluster.rollout()["metadata"]["generation"], 60,
                         cluster.say)  # fmt: skip
-    assert end["phase"] == "Healthy" and end["stableVersion"] == "2", end
+    # On failure: what the CLI followed, and what each controller did.
+    story = "\n".join([*cluster.said, first.output(), second.output()])
+    assert end["phase"] == "Healthy" and end["stableVersion"] == "2", story
     assert cluster.deployment("demo-mlscale-canary") is None and cluster.stable_version() == "2"
     assert [e["outcome"] for e in end["history"]] == ["succeeded"]
     assert "leading" in second.output()

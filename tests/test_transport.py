@@ -158,6 +158,29 @@ def test_without_limits_connections_stay_open(model_dir: Path):
                 assert not closed and b"connection: close" not in head
 
 
+def test_an_idle_connection_closes_after_the_keep_alive_timeout_a_busy_one_never(
+    model_dir: Path,
+):
+    """One timer per connection: it must measure idleness from the last response, not the
+    first, and still close a connection that went quiet."""
+    with run_server(model_dir, model_name="linear", keep_alive_s="2") as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            opened = time.monotonic()
+            while time.monotonic() - opened < 3 * 2:  # three timeouts' worth of requests
+                sock.sendall(_request(BODY))
+                answer = b""
+                while not answer.endswith(b"}]}"):
+                    chunk = sock.recv(65536)
+                    assert chunk, f"closed while busy, {time.monotonic() - opened:.1f} s in"
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200")
+                time.sleep(0.5)  # the gap between requests is the subject here
+            quiet = time.monotonic() - 0.5  # since the last response
+            assert _read_until_closed(sock) == b""  # then idle: closed, with nothing sent
+            assert 2 <= time.monotonic() - quiet < 4, time.monotonic() - quiet
+
+
 def _read_until_closed(sock: socket.socket) -> bytes:
     answer = b""
     while chunk := sock.recv(4096):

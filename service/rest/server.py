@@ -52,6 +52,7 @@ def run(settings: Settings) -> None:
                 settings.server.request_head_timeout_s,
             )
         ),
+        timeout_keep_alive=settings.server.keep_alive_s,
         lifespan="on",
         access_log=False,  # per-request logs cost ~10% throughput; /metrics counts requests
         # No client address is used, so X-Forwarded-For needs no parsing on every request;
