@@ -150,7 +150,17 @@ mlscale.dev/model-image annotation) unless model.helmOwnsVersion is set.
 {{- $deployment := include "mlscale.liveDeployment" . | fromJson -}}
 {{- $live := dig "metadata" "annotations" "mlscale.dev/model-image" "" $deployment -}}
 {{- with .Values.model.image -}}
-{{- $live | default (ternary (printf "%s:%s" .repository (toString .tag)) "" (ne .repository "")) -}}
+{{- $live | default (include "mlscale.declaredImage" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A model image as values declare it ({repository, tag}): `repository:tag`, or "" without a
+repository. A tag given as a number (tag: 2) reads as the string.
+*/}}
+{{- define "mlscale.declaredImage" -}}
+{{- if .repository -}}
+{{- printf "%s:%s" .repository (toString .tag) -}}
 {{- end -}}
 {{- end -}}
 
@@ -191,7 +201,7 @@ the live init container `model-NAME`'s. Called with (dict "root" $ "model" .).
 {{- end -}}
 {{- end -}}
 {{- with (.model.image | default dict) -}}
-{{- $live | default (ternary (printf "%s:%s" .repository (toString .tag)) "" (ne (.repository | default "") "")) -}}
+{{- $live | default (include "mlscale.declaredImage" .) -}}
 {{- end -}}
 {{- end -}}
 
