@@ -138,8 +138,8 @@ class ServerSettings(BaseSettings):
         5.0,
         gt=0,
         description="Close a keep-alive connection idle this long after its last response. "
-        "Behind a proxy that keeps idle connections open longer, set it above the proxy's "
-        "idle timeout, or the proxy may send a request on a connection as it closes.",
+        "Behind a proxy, set the proxy's idle timeout below this, or this above the proxy's: "
+        "a request the proxy sends on a connection as it closes fails.",
     )
     rejection_log_per_s: float = Field(
         10,
