@@ -61,6 +61,9 @@ class GatheredWrites:
         self.flush()
         self._transport.close()
 
+    def is_closing(self) -> bool:  # asked after every response: not through __getattr__
+        return self._transport.is_closing()
+
     def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
         return getattr(self._transport, name)
 
