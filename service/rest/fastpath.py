@@ -57,20 +57,32 @@ class FastPath:
         if scope["type"] != "http":  # lifespan belongs to the FastAPI app
             await self.api(scope, receive, self._told(send))
             return
+        found = self.router.match(scope["path"])
+        if found is not None:
+            await self.answer(found, scope, receive, send)
+            return
+        start = perf_counter()
+        if self.plane.draining:
+            send = _closing(send)
+        labels = await self._delegate(scope, receive, send)
+        self.metrics.request(labels, perf_counter() - start)
+
+    def route(self, path: str) -> Match | None:
+        """The table's route for a path; None: the FastAPI app's (the docs pages, or 404)."""
+        return self.router.match(path)
+
+    async def answer(self, found: Match, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request for a route of the table, and count it. `exchange.py` calls this
+        directly for the connections uvicorn hands it, without an ASGI cycle."""
         start = perf_counter()
         if self.plane.draining:
             send = _closing(send)
         metrics = self.metrics
-        found = self.router.match(scope["path"])
         # In flight: inference requests only, not the scrape reading the gauge or the probes.
-        inference = found is not None and found[1].tag == INFERENCE
+        inference = found[1].tag == INFERENCE
         metrics.in_flight += inference
-        labels: tuple[str, str, str, str]
         try:
-            if found is None:
-                labels = await self._delegate(scope, receive, send)
-            else:
-                labels = await self._answer(found, scope, receive, send)
+            labels = await self._answer(found, scope, receive, send)
         finally:
             metrics.in_flight -= inference
         metrics.request(labels, perf_counter() - start)

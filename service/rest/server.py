@@ -10,7 +10,8 @@ from uvicorn.config import LOGGING_CONFIG
 
 from mlscale.service.contract import SETTINGS_ENV
 from mlscale.service.rest.app import create_app
-from mlscale.service.rest.transport import ConnectionLimits, ProtocolFactory
+from mlscale.service.rest.exchange import ProtocolFactory
+from mlscale.service.rest.transport import ConnectionLimits
 from mlscale.service.settings import Settings
 
 
@@ -44,7 +45,8 @@ def run(settings: Settings) -> None:
         log_level=settings.server.log_level,
         log_config=logging_config(settings.server.log_level),
         loop="uvloop",
-        # httptools, one write per response and turn, connections closed at their limits
+        # httptools, the table's requests answered without an ASGI cycle, one write per
+        # response and turn, connections closed at their limits
         http=ProtocolFactory(
             ConnectionLimits(
                 settings.server.max_requests_per_connection,

@@ -162,29 +162,23 @@ class GatheredWritesProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_headers_complete(self) -> None:
-        self._head_pending = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        within = self._head_done()
         super().on_headers_complete()
-        self._requests += 1
-        limits = self.limits
-        if (limits.max_requests and self._requests >= limits.max_requests) or (
-            limits.max_age_s and time.monotonic() - self._opened >= limits.max_age_s
-        ):
+        if not within:
             # uvicorn then answers with `Connection: close` and closes after this response.
             # A client pipelining past it resends its later requests, as HTTP/1.1 requires.
             self.cycle.keep_alive = False
 
-
-@dataclass(frozen=True)
-class ProtocolFactory:
-    """uvicorn's `http` argument: GatheredWritesProtocol with these limits. A picklable
-    callable, so `--workers` processes get the same limits."""
-
-    limits: ConnectionLimits
-
-    def __call__(self, *args: Any, **kwargs: Any) -> GatheredWritesProtocol:
-        protocol = GatheredWritesProtocol(*args, **kwargs)
-        protocol.limits = self.limits
-        return protocol
+    def _head_done(self) -> bool:
+        """A request's head is in: stop timing it, and count the request. False when the
+        connection has reached its limits, and closes after this request's response."""
+        self._head_pending = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._requests += 1
+        limits = self.limits
+        return not (
+            (limits.max_requests and self._requests >= limits.max_requests)
+            or (limits.max_age_s and time.monotonic() - self._opened >= limits.max_age_s)
+        )
