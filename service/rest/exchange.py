@@ -4,11 +4,12 @@ For every request uvicorn builds a `RequestResponseCycle` (about 3 µs here, tim
 creates and runs an asyncio Task to call the app in (2.4 µs), and checks every response
 header against two regular expressions: together more than the app spends answering a
 single-row inference. For the paths of the table (`routes.py`), `ExchangeProtocol` builds a
-small `Exchange` instead and runs `FastPath.answer` as soon as the request's body is in. An
-answer that waits for nothing (the probes, a model's exact formula) is written before the
-read that brought the request returns, without a task. One that has to wait (a batch, a body
-still on its way) goes on in a task from where it stopped. Every other request (the docs
-pages, 404s, upgrades) goes through uvicorn's cycle, as before.
+small `Exchange` instead and runs `FastPath.answer` as soon as the request's body is in; the
+answer is written in one piece, not as ASGI's two messages. An answer that waits for nothing
+(the probes, a model's exact formula) is written before the read that brought the request
+returns, without a task. One that has to wait (a batch, a body still on its way) goes on in
+a task from where it stopped. Every other request (the docs pages, 404s, upgrades) goes
+through uvicorn's cycle, as before.
 
 The answers are FastPath's either way: the same status, headers and body, counted the same.
 What uvicorn's cycle does for a connection, an exchange does too: `Expect: 100-continue`,
@@ -21,7 +22,7 @@ import logging
 import urllib.parse
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from starlette.types import Message, Scope
@@ -39,11 +40,11 @@ FAILED_BODY = b"Internal Server Error"
 
 
 class Exchange:
-    """One request of the table and its response: the ASGI `receive` and `send` that
-    FastPath answers through, and the three attributes of uvicorn's cycle that the protocol
-    reads (`response_complete`, `keep_alive`, `disconnected`)."""
+    """One request of the table and its response: the ASGI `receive` that FastPath reads the
+    body through, the `respond` it answers with, and the three attributes of uvicorn's cycle
+    that the protocol reads (`response_complete`, `keep_alive`, `disconnected`)."""
 
-    __slots__ = ("chunks", "disconnected", "expects_continue", "found", "head", "keep_alive",
+    __slots__ = ("chunks", "disconnected", "expects_continue", "found", "keep_alive",
                  "more_body", "protocol", "response_complete", "scope", "size",
                  "waiter")  # fmt: skip
 
@@ -64,7 +65,6 @@ class Exchange:
         self.more_body = True  # until the parser says the message is complete
         self.waiter: asyncio.Future[None] | None = None  # `receive`, waiting for the body
         self.expects_continue = expects_continue
-        self.head: bytes | None = None  # the status line and headers, until the body comes
         self.response_complete = False
         self.disconnected = False
 
@@ -111,25 +111,13 @@ class Exchange:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
-    async def send(self, message: Message) -> None:
-        """FastPath answers with a start and one whole body: they go out in one write."""
-        protocol = self.protocol
-        if protocol.flow.write_paused and not self.disconnected:
-            await protocol.flow.drain()
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """FastPath's answer, written at once: status line, headers and body in one write."""
         if self.disconnected:
             return
-        if message["type"] == "http.response.start" and self.head is None:
-            self.expects_continue = False  # answered before the body was asked for
-            self.head = self._head(message["status"], message.get("headers", ()))
-            return
-        if message["type"] != "http.response.body" or self.head is None or self.response_complete:
-            raise RuntimeError(f"unexpected ASGI message {message['type']!r} in an exchange")
-        if message.get("more_body", False):
-            raise RuntimeError("an exchange answers with its whole body in one message")
-        if self.scope["method"] == "HEAD":
-            protocol.transport.write(self.head)
-        else:
-            protocol.transport.write(self.head + message.get("body", b""))
+        self.expects_continue = False  # answered before the body was asked for
+        head = self._head(status, headers)
+        self.protocol.transport.write(head if self.scope["method"] == "HEAD" else head + body)
         self._done()
 
     def _head(self, status: int, headers: Any) -> bytes:
@@ -160,12 +148,9 @@ class Exchange:
                   exc_info=exc)  # fmt: skip
         if self.response_complete or self.disconnected:
             return
-        if self.head is None:
-            self.keep_alive = False
-            self.protocol.transport.write(self._head(500, FAILED_HEADERS) + FAILED_BODY)
-            self._done()
-        else:
-            self.protocol.transport.close()
+        self.keep_alive = False
+        self.protocol.transport.write(self._head(500, FAILED_HEADERS) + FAILED_BODY)
+        self._done()
 
 
 async def _resume(coro: Coroutine[Any, Any, None], waiting: Any, exchange: Exchange) -> None:
@@ -200,15 +185,21 @@ class ExchangeProtocol(GatheredWritesProtocol):
     cycle: Any  # uvicorn's RequestResponseCycle, or an Exchange
     _starting: Exchange | None = None  # an exchange to start once its body is in
 
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        # uvicorn's app, when it is mlscale's: at `--log-level trace` uvicorn wraps it in a
+        # logger of ASGI messages, and every request goes through its cycle.
+        self.answerer = self.app if isinstance(self.app, FastPath) else None
+
     def on_headers_complete(self) -> None:
-        app = self.app
+        answerer = self.answerer
         found = None
-        if isinstance(app, FastPath) and not self.parser.should_upgrade():
+        if answerer is not None and not self.parser.should_upgrade():
             url = httptools.parse_url(self.url)
             path = url.path.decode("ascii")
             if "%" in path:
                 path = urllib.parse.unquote(path)
-            found = app.route(self.root_path + path)
+            found = answerer.route(self.root_path + path)
         if found is None:
             super().on_headers_complete()
             return
@@ -230,7 +221,7 @@ class ExchangeProtocol(GatheredWritesProtocol):
             self._starting = exchange
         else:  # pipelined: answered once those before it are, as uvicorn queues its cycles
             self.flow.pause_reading()
-            self.pipeline.appendleft((exchange, app))
+            self.pipeline.appendleft((exchange, self.app))
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if type(cycle) is not Exchange:
@@ -275,8 +266,8 @@ class ExchangeProtocol(GatheredWritesProtocol):
         """Answer until the answer waits; if it does, it goes on in a task, which a shutdown
         waits for like uvicorn's own."""
         self._starting = None
-        app: FastPath = self.app
-        coro = app.answer(exchange.found, exchange.scope, exchange.receive, exchange.send)
+        app = cast(FastPath, self.answerer)  # an exchange is made only for mlscale's app
+        coro = app.answer(exchange.found, exchange.scope, exchange.receive, exchange.respond)
         try:
             waiting = coro.send(None)
         except StopIteration:

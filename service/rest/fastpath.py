@@ -8,6 +8,7 @@ the docs pages, and the 404s of paths not in the table.
 """
 
 import logging
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,6 +39,18 @@ def _closing(send: Send) -> Send:
     return closing
 
 
+# (status, headers, body): writes a whole answer.
+Respond = Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[None]]
+
+
+def _over_asgi(send: Send) -> Respond:
+    async def respond(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return respond
+
+
 class FastPath:
     def __init__(
         self,
@@ -59,7 +72,7 @@ class FastPath:
             return
         found = self.router.match(scope["path"])
         if found is not None:
-            await self.answer(found, scope, receive, send)
+            await self.answer(found, scope, receive, _over_asgi(send))
             return
         start = perf_counter()
         if self.plane.draining:
@@ -71,18 +84,17 @@ class FastPath:
         """The table's route for a path; None: the FastAPI app's (the docs pages, or 404)."""
         return self.router.match(path)
 
-    async def answer(self, found: Match, scope: Scope, receive: Receive, send: Send) -> None:
+    async def answer(self, found: Match, scope: Scope, receive: Receive, respond: Respond) -> None:
         """Answer a request for a route of the table, and count it. `exchange.py` calls this
-        directly for the connections uvicorn hands it, without an ASGI cycle."""
+        for the connections uvicorn hands it, with a `respond` that writes the answer at once,
+        without ASGI messages."""
         start = perf_counter()
-        if self.plane.draining:
-            send = _closing(send)
         metrics = self.metrics
         # In flight: inference requests only, not the scrape reading the gauge or the probes.
         inference = found[1].tag == INFERENCE
         metrics.in_flight += inference
         try:
-            labels = await self._answer(found, scope, receive, send)
+            labels = await self._answer(found, scope, receive, respond)
         finally:
             metrics.in_flight -= inference
         metrics.request(labels, perf_counter() - start)
@@ -99,7 +111,7 @@ class FastPath:
         return told
 
     async def _answer(
-        self, found: Match, scope: Scope, receive: Receive, send: Send
+        self, found: Match, scope: Scope, receive: Receive, respond: Respond
     ) -> tuple[str, str, str, str]:
         template, route, name, version = found
         try:
@@ -117,8 +129,9 @@ class FastPath:
         headers = response_headers(answer)
         if answer.status == 405:
             headers.append((b"allow", route.method.encode()))
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
+        if self.plane.draining:  # see _closing
+            headers.append(CLOSE_HEADER)
+        await respond(answer.status, headers, answer.body)
         if answer.error is not None:
             self.rejections(scope, answer.status, answer.error)
         return template, answer.answered[0], answer.answered[1], str(answer.status)
