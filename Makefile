@@ -77,8 +77,8 @@ bench: install ## Throughput and latency against a naive app and the floor (need
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk: sudo apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench.run
 
-bench-ab: install ## This tree's server against REV's, interleaved in one run (REV=HEAD~1; needs wrk, taskset)
-	$(BIN)/python -m bench.ab $(or $(REV),HEAD~1)
+bench-ab: install ## This tree's server against REV's, interleaved in one run (REV=HEAD~1, MODEL=multilinear|flowers; needs wrk, taskset)
+	$(BIN)/python -m bench.ab $(or $(REV),HEAD~1) --model $(or $(MODEL),multilinear)
 
 profile: install ## Where a request's time goes in the app, without HTTP (MODEL=multilinear|flowers|boosted)
 	$(BIN)/python -m bench.profile --model $(or $(MODEL),multilinear) --profile

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.run import ROOT, server, v2_body, wrk
+from bench.run import ROOT, by_column_body, publish_models, server, v2_body, wrk
 from mlscale.service.artifacts.store import ModelStore
 from mlscale.service.artifacts.train import ensure_versions
 
@@ -54,30 +54,40 @@ def main() -> None:
     parser.add_argument("rev", help="the git revision to compare with the working tree")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument(
+        "--model", choices=(MODEL, "flowers"), default=MODEL,
+        help=f"{MODEL}: V2 requests of 1 and 64 rows to a linear model, answered on its "
+        "formula at once; flowers: single-row requests by column to the compiled flowers "
+        "pipeline, answered through batching",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlscale-ab-") as tmp, ExitStack() as stack:
         store, before = Path(tmp) / "models", Path(tmp) / "before"
-        ensure_versions(ModelStore(store), MODEL, 1)
+        if args.model == MODEL:
+            ensure_versions(ModelStore(store), MODEL, 1)
+            scenarios = {"1 row": v2_body(1), "64 rows": v2_body(64)}
+        else:
+            scenarios = {"1 row": by_column_body(publish_models(store))}
         worktree(args.rev, before)
         stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force",
                                         str(before)], capture_output=True)  # fmt: skip
-        env = {"MLSCALE_MODEL_DIR": str(store), "MLSCALE_MODEL_NAME": MODEL,
+        env = {"MLSCALE_MODEL_DIR": str(store), "MLSCALE_MODEL_NAME": args.model,
                "MLSCALE_LOG_LEVEL": "warning"}  # fmt: skip
         configs = {args.rev: serve_command(before, Path(tmp) / "before-packages"),
                    "working tree": serve_command(ROOT, Path(tmp) / "after-packages")}  # fmt: skip
         running = {name: stack.enter_context(server(cmd, env, "/v2/health/ready"))
                    for name, cmd in configs.items()}  # fmt: skip
-        path = f"/v2/models/{MODEL}/infer"
+        path = f"/v2/models/{args.model}/infer"
         runs: dict[tuple[str, str], list[float]] = {}
         for round_ in range(1, args.rounds + 1):
-            for scenario, body in (("1 row", v2_body(1)), ("64 rows", v2_body(64))):
+            for scenario, body in scenarios.items():
                 for name in configs:
                     console.print(f"[dim]round {round_}/{args.rounds} · {name} · {scenario}[/]")
                     rps = wrk(running[name], path, body, 64, args.seconds)["rps"]
                     runs.setdefault((name, scenario), []).append(rps)
-    table = Table("request (c=64)", f"{args.rev} req/s", "working tree req/s",
+    table = Table(f"{args.model} (c=64)", f"{args.rev} req/s", "working tree req/s",
                   "after/before", "range over rounds", title="medians over rounds")  # fmt: skip
-    for scenario in ("1 row", "64 rows"):
+    for scenario in scenarios:
         b, a = runs[(args.rev, scenario)], runs[("working tree", scenario)]
         ratios = [y / x for x, y in zip(b, a, strict=True)]
         table.add_row(scenario, f"{statistics.median(b):,.0f}", f"{statistics.median(a):,.0f}",

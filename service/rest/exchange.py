@@ -7,9 +7,11 @@ single-row inference. For the paths of the table (`routes.py`), `ExchangeProtoco
 small `Exchange` instead and runs `FastPath.answer` as soon as the request's body is in; the
 answer is written in one piece, not as ASGI's two messages. An answer that waits for nothing
 (the probes, a model's exact formula) is written before the read that brought the request
-returns, without a task. One that has to wait (a batch, a body still on its way) goes on in
-a task from where it stopped. Every other request (the docs pages, 404s, upgrades) goes
-through uvicorn's cycle, as before.
+returns. One that has to wait (for its batch, or the rest of its body) is run on from where it
+stopped by what it waits on, once that is done: no task either. So the request path runs
+outside any asyncio task, and must not need one (`asyncio.timeout`, `current_task`); the
+batcher, which does, runs in its own. Every other request (the docs pages, 404s, upgrades)
+goes through uvicorn's cycle, as before.
 
 The answers are FastPath's either way: the same status, headers and body, counted the same.
 What uvicorn's cycle does for a connection, an exchange does too: `Expect: 100-continue`,
@@ -22,6 +24,7 @@ import logging
 import urllib.parse
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import httptools
@@ -153,32 +156,6 @@ class Exchange:
         self._done()
 
 
-async def _resume(coro: Coroutine[Any, Any, None], waiting: Any, exchange: Exchange) -> None:
-    """Go on, inside a task, with an answer that began outside one and stopped to wait on
-    `waiting` (a future, or None: it let the loop turn). Asked to stop (a shutdown cancels
-    the tasks left), the answer is cancelled where it waits, as a task's would be."""
-    try:
-        while True:
-            try:
-                if waiting is None:
-                    await asyncio.sleep(0)
-                else:
-                    # Taken, as a task takes what its coroutine yields, so that it can be
-                    # awaited again here.
-                    waiting._asyncio_future_blocking = False
-                    await waiting
-            except asyncio.CancelledError as exc:
-                waiting = coro.throw(exc)
-                continue
-            except BaseException:  # the answer meets it, looking at the same future
-                pass
-            waiting = coro.send(None)
-    except StopIteration:
-        return
-    except Exception as exc:
-        exchange.failed(exc)
-
-
 class ExchangeProtocol(GatheredWritesProtocol):
     """GatheredWritesProtocol, answering the route table's requests with exchanges."""
 
@@ -263,21 +240,26 @@ class ExchangeProtocol(GatheredWritesProtocol):
         super().connection_lost(exc)
 
     def _start(self, exchange: Exchange) -> None:
-        """Answer until the answer waits; if it does, it goes on in a task, which a shutdown
-        waits for like uvicorn's own."""
         self._starting = None
         app = cast(FastPath, self.answerer)  # an exchange is made only for mlscale's app
-        coro = app.answer(exchange.found, exchange.scope, exchange.receive, exchange.respond)
+        self._step(app.answer(exchange.found, exchange.scope, exchange.receive,
+                              exchange.respond), exchange)  # fmt: skip
+
+    def _step(self, answer: Coroutine[Any, Any, None], exchange: Exchange, *done: Any) -> None:
+        """Run the answer until it waits, and have what it waits on (its batch's future, the
+        rest of its body) run it again from there once it is done, as a task would."""
         try:
-            waiting = coro.send(None)
+            waiting = answer.send(None)
         except StopIteration:
             return
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:  # cancelled: what it waited on was
             exchange.failed(exc)
             return
-        task = self.loop.create_task(_resume(coro, waiting, exchange))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+        if waiting is None:  # it let the loop turn
+            self.loop.call_soon(self._step, answer, exchange)
+        else:  # a future, taken as a task takes it
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(partial(self._step, answer, exchange))
 
 
 @dataclass(frozen=True)
