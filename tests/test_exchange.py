@@ -79,13 +79,13 @@ class Server:
         return connection, wire
 
 
-def serving(model_dir: Path, name: str, **model: Any) -> Callable[..., Any]:
-    """Run `test(server)` in an event loop, with `name` loaded."""
+def serving(model_dir: Path, name: str, limit: int = 1000, **model: Any) -> Callable[..., Any]:
+    """Run `test(server)` in an event loop, with `name` loaded and bodies up to `limit` bytes."""
 
     def run(test: Callable[[Server], Coroutine[Any, Any, None]]) -> None:
         settings = Settings(
             model=ModelSettings(model_dir=model_dir, model_name=name, **model),
-            server=ServerSettings(max_body_bytes=1000),
+            server=ServerSettings(max_body_bytes=limit),
         )
         app = create_app(settings)
         app.plane.load()
@@ -246,6 +246,25 @@ def test_a_body_in_pieces_is_read_as_it_comes_and_a_long_one_refused_before_it_e
         assert (await turned(wire)).find(LINEAR_ANSWER) > 0 and not wire.closed
 
     serving(model_dir, "linear")(test)
+
+
+def test_a_big_body_pauses_reading_until_it_is_read_then_is_answered(model_dir: Path):
+    rows = 50_000  # 200 kB of JSON: over uvicorn's 64 KiB high-water mark
+    tensor = b'"name": "input-0", "shape": [%d, 1], "datatype": "FP64"' % rows
+    body = b'{"inputs": [{%s, "data": [%s]}]}' % (tensor, b",".join([b"2.0"] * rows))
+
+    async def test(server: Server) -> None:
+        connection, wire = server.connect()
+        request = post("/v2/models/linear/infer", body)
+        paused = False
+        for i in range(0, len(request), 16_384):
+            connection.data_received(request[i : i + 16_384])
+            paused |= not wire.reading
+        answer = await turned(wire)
+        assert paused and wire.reading  # paused while the body piled up, resumed once read
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.count(b"4.99") == rows
+
+    serving(model_dir, "linear", limit=1_000_000)(test)
 
 
 def test_a_client_gone_before_its_body_came_leaves_nothing_running(model_dir: Path):

@@ -172,11 +172,17 @@ class ExchangeProtocol(GatheredWritesProtocol):
         answerer = self.answerer
         found = None
         if answerer is not None and not self.parser.should_upgrade():
-            url = httptools.parse_url(self.url)
-            path = url.path.decode("ascii")
+            raw_path, query = self.url, b""
+            # A query, a fragment or an absolute URL: httptools takes the path out. A plain
+            # path (every client's, nearly) is the path.
+            if raw_path[:1] != b"/" or b"?" in raw_path or b"#" in raw_path:
+                url = httptools.parse_url(raw_path)
+                raw_path, query = url.path, url.query or b""
+            path = raw_path.decode("ascii")
             if "%" in path:
                 path = urllib.parse.unquote(path)
-            found = answerer.route(self.root_path + path)
+            path = self.root_path + path
+            found = answerer.route(path)
         if found is None:
             super().on_headers_complete()
             return
@@ -187,9 +193,11 @@ class ExchangeProtocol(GatheredWritesProtocol):
         version = self.parser.get_http_version()
         if version != "1.1":
             scope["http_version"] = version
-        scope["path"] = self.root_path + path
-        scope["raw_path"] = self.root_path.encode("ascii") + url.path
-        scope["query_string"] = url.query or b""
+        scope["path"] = path
+        scope["raw_path"] = (
+            (self.root_path.encode("ascii") + raw_path) if self.root_path else raw_path
+        )
+        scope["query_string"] = query
         keep_alive = within and version != "1.0" and self.parser.should_keep_alive()
         exchange = Exchange(self, scope, found, keep_alive, self.expect_100_continue)
         earlier = self.cycle
