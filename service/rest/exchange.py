@@ -94,7 +94,7 @@ class Exchange:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    # ASGI
+    # What FastPath calls.
     async def receive(self) -> Message:
         protocol = self.protocol
         if self.expects_continue:
@@ -123,7 +123,7 @@ class Exchange:
         self.protocol.transport.write(head if self.scope["method"] == "HEAD" else head + body)
         self._done()
 
-    def _head(self, status: int, headers: Any) -> bytes:
+    def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
         """The status line and headers, as uvicorn writes them: its default headers (the
         date) first, and `Connection: close` when the connection ends after this answer.
         The headers are FastPath's own, so they are not checked for forbidden bytes."""
