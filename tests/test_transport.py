@@ -106,16 +106,21 @@ def test_clients_that_reset_before_their_answers_leave_no_errors(model_dir: Path
 BODY = b'{"inputs": [{"name": "input-0", "shape": [1, 1], "datatype": "FP64", "data": [1]}]}'
 
 
-def _exchange(sock: socket.socket) -> tuple[bytes, bool]:
-    """One request on an open connection: the response's head, and whether the server closed
-    the connection after it."""
+def _ask(sock: socket.socket) -> bytes:
+    """One request on an open connection, and its whole response."""
     sock.sendall(_request(BODY))
     received = b""
     while b"\r\n\r\n" not in received or not received.endswith(b"}]}"):
         chunk = sock.recv(65536)
         assert chunk, f"connection closed mid-response after {received!r}"
         received += chunk
-    head = received.split(b"\r\n\r\n", 1)[0].lower()
+    return received
+
+
+def _exchange(sock: socket.socket) -> tuple[bytes, bool]:
+    """One request on an open connection: the response's head, and whether the server closed
+    the connection after it."""
+    head = _ask(sock).split(b"\r\n\r\n", 1)[0].lower()
     sock.settimeout(1)
     try:
         closed = sock.recv(1) == b""  # EOF: the server closed; a timeout: still open
@@ -168,13 +173,7 @@ def test_an_idle_connection_closes_after_the_keep_alive_timeout_a_busy_one_never
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             opened = time.monotonic()
             while time.monotonic() - opened < 3 * 2:  # three timeouts' worth of requests
-                sock.sendall(_request(BODY))
-                answer = b""
-                while not answer.endswith(b"}]}"):
-                    chunk = sock.recv(65536)
-                    assert chunk, f"closed while busy, {time.monotonic() - opened:.1f} s in"
-                    answer += chunk
-                assert answer.startswith(b"HTTP/1.1 200")
+                assert _ask(sock).startswith(b"HTTP/1.1 200")  # not closed while busy
                 answered = time.monotonic()
                 time.sleep(0.5)  # the gap between requests is the subject here
             assert _read_until_closed(sock) == b""  # then idle: closed, with nothing sent
