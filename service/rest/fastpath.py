@@ -1,5 +1,7 @@
 """The outermost ASGI app: every request goes through the one route table (`routes.py`), its
-handler's answer is written here, and every request is counted, whoever answered it.
+handler's answer is written here, and every request is counted, whoever answered it. The
+server's connections call `answer` directly for the table's paths (`exchange.py`), and the
+answer goes out in one write instead of ASGI's two messages.
 
 FastAPI's per-request machinery (exit stacks, dependency solving, four middleware layers)
 costs more than parsing, predicting and encoding a small tensor together (see `make bench`),
